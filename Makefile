@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.lnpeft-installed
+
+.PHONY: venv demo test test-e2e bench clean-demo
+
+# The venv is rebuilt when pyproject.toml changes (the pins live there).
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "lnpeft needs Python 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+# The paper's DAG at demo scale (MiniLM, local GLUE copy, CPU, offline).
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/snakemake --profile profiles/local --configfile configs/demo.yaml all
+
+# The default test suite: unit tests and a tiny end-to-end workflow (minutes).
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/pytest
+
+# Slow tests: the demo-sized workflow and the workflow on a real single-node SLURM (needs root).
+test-e2e: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/pytest -m "slow or slurm"
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py --quick --out bench/out

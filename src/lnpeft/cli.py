@@ -1,0 +1,74 @@
+"""`lnpeft <stage>`: one console command per workflow stage.
+
+Each stage module exposes `add_arguments(parser)` and `run(args) -> int | None`. Modules are
+imported only for the command being run, so `lnpeft --help` stays fast (no torch import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare-data": ("lnpeft.data", "read one GLUE task (TSV folder or hub) into parquet"),
+    "cache-model": ("lnpeft.checkpoint", "cache a checkpoint (hub, folder or package) with a manifest"),
+    "init": ("lnpeft.init", "pretrained encoder + seeded classification head for (task, seed)"),
+    "params": ("lnpeft.methods", "count total and trainable parameters of a method"),
+    "finetune": ("lnpeft.finetune", "one fine-tuning run of (task, method, lr, seed)"),
+    "drift": ("lnpeft.drift", "per-component change D between two models (paper Eq. 1)"),
+    "fisher": ("lnpeft.fisher", "empirical Fisher information at init (paper Eq. 2)"),
+    "masks": ("lnpeft.masks", "rank LayerNorm entries by a Fisher mask scheme"),
+    "tables": ("lnpeft.report.tables", "aggregate runs into scores.parquet and Tables 1-3"),
+    "figure": ("lnpeft.report.figures", "draw one of the paper's figures"),
+    "stats": ("lnpeft.report.stats", "Kruskal-Wallis and Wilcoxon tests between two methods"),
+    "submission": ("lnpeft.report.submission", "write the GLUE test submission zip"),
+    "validate-submission": ("lnpeft.report.validate", "strictly check a GLUE submission zip"),
+    "estimate": ("lnpeft.estimate", "project the GPU-hours of a config's grid"),
+}
+
+
+class LnpeftError(Exception):
+    """An expected failure: printed as one clear line, exit status 2, no traceback."""
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lnpeft",
+        description="LayerNorm parameter-efficient fine-tuning: workflow stages.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {c:<20} {h}" for c, (_, h) in COMMANDS.items()),
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command")
+    parser.add_argument("--version", action="version", version=f"lnpeft {_version()}")
+    return parser
+
+
+def _version() -> str:
+    from lnpeft import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv or ["--help"])
+        return 2
+    command, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"lnpeft {command}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except (LnpeftError, FileNotFoundError, ValueError) as err:
+        # Expected failures (bad input, missing files) are one clear line, not a traceback.
+        print(f"lnpeft {command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+# Stage: checkpoint (see src/lnpeft and DESIGN).

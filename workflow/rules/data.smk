@@ -1,0 +1,1 @@
+# Stage: data (see src/lnpeft and DESIGN).

@@ -1,0 +1,1 @@
+# Stage: drift (see src/lnpeft and DESIGN).

@@ -1,0 +1,1 @@
+# Stage: finetune (see src/lnpeft and DESIGN).

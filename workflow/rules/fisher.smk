@@ -1,0 +1,1 @@
+# Stage: fisher (see src/lnpeft and DESIGN).

@@ -1,0 +1,1 @@
+# Stage: masks (see src/lnpeft and DESIGN).

@@ -1,0 +1,1 @@
+# Stage: report (see src/lnpeft and DESIGN).
