@@ -12,12 +12,15 @@
 #   logs/, benchmarks/                     one log and one benchmark per job
 
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# the paper's setup from the repository, whatever the working directory; overlays via --configfile
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -76,11 +76,22 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, seed: int | Non
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def bucket_width(longest: int, pad_to_multiple: int = 8) -> int:
+    """The padded width of a batch whose longest member has `longest` tokens: a length bucket.
+
+    Rounds up to a multiple of min(pad_to_multiple, 2**(floor(log2(longest)) - 3)): at most 8
+    widths per power-of-two octave (~30 distinct shapes up to 128, for compiled kernels) while
+    rounding adds at most 1/8 of the width. A fixed multiple of 8 padded short GLUE tasks by 23%
+    (SST-2, mean 13 tokens, batch 32); these buckets pad every GLUE task by <= 7% (bench/RESULTS.md).
+    """
+    step = min(pad_to_multiple, max(1, 1 << max(0, longest.bit_length() - 4)))
+    return -(-longest // step) * step
+
+
 def collate(data: Encoded, indices: np.ndarray, pad_to_multiple: int = 8) -> dict[str, torch.Tensor]:
-    """Pad one batch to its longest member (rounded up to a multiple, for fewer distinct shapes)."""
+    """Pad one batch to its longest member, rounded up to a length bucket (`bucket_width`)."""
     seqs = [data.input_ids[i] for i in indices]
-    width = max(len(s) for s in seqs)
-    width = -(-width // pad_to_multiple) * pad_to_multiple
+    width = bucket_width(max(len(s) for s in seqs), pad_to_multiple)
     ids = torch.full((len(seqs), width), data.pad_id, dtype=torch.long)
     types = torch.zeros((len(seqs), width), dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)

@@ -22,9 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "masks": ("lnpeft.masks", "rank LayerNorm entries by a Fisher mask scheme"),
     "tables": ("lnpeft.report.tables", "aggregate runs into scores.parquet and Tables 1-3"),
     "figure": ("lnpeft.report.figures", "draw one of the paper's figures"),
+    "table1": ("lnpeft.report.table1", "rank components by normalised Fisher (Table 1)"),
     "stats": ("lnpeft.report.stats", "Kruskal-Wallis and Wilcoxon tests between two methods"),
     "submission": ("lnpeft.report.submission", "write the GLUE test submission zip"),
     "validate-submission": ("lnpeft.report.validate", "strictly check a GLUE submission zip"),
+    "table3": ("lnpeft.report.table3", "Table 3 test scores (GLUE server results or labelled test data)"),
     "estimate": ("lnpeft.estimate", "project the GPU-hours of a config's grid"),
 }
 

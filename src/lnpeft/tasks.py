@@ -149,3 +149,19 @@ def column_task(column: str) -> tuple[TaskSpec, str]:
         return TASKS["mnli"], "validation_mismatched"
     spec = get_task(column)
     return spec, spec.dev_splits[0]
+
+
+OFFICIAL_ROWS: dict[str, dict[str, int]] = {
+    "cola": {"train": 8551, "validation": 1043, "test": 1063},
+    "sst2": {"train": 67349, "validation": 872, "test": 1821},
+    "mrpc": {"train": 3668, "validation": 408, "test": 1725},
+    "stsb": {"train": 5749, "validation": 1500, "test": 1379},
+    "qqp": {"train": 363846, "validation": 40430, "test": 390965},
+    "mnli": {"train": 392702, "validation_matched": 9815, "validation_mismatched": 9832,
+             "test_matched": 9796, "test_mismatched": 9847},
+    "qnli": {"train": 104743, "validation": 5463, "test": 5463},
+    "rte": {"train": 2490, "validation": 277, "test": 3000},
+    "wnli": {"train": 635, "validation": 71, "test": 146},
+    "ax": {"test": 1104},
+}
+"""Rows of each split of the official GLUE release (for resource and cost estimates)."""

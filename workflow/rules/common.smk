@@ -2,11 +2,13 @@
 # src/lnpeft; this file only builds paths and lists from the validated config.
 
 import os
+import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from lnpeft.tasks import get_task
+from lnpeft.tasks import OFFICIAL_ROWS, get_task
 from lnpeft.workflow_config import check_config, fmt_lr, resolve_glue_dir
 
 
@@ -24,6 +26,9 @@ FRACTION_LRS = list(FRACTIONS["learning_rates"])
 CHECKPOINT = f"results/checkpoints/{MODEL}"
 # compute jobs read only results/: no network on compute nodes
 OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
+# Rules call the `lnpeft` console script: put the bin/ of the Python that runs Snakemake (the
+# project's venv or conda env) first on PATH, so jobs use that installation, activated or not.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 wildcard_constraints:
@@ -55,6 +60,30 @@ def data_outputs(task):
 
 def glue_dir():
     return resolve_glue_dir(config["data"].get("glue_dir"))
+
+
+def get_glue_files(wildcards):
+    """The TSV files a task reads (source tsv), so a changed or missing file is seen by Snakemake."""
+    if config["data"].get("source", "hub") != "tsv":
+        return []
+    from lnpeft.glue_tsv import split_file
+
+    spec = get_task(wildcards.task)
+    return [str(split_file(glue_dir(), spec, s)) for s in spec.splits]
+
+
+def prepare_data_source_flags():
+    """`lnpeft prepare-data` source flags: --glue-dir DIR (tsv) or --hub --hub-path P (hub)."""
+    data = config["data"]
+    if data.get("source", "hub") == "tsv":
+        return f"--glue-dir {shlex.quote(glue_dir())}"
+    return f"--hub --hub-path {shlex.quote(data.get('hub_path', 'nyu-mll/glue'))}"
+
+
+def prepare_data_subsample_flags():
+    """--subsample-{train,validation,test} N for every split kind that data.subsample caps."""
+    caps = config["data"].get("subsample", {})
+    return " ".join(f"--subsample-{k} {n}" for k, n in sorted(caps.items()) if n is not None)
 
 
 def init_dir(task, seed):
@@ -102,6 +131,27 @@ def fraction_runs(schemes=None):
     ]
 
 
+def finetune_splits(task):
+    """(flag, path) of a run's data: train, every dev split, every test split (MNLI also AX's)."""
+    spec = get_task(task)
+    tests = [data_path(task, s) for s in spec.test_splits]
+    tests += [data_path(t, "test") for t in TASKS + ["ax"] if get_task(t).predicted_by == task]
+    return (
+        [("train", data_path(task, spec.train_split))]
+        + [("dev", data_path(task, s)) for s in spec.dev_splits]
+        + [("test", p) for p in dict.fromkeys(tests)]
+    )
+
+
+def get_finetune_data(wildcards):
+    return [p for _, p in finetune_splits(wildcards.task)]
+
+
+def finetune_split_args(wildcards):
+    """`--train P --dev P [--dev P] --test P ...` for `lnpeft finetune`."""
+    return " ".join(f"--{flag} {path}" for flag, path in finetune_splits(wildcards.task))
+
+
 # ---------------------------------------------------------------- named targets
 
 
@@ -136,3 +186,93 @@ def get_final_output():
     """Everything `all` builds: every table, figure, the statistics and the submission zips."""
     names = ["table1", "table2", "table3", "fig1", "fig2", "fig3", "fig4", "fig5", "stats", "submission"]
     return [p for name in names for p in TARGETS[name]()]
+
+
+# ---------------------------------------------------------------- submission and Table 3
+# Every grid run of a method is passed; `lnpeft submission` / `lnpeft table3` pick the best dev
+# run per task themselves (the paper metric on the first dev split, as finetune does per epoch).
+
+
+def method_runs(method):
+    """(task, run dir) of every (task, lr, seed) of a method in the Table 2 grid."""
+    return [(t, run_dir(t, method, lr, s)) for t in TASKS for lr in method_lrs(method) for s in SEEDS]
+
+
+def get_method_run_files(wildcards):
+    return [f"{d}/{f}" for _, d in method_runs(wildcards.method) for f in ("epochs.parquet", "predictions.parquet")]
+
+
+def test_data(tasks=None):
+    """Test-split parquet files of the configured tasks (or of `tasks`)."""
+    return [data_path(t, s) for t in (tasks or TASKS) for s in get_task(t).test_splits]
+
+
+def submission_data():
+    """Test splits of the configured tasks, WNLI (majority class of train) and AX (MNLI predicts it)."""
+    tasks = list(dict.fromkeys(TASKS + ["wnli"] + (["ax"] if "mnli" in TASKS else [])))
+    return test_data(tasks) + [data_path("wnli", "train")]
+
+
+def submission_run_args(wildcards):
+    return " ".join(f"{t}={d}" for t, d in method_runs(wildcards.method))
+
+
+def table3_run_files():
+    return [f"{d}/{f}" for m in METHODS for _, d in method_runs(m) for f in ("epochs.parquet", "predictions.parquet")]
+
+
+def table3_run_args():
+    return " ".join(f"{m}:{t}={d}" for m in METHODS for t, d in method_runs(m))
+
+
+def glue_results_file():
+    """config submission.glue_results (GLUE server scores for Table 3), or None."""
+    return config.get("submission", {}).get("glue_results") or None
+
+
+# ---------------------------------------------------------------- resources
+# Generic needs only (minutes, MB, GPUs); partitions, accounts and GRES live in profiles/.
+# Runtime scales with the task's size and grows with each retry (`attempt`), so a job killed at
+# its time limit comes back with more time (and resumes from its last epoch checkpoint).
+# Throughputs are for BERT-large-cased, length 128, on an A100-class GPU, rounded down.
+import math
+
+TRAIN_PER_S = 150  # training examples per second (forward and backward)
+EVAL_PER_S = 600  # evaluation examples per second (forward only)
+
+
+def _rows(task, split="train"):
+    """Rows of a task's split after the configured subsample (official GLUE sizes)."""
+    rows = OFFICIAL_ROWS[task][split]
+    key = "train" if split == "train" else ("test" if split.startswith("test") else "validation")
+    cap = config["data"].get("subsample", {}).get(key)
+    return min(rows, cap) if cap else rows
+
+
+def _epoch_seconds(task):
+    """One epoch: train once, then predict every dev and test split (best epoch kept)."""
+    evals = sum(_rows(task, s) for s in OFFICIAL_ROWS[task] if s != "train")
+    return _rows(task) / TRAIN_PER_S + evals / EVAL_PER_S
+
+
+def train_runtime(wildcards, attempt):
+    """Minutes for one fine-tuning run (15 min of start-up and margin)."""
+    epochs = config["training"]["epochs"]
+    return int((15 + epochs * _epoch_seconds(wildcards.task) / 60) * attempt)
+
+
+def drift_runtime(wildcards, attempt):
+    """Minutes for the full fine-tune behind Figure 1."""
+    epochs = config["drift"]["epochs"]
+    return int((15 + epochs * _epoch_seconds(wildcards.task) / 60) * attempt)
+
+
+def fisher_runtime(wildcards, attempt):
+    """Minutes for one pass of per-sample gradients (~100 examples/s)."""
+    rows = min(_rows(wildcards.task), config["fisher"].get("max_samples") or math.inf)
+    return int((10 + rows / 100 / 60) * attempt)
+
+
+def gpu_mem_mb(wildcards, attempt):
+    """Host memory of a GPU job (the model, the tokenised splits, the optimizer state)."""
+    return 32000 * attempt

@@ -1,1 +1,85 @@
-# Stage: drift (see src/lnpeft and DESIGN).
+# Stage drift (paper Section 2, Figure 1): a full fine-tune per task from its init checkpoint,
+# then D = mean |after - before| per (layer, component, kind) (src/lnpeft/drift.py). The
+# fine-tuned weights are temporary: only the drift table is kept.
+
+
+rule finetune_for_drift:
+    input:
+        init=lambda w: f"{init_dir(w.task, SEEDS[0])}/config.json",
+        weights=lambda w: f"{init_dir(w.task, SEEDS[0])}/model.safetensors",
+        train=lambda w: data_path(w.task, "train"),
+        dev=lambda w: data_path(w.task, get_task(w.task).dev_splits[0]),
+    output:
+        model=temp(directory("results/drift/{model}/{task}.finetuned")),
+        run=temp(directory("results/drift/{model}/{task}.run")),
+    log:
+        "results/logs/finetune_for_drift/{model}/{task}.log",
+    benchmark:
+        "results/benchmarks/finetune_for_drift/{model}/{task}.tsv"
+    conda:
+        "../../envs/lnpeft.yaml"
+    params:
+        init=subpath(input.init, parent=True),
+        seed=SEEDS[0],
+        lr=lookup(dpath="drift/learning_rate", within=config),
+        epochs=lookup(dpath="drift/epochs", within=config),
+        batch_size=lookup(dpath="training/batch_size", within=config),
+        eval_batch_size=lookup(dpath="training/eval_batch_size", within=config),
+        max_length=lookup(dpath="training/max_length", within=config),
+    threads: 4
+    resources:
+        mem_mb=gpu_mem_mb,
+        runtime=drift_runtime,
+        gpu=1,
+    shell:
+        f"{OFFLINE} lnpeft finetune --init {{params.init}} --train {{input.train}} --dev {{input.dev}}"
+        " --task {wildcards.task} --method full --lr {params.lr} --seed {params.seed}"
+        " --epochs {params.epochs} --batch-size {params.batch_size}"
+        " --eval-batch-size {params.eval_batch_size} --max-length {params.max_length}"
+        " --out {output.run} --save-model {output.model} > {log} 2>&1"
+
+
+rule compute_drift:
+    input:
+        init=lambda w: f"{init_dir(w.task, SEEDS[0])}/config.json",
+        post="results/drift/{model}/{task}.finetuned",
+    output:
+        "results/drift/{model}/{task}.parquet",
+    log:
+        "results/logs/compute_drift/{model}/{task}.log",
+    conda:
+        "../../envs/lnpeft.yaml"
+    params:
+        init=subpath(input.init, parent=True),
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=15,
+    shell:
+        f"{OFFLINE} lnpeft drift --pre {{params.init}} --post {{input.post}} --out {{output}} > {{log}} 2>&1"
+
+
+rule plot_fig1:
+    input:
+        expand("results/drift/{model}/{task}.parquet", model=MODEL, task=TASKS),
+    output:
+        pdf=report(
+            "results/figures/fig1_drift.pdf",
+            caption="../report/fig1.rst",
+            category="Figures",
+            labels={"figure": "Figure 1 (drift)"},
+        ),
+        png="results/figures/fig1_drift.png",
+    log:
+        "results/logs/plot_fig1/fig1.log",
+    conda:
+        "../../envs/lnpeft.yaml"
+    params:
+        drift=expand("{task}=results/drift/{model}/{task}.parquet", model=MODEL, task=TASKS),
+        prefix=subpath(output.pdf, strip_suffix=".pdf"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "lnpeft figure fig1 --drift {params.drift} --out {params.prefix} > {log} 2>&1"

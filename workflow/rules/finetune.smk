@@ -1,1 +1,117 @@
-# Stage: finetune (see src/lnpeft and DESIGN).
+# Stage finetune (paper Section 3, Tables 2-3, Figures 2 and 5): one fine-tuning run per
+# (task, method, lr, seed) from the task's init checkpoint (src/lnpeft/finetune.py), the
+# Fisher-subset runs fisher-{scheme}-f{fraction}, and the aggregation of the grid into
+# results/tables/scores.parquet and Table 2 (src/lnpeft/report/tables.py). A killed run resumes
+# from its last completed epoch (resume.pt in the run folder).
+
+
+rule finetune:
+    input:
+        init=lambda w: f"{init_dir(w.task, w.seed)}/config.json",
+        weights=lambda w: f"{init_dir(w.task, w.seed)}/model.safetensors",
+        data=get_finetune_data,
+    output:
+        epochs="results/runs/{model}/{task}/{method}/lr{lr}_seed{seed}/epochs.parquet",
+        predictions="results/runs/{model}/{task}/{method}/lr{lr}_seed{seed}/predictions.parquet",
+        state="results/runs/{model}/{task}/{method}/lr{lr}_seed{seed}/state.safetensors",
+        run="results/runs/{model}/{task}/{method}/lr{lr}_seed{seed}/run.json",
+    log:
+        "results/logs/finetune/{model}/{task}/{method}/lr{lr}_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/finetune/{model}/{task}/{method}/lr{lr}_seed{seed}.tsv"
+    params:
+        init=subpath(input.init, parent=True),
+        out=subpath(output.epochs, parent=True),
+        splits=finetune_split_args,
+        epochs=lookup(dpath="training/epochs", within=config),
+        batch_size=lookup(dpath="training/batch_size", within=config),
+        eval_batch_size=lookup(dpath="training/eval_batch_size", within=config),
+        max_length=lookup(dpath="training/max_length", within=config),
+        warmup_ratio=lookup(dpath="training/warmup_ratio", within=config, default=0.0),
+        weight_decay=lookup(dpath="training/weight_decay", within=config, default=0.0),
+        max_grad_norm=lookup(dpath="training/max_grad_norm", within=config, default=1.0),
+        compile=lookup(dpath="training/compile", within=config, default="auto"),
+    threads: 4
+    resources:
+        mem_mb=gpu_mem_mb,
+        runtime=train_runtime,
+        gpu=1,
+    shell:
+        f"{OFFLINE} lnpeft finetune --init {{params.init}} {{params.splits}}"
+        " --task {wildcards.task} --method {wildcards.method} --lr {wildcards.lr} --seed {wildcards.seed}"
+        " --epochs {params.epochs} --batch-size {params.batch_size}"
+        " --eval-batch-size {params.eval_batch_size} --max-length {params.max_length}"
+        " --warmup-ratio {params.warmup_ratio} --weight-decay {params.weight_decay}"
+        " --max-grad-norm {params.max_grad_norm} --compile {params.compile} --threads {threads}"
+        " --out {params.out} > {log} 2>&1"
+
+
+rule finetune_fisher_subset:
+    input:
+        init=lambda w: f"{init_dir(w.task, w.seed)}/config.json",
+        weights=lambda w: f"{init_dir(w.task, w.seed)}/model.safetensors",
+        data=get_finetune_data,
+        mask="results/masks/{model}/{scheme}/{task}.parquet",
+    output:
+        epochs="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/epochs.parquet",
+        predictions="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/predictions.parquet",
+        state="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/state.safetensors",
+        run="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/run.json",
+    log:
+        "results/logs/finetune_fisher_subset/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/finetune_fisher_subset/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}.tsv"
+    params:
+        init=subpath(input.init, parent=True),
+        out=subpath(output.epochs, parent=True),
+        splits=finetune_split_args,
+        epochs=lookup(dpath="training/epochs", within=config),
+        batch_size=lookup(dpath="training/batch_size", within=config),
+        eval_batch_size=lookup(dpath="training/eval_batch_size", within=config),
+        max_length=lookup(dpath="training/max_length", within=config),
+        warmup_ratio=lookup(dpath="training/warmup_ratio", within=config, default=0.0),
+        weight_decay=lookup(dpath="training/weight_decay", within=config, default=0.0),
+        max_grad_norm=lookup(dpath="training/max_grad_norm", within=config, default=1.0),
+        compile=lookup(dpath="training/compile", within=config, default="auto"),
+    threads: 4
+    resources:
+        mem_mb=gpu_mem_mb,
+        runtime=train_runtime,
+        gpu=1,
+    shell:
+        f"{OFFLINE} lnpeft finetune --init {{params.init}} {{params.splits}}"
+        " --task {wildcards.task} --method fisher --mask {input.mask} --fraction {wildcards.fraction}"
+        " --lr {wildcards.lr} --seed {wildcards.seed}"
+        " --epochs {params.epochs} --batch-size {params.batch_size}"
+        " --eval-batch-size {params.eval_batch_size} --max-length {params.max_length}"
+        " --warmup-ratio {params.warmup_ratio} --weight-decay {params.weight_decay}"
+        " --max-grad-norm {params.max_grad_norm} --compile {params.compile} --threads {threads}"
+        " --out {params.out} > {log} 2>&1"
+
+
+rule aggregate_scores:
+    input:
+        grid_runs(),
+    output:
+        scores="results/tables/scores.parquet",
+        csv=report(
+            "results/tables/table2.csv",
+            caption="../report/table2.rst",
+            category="Tables",
+            labels={"table": "Table 2 (dev)"},
+        ),
+        md="results/tables/table2.md",
+        tex="results/tables/table2.tex",
+    log:
+        "results/logs/aggregate_scores/table2.log",
+    params:
+        runs=table3_run_args(),
+        prefix=subpath(output.csv, strip_suffix=".csv"),
+        model=MODEL,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "lnpeft tables --runs {params.runs} --scores {output.scores} --out-prefix {params.prefix}"
+        " --model {params.model} > {log} 2>&1"

@@ -1,1 +1,88 @@
-# Stage: fisher (see src/lnpeft and DESIGN).
+# Stage fisher (paper Sections 2 and 3.3, Table 1, Figure 3): the empirical Fisher (Eq. 2) at each
+# task's init checkpoint from batched per-sample gradients (src/lnpeft/fisher.py), then Table 1
+# (components ranked by normalised Fisher) and the per-layer LayerNorm Fisher heat maps.
+
+
+rule compute_fisher:
+    input:
+        init=lambda w: f"{init_dir(w.task, SEEDS[0])}/config.json",
+        weights=lambda w: f"{init_dir(w.task, SEEDS[0])}/model.safetensors",
+        train=lambda w: data_path(w.task, "train"),
+    output:
+        entries="results/fisher/{model}/{task}.parquet",
+        components="results/fisher/{model}/{task}.components.parquet",
+    log:
+        "results/logs/compute_fisher/{model}/{task}.log",
+    benchmark:
+        "results/benchmarks/compute_fisher/{model}/{task}.tsv"
+    conda:
+        "../../envs/lnpeft.yaml"
+    params:
+        init=subpath(input.init, parent=True),
+        max_samples=lookup(dpath="fisher/max_samples", within=config, default=None),
+        batch_size=lookup(dpath="fisher/batch_size", within=config),
+        max_length=lookup(dpath="training/max_length", within=config),
+    threads: 4
+    resources:
+        mem_mb=gpu_mem_mb,
+        runtime=fisher_runtime,
+        gpu=1,
+    shell:
+        f"{OFFLINE} lnpeft fisher --model {{params.init}} --data {{input.train}} --out {{output.entries}}"
+        " --components-out {output.components} --max-samples {params.max_samples}"
+        " --batch-size {params.batch_size} --max-length {params.max_length} > {log} 2>&1"
+
+
+rule rank_components:
+    input:
+        expand("results/fisher/{model}/{task}.components.parquet", model=MODEL, task=TASKS),
+    output:
+        csv=report(
+            "results/tables/table1.csv",
+            caption="../report/table1.rst",
+            category="Tables",
+            labels={"table": "Table 1 (Fisher ranking)"},
+        ),
+        md="results/tables/table1.md",
+        tex="results/tables/table1.tex",
+    log:
+        "results/logs/rank_components/table1.log",
+    conda:
+        "../../envs/lnpeft.yaml"
+    params:
+        components=expand(
+            "{task}=results/fisher/{model}/{task}.components.parquet", model=MODEL, task=TASKS
+        ),
+        prefix=subpath(output.csv, strip_suffix=".csv"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "lnpeft table1 --components {params.components} --out {params.prefix} > {log} 2>&1"
+
+
+rule plot_fig3:
+    input:
+        expand("results/fisher/{model}/{task}.parquet", model=MODEL, task=TASKS),
+    output:
+        pdf=report(
+            "results/figures/fig3_layernorm_fisher.pdf",
+            caption="../report/fig3.rst",
+            category="Figures",
+            labels={"figure": "Figure 3 (LayerNorm Fisher)"},
+        ),
+        png="results/figures/fig3_layernorm_fisher.png",
+    log:
+        "results/logs/plot_fig3/fig3.log",
+    conda:
+        "../../envs/lnpeft.yaml"
+    params:
+        fisher=expand("{task}=results/fisher/{model}/{task}.parquet", model=MODEL, task=TASKS),
+        prefix=subpath(output.pdf, strip_suffix=".pdf"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "lnpeft figure fig3 --fisher {params.fisher} --out {params.prefix} > {log} 2>&1"

@@ -1,0 +1,274 @@
+"""Training-step throughput per method, real GLUE lengths, length-grouped vs padded to max length.
+
+For each model shape and task (SST-2: short single sentences; RTE: long pairs) the same batches of
+real training examples (MiniLM tokenizer, batch 32) are run through one training step of every
+method, exactly as `lnpeft finetune` does it (trainable selection from lnpeft.methods,
+requires_grad only on trained tensors, gradient masks for partly trained tensors, AdamW over the
+trained tensors, clipping, restoring untrained entries), in two modes:
+  grouped    ours: length-grouped dynamic padding (lnpeft.batching), torch.compile on CUDA
+  padded128  the baseline: every batch padded to max_length, eager
+Reported: step time, examples/s, tokens/s (real tokens), padding fraction, peak memory, and the
+ratios issue 7's targets name. Methods run in interleaved rounds so that drifting CPU clocks hit
+all of them alike.
+
+  python bench/train_step.py                   # MiniLM shape (CPU default)
+  python bench/train_step.py --large           # + BERT-large shape (slow on CPU)
+  python bench/train_step.py --quick           # tiny shape, seconds (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from lnpeft.batching import Encoded, bucket_width, collate, length_grouped_batches  # noqa: E402
+from lnpeft.methods import MethodOptions, select  # noqa: E402
+
+METHODS = ("full", "bitfit", "layernorm", "random", "fisher")
+TASKS = ("sst2", "rte")
+
+
+def write_fisher_mask(model, path: Path, seed: int = 0) -> Path:
+    """A masks parquet ranking the output LayerNorm entries randomly (the speed does not depend
+    on which entries are chosen, only on how many and where)."""
+    import pandas as pd
+
+    from lnpeft.architectures import get_architecture
+    from lnpeft.artifacts import write_parquet
+
+    arch = get_architecture(model.config.model_type)
+    frames = []
+    for name, p in model.named_parameters():
+        if arch.is_layernorm(name):
+            layer, _, kind = arch.parse(name)
+            frames.append(pd.DataFrame({"param": name, "layer": layer, "kind": kind,
+                                        "index": np.arange(p.numel(), dtype=np.int64)}))
+    df = pd.concat(frames, ignore_index=True)
+    rng = np.random.default_rng(seed)
+    df["score"] = rng.random(len(df))
+    df["rank"] = np.argsort(np.argsort(-df["score"].to_numpy(), kind="stable"), kind="stable").astype(np.int64)
+    write_parquet(df, path, "masks")
+    return path
+
+
+class Stepper:
+    """One method's training step on a model copy, as lnpeft.finetune runs it (minus the lr
+    schedule, which costs nothing)."""
+
+    def __init__(self, base_model, method: str, device: torch.device, compile_: bool,
+                 mask_path: Path | None, fraction: float = 0.1, lr: float = 1e-4) -> None:
+        model = copy.deepcopy(base_model).to(device).train()
+        options = MethodOptions(seed=0, fraction=fraction if method == "fisher" else None,
+                                mask=mask_path if method == "fisher" else None)
+        trainable = select(model, method, options)
+        names = set(trainable.names)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in names)
+        self.params = dict(model.named_parameters())
+        self.masks = trainable.masks(model)
+        self.keep = {n: ~m for n, m in self.masks.items()}
+        self.frozen_values = {n: self.params[n].detach()[self.keep[n]].clone() for n in self.masks}
+        for name, mask in self.masks.items():
+            self.params[name].register_hook(lambda g, m=mask: g * m)
+        self.opt_params = [p for n, p in self.params.items() if n in names]
+        self.optimizer = torch.optim.AdamW(self.opt_params, lr=lr, fused=device.type == "cuda")
+        self.model = model
+        self.fwd = torch.compile(model, dynamic=True) if compile_ else model
+        self.device = device
+        self.amp = device.type == "cuda"
+        self.trainable = trainable.count(model)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.fwd(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              token_type_ids=batch["token_type_ids"]).logits
+        loss = F.cross_entropy(logits.float(), batch["labels"].long())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.opt_params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name in self.masks:
+                self.params[name][self.keep[name]] = self.frozen_values[name]
+        return loss.detach()
+
+
+def padding_stats(data: Encoded, batch_size: int, max_length: int) -> dict:
+    """Padding over a whole (sampled) split: length-grouped + length buckets vs padded to max."""
+    lengths = data.lengths
+    batches = length_grouped_batches(lengths, batch_size, seed=0)
+    widths = np.array([bucket_width(int(lengths[b].max())) for b in batches])
+    sizes = np.array([len(b) for b in batches])
+    real = int(lengths.sum())
+    grouped = int((widths * sizes).sum())
+    return {"examples": len(data), "mean_tokens": float(lengths.mean()),
+            "mean_width_grouped": float((widths * sizes).sum() / sizes.sum()),
+            "distinct_widths": int(len(np.unique(widths))),
+            "padding_fraction_grouped": 1 - real / grouped,
+            "padding_fraction_padded": 1 - real / (len(data) * max_length)}
+
+
+def make_batches(data: Encoded, batch_size: int, count: int, max_length: int) -> dict[str, list]:
+    """The first `count` length-grouped training batches, and the same batches padded to max."""
+    order = length_grouped_batches(data.lengths, batch_size, seed=0)
+    order = [b for b in order if len(b) == batch_size][:count]
+    if len(order) < count:
+        raise ValueError(f"only {len(order)} full batches of {batch_size}; sample more rows (--rows)")
+    grouped = [collate(data, b) for b in order]
+    return {"grouped": grouped, "padded128": [pad_to(b, max_length, data.pad_id) for b in grouped]}
+
+
+def pad_to(batch: dict[str, torch.Tensor], width: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """The baseline's batch: every sequence padded to `width` (max_length) tokens."""
+    extra = width - batch["input_ids"].shape[1]
+    return {"input_ids": F.pad(batch["input_ids"], (0, extra), value=pad_id),
+            "token_type_ids": F.pad(batch["token_type_ids"], (0, extra)),
+            "attention_mask": F.pad(batch["attention_mask"], (0, extra)), "labels": batch["labels"]}
+
+
+def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.device) -> tuple[list, dict]:
+    base = common.build_model(shape, num_labels=2)
+    compile_ = args.compile == "true" or (args.compile == "auto" and device.type == "cuda")
+    records, ratios = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        mask_path = write_fisher_mask(base, Path(tmp) / "mask.parquet")
+        for task, data in tasks.items():
+            batches = make_batches(data, args.batch_size, args.steps, args.max_length)
+            times: dict[tuple[str, str], list[float]] = {}
+            peaks: dict[tuple[str, str], float] = {}
+            trainable: dict[str, int] = {}
+            for _ in range(args.repeats):  # interleaved rounds
+                for mode, bl in batches.items():
+                    for method in args.methods:
+                        stepper = Stepper(base, method, device, compile_ and mode == "grouped", mask_path)
+                        trainable[method] = stepper.trainable
+                        common.reset_peak(device)
+                        # CUDA: the warm-up visits every timed batch once, so each shape's
+                        # compilation happens before timing; CPU: a couple of steps suffice
+                        warm = len(bl) if compile_ and mode == "grouped" else args.warmup
+                        t = common.time_calls(lambda i: stepper.step(bl[i % len(bl)]), len(bl), warm, device)
+                        times.setdefault((method, mode), []).extend(t)
+                        peaks[(method, mode)] = max(peaks.get((method, mode), 0.0), common.peak_mem_mb(device))
+                        del stepper
+            for (method, mode), t in times.items():
+                bl = batches[mode]
+                real = sum(int(b["attention_mask"].sum()) for b in bl)
+                padded = sum(b["input_ids"].numel() for b in bl)
+                n_ex = sum(len(b["labels"]) for b in bl)
+                step = float(np.median(t))
+                records.append({
+                    "shape": shape, "task": task, "method": method, "mode": mode,
+                    "batch_size": args.batch_size, "steps_timed": len(t), "step_s": step,
+                    "step_s_mean": float(np.mean(t)),
+                    "examples_per_s": n_ex / len(bl) / step,
+                    "tokens_per_s": real / len(bl) / step,
+                    "padded_tokens_per_s": padded / len(bl) / step,
+                    "padding_fraction": 1 - real / padded, "mean_width": padded / n_ex,
+                    "peak_mem_mb": peaks[(method, mode)], "trainable": trainable[method],
+                    "compiled": bool(compile_ and mode == "grouped"),
+                })
+            med = {(m, mo): float(np.median(t)) for (m, mo), t in times.items()}
+            r = {}
+            for mode in batches:
+                if ("layernorm", mode) in med and ("full", mode) in med:
+                    r[f"layernorm_over_full_{mode}"] = med[("layernorm", mode)] / med[("full", mode)]
+                for m in ("random", "fisher", "bitfit"):
+                    if (m, mode) in med and ("layernorm", mode) in med:
+                        r[f"{m}_over_layernorm_{mode}"] = med[(m, mode)] / med[("layernorm", mode)]
+            for m in args.methods:
+                if (m, "grouped") in med and (m, "padded128") in med:
+                    # same examples, so examples/s speed-up = step-time ratio
+                    r[f"{m}_grouped_speedup"] = med[(m, "padded128")] / med[(m, "grouped")]
+            ratios[f"{shape}/{task}"] = r
+    return records, ratios
+
+
+def targets(ratios: dict, padding: dict, on_gpu: bool) -> list[dict]:
+    """Issue 7's training targets, checked on what this run measured."""
+    out = []
+    for key, r in ratios.items():
+        shape = key.split("/")[0]
+        if "layernorm_over_full_grouped" in r:
+            limit = 0.5 if on_gpu else 0.85
+            v = r["layernorm_over_full_grouped"]
+            out.append({"target": f"layernorm step <= {limit}x full ({key})", "value": v, "met": v <= limit})
+        for m in ("random", "fisher"):
+            k = f"{m}_over_layernorm_grouped"
+            if k in r:
+                out.append({"target": f"{m} step <= 1.1x layernorm ({key})", "value": r[k], "met": r[k] <= 1.1})
+        if on_gpu and shape == "bert-large" and "layernorm_grouped_speedup" in r:
+            v = r["layernorm_grouped_speedup"]
+            out.append({"target": f"layernorm throughput >= 3x eager padded baseline ({key})",
+                        "value": v, "met": v >= 3})
+    for task, p in padding.items():
+        v = p["padding_fraction_grouped"]
+        out.append({"target": f"padding <= 10% of tokens ({task}, whole sample)", "value": v, "met": v <= 0.10})
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny shape, few steps (seconds)")
+    ap.add_argument("--large", action="store_true", help="also the BERT-large shape")
+    ap.add_argument("--shapes", help="comma-separated shapes (overrides --quick/--large)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--steps", type=int, help="timed steps per round (default 4 CPU, 20 GPU, 2 quick)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, help="interleaved rounds (default 2; 1 quick)")
+    ap.add_argument("--rows", type=int, default=20000, help="rows sampled per task (padding stats, batches)")
+    ap.add_argument("--compile", choices=("auto", "true", "false"), default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--out", type=Path, default=Path("bench/out/train_step.json"))
+    args = ap.parse_args(argv)
+    device = common.pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.methods = args.methods.split(",")
+    shapes = (args.shapes.split(",") if args.shapes else ["tiny"] if args.quick
+              else (["minilm", "bert-large"] if args.large or device.type == "cuda" else ["minilm"]))
+    if args.quick:
+        args.rows = min(args.rows, 2000)
+    args.steps = args.steps or (2 if args.quick else 20 if device.type == "cuda" else 4)
+    args.repeats = args.repeats or (1 if args.quick else 2)
+
+    tasks = {t: common.load_task(t, args.rows, args.max_length) for t in args.tasks.split(",")}
+    padding = {t: padding_stats(d, args.batch_size, args.max_length) for t, d in tasks.items()}
+    records, ratios = [], {}
+    for shape in shapes:
+        rec, rat = bench_shape(shape, tasks, args, device)
+        records += rec
+        ratios |= rat
+    result = {
+        "benchmark": "train_step", "machine": common.machine_info(device),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "shapes": shapes, "padding": padding, "results": records, "ratios": ratios,
+        "targets": targets(ratios, padding, device.type == "cuda"),
+    }
+    common.write_json(result, args.out)
+    for key, r in ratios.items():
+        ln = next(x for x in records if f"{x['shape']}/{x['task']}" == key
+                  and x["method"] == "layernorm" and x["mode"] == "grouped") if "layernorm" in args.methods else None
+        print(f"train_step {key}: " + " ".join(f"{k}={v:.2f}" for k, v in r.items())
+              + (f" layernorm={ln['examples_per_s']:.1f}ex/s" if ln else "")
+              + f" padding={padding[key.split('/')[1]]['padding_fraction_grouped']:.3f} [{device}]")
+    return result
+
+
+if __name__ == "__main__":
+    main()

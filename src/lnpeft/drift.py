@@ -1,0 +1,80 @@
+"""`lnpeft drift`: how much each component moved in a full fine-tune (paper Eq. 1).
+
+D = 1/n sum_i |C_fine_i - C_pre_i| over the n entries of a component of one layer. Rows per
+(layer, component) for kind `weight`, kind `bias` and kind `all` (weight and bias entries pooled,
+so D of `all` is the n-weighted mean of the two; Figure 1 shows `all`). Differences are taken in
+float64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from lnpeft.architectures import COMPONENTS, get_architecture
+from lnpeft.artifacts import write_parquet
+
+KINDS = ("weight", "bias", "all")
+
+
+def load_parameters(folder: Path | str) -> tuple[str, dict[str, torch.Tensor]]:
+    """(model_type, name -> tensor) of a save_pretrained sequence-classification folder."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: not a save_pretrained folder (no config.json)")
+    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+    return model.config.model_type, {n: p.detach() for n, p in model.named_parameters()}
+
+
+def compute_drift(model_type: str, pre: dict[str, torch.Tensor], post: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """The drift table (artifact `drift`) of two parameter dicts of the same architecture."""
+    arch = get_architecture(model_type)
+    sums: dict[tuple[int, str, str], tuple[float, int]] = {}
+    for name, before in pre.items():
+        parsed = arch.parse(name)
+        if parsed is None:
+            continue
+        if name not in post:
+            raise ValueError(f"parameter {name} is missing from the fine-tuned model")
+        after = post[name]
+        if after.shape != before.shape:
+            raise ValueError(f"{name}: shape {tuple(after.shape)} after vs {tuple(before.shape)} before")
+        layer, component, kind = parsed
+        total = float((after.double() - before.double()).abs().sum())
+        for key in ((layer, component, kind), (layer, component, "all")):
+            s, n = sums.get(key, (0.0, 0))
+            sums[key] = (s + total, n + before.numel())
+    if not sums:
+        raise ValueError(f"no encoder components found in the {model_type} model")
+    rows = [{"layer": layer, "component": comp, "kind": kind, "n": n, "D": s / n}
+            for (layer, comp, kind), (s, n) in sums.items()]
+    df = pd.DataFrame(rows)
+    df["c"] = df["component"].map(COMPONENTS.index)
+    df["k"] = df["kind"].map(KINDS.index)
+    return df.sort_values(["layer", "c", "k"]).drop(columns=["c", "k"]).reset_index(drop=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pre", required=True, help="model before fine-tuning (the init folder)")
+    parser.add_argument("--post", required=True, help="model after full fine-tuning")
+    parser.add_argument("--out", required=True, help="drift parquet")
+
+
+def run(args: argparse.Namespace) -> int:
+    pre_type, pre = load_parameters(args.pre)
+    post_type, post = load_parameters(args.post)
+    if pre_type != post_type:
+        raise ValueError(f"{args.pre} is a {pre_type} model but {args.post} is a {post_type} model")
+    df = compute_drift(pre_type, pre, post)
+    meta = {"lnpeft": json.dumps({"pre": str(args.pre), "post": str(args.post)}, sort_keys=True)}
+    write_parquet(df, args.out, "drift", metadata=meta)
+    top = df[df["kind"] == "all"].groupby("component")["D"].mean().sort_values(ascending=False)
+    print(f"drift: {len(df)} rows -> {args.out}; mean D by component: "
+          + ", ".join(f"{c}={v:.3g}" for c, v in top.items()))
+    return 0

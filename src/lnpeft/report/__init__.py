@@ -1,0 +1,1 @@
+"""Aggregation and presentation stages: tables, figures, statistics, the GLUE submission."""

@@ -1,0 +1,241 @@
+"""`lnpeft figure fig1|fig2|fig3|fig4|fig5 --out PREFIX ...`: the paper's Figures 1-5.
+
+Each figure is written as PREFIX.pdf and PREFIX.png (matplotlib, Agg backend, atomic writes).
+- fig1: drift D (kind `all`) as heat maps, component x layer, one panel (and colour bar) per task.
+- fig2: dev metric vs trained fraction f per task, `individual` masks; a dashed line marks the
+  full-LayerNorm run when given.
+- fig3: output-LayerNorm Fisher per layer, task x layer, weight and bias panels. Per task the
+  entry Fisher is divided by the task's total LayerNorm Fisher (weight and bias together) and then
+  summed per layer and kind, so a cell is the share of that task's LayerNorm information held by
+  that layer's weight (or bias), and the cells of one task sum to 1 over both panels. One colour
+  scale for both panels, so weight and bias are comparable.
+- fig4: the global Fisher (the sum over tasks of the normalised Fishers, as the `global` mask
+  scheme uses) summed per layer, layer x (weight, bias); the cells sum to the number of tasks.
+- fig5: dev metric vs f per task for the `individual`, `global` and `cv` schemes.
+Dev scores (fig2, fig5): the task's paper metric on its first dev split; per (task, scheme, f,
+lr) the best epoch, averaged over seeds, then the best learning rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from lnpeft.architectures import COMPONENTS  # noqa: E402
+from lnpeft.artifacts import atomic_path, read_parquet  # noqa: E402
+from lnpeft.masks import parse_task_paths  # noqa: E402
+from lnpeft.tasks import get_task  # noqa: E402
+
+RUN_RE = re.compile(
+    r"(?:^|/)runs/(?P<model>[^/]+)/(?P<task>[^/]+)/(?P<method>[^/]+)/lr(?P<lr>[^_/]+)_seed(?P<seed>\d+)/epochs\.parquet$"
+)
+FISHER_METHOD_RE = re.compile(r"^fisher-(?P<scheme>individual|global|cv)-f(?P<fraction>[0-9.]+)$")
+SCHEME_STYLE = {"individual": ("tab:blue", "o"), "global": ("tab:orange", "s"), "cv": ("tab:green", "^")}
+
+
+# ---------------------------------------------------------------- data preparation
+
+
+def run_scores(paths: list[str]) -> pd.DataFrame:
+    """Best-epoch dev score of each run: columns task, method, scheme, fraction, lr, seed, score."""
+    rows = []
+    for path in paths:
+        m = RUN_RE.search(str(path).replace("\\", "/"))
+        if not m:
+            raise ValueError(f"{path}: not a run's epochs.parquet (runs/{{model}}/{{task}}/{{method}}/lr{{lr}}_seed{{seed}}/)")
+        spec = get_task(m["task"])
+        column = f"{spec.dev_splits[0]}/{spec.metric}"
+        epochs = read_parquet(path, "epochs")
+        if column not in epochs:
+            raise ValueError(f"{path}: no column {column!r} (columns: {list(epochs.columns)})")
+        fm = FISHER_METHOD_RE.match(m["method"])
+        rows.append({"task": m["task"], "method": m["method"],
+                     "scheme": fm["scheme"] if fm else None,
+                     "fraction": float(fm["fraction"]) if fm else 1.0,
+                     "lr": float(m["lr"]), "seed": int(m["seed"]), "score": float(epochs[column].max())})
+    return pd.DataFrame(rows, columns=["task", "method", "scheme", "fraction", "lr", "seed", "score"])
+
+
+def best_over_lr(scores: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Mean over seeds per learning rate, then the best learning rate, per group `by`."""
+    per_lr = scores.groupby([*by, "lr"], dropna=False)["score"].mean().reset_index()
+    return per_lr.groupby(by, dropna=False)["score"].max().reset_index()
+
+
+def layernorm_share(fisher: pd.DataFrame) -> pd.DataFrame:
+    """Per (layer, kind): the task's LayerNorm Fisher share (entries / total, summed per layer)."""
+    share = fisher.assign(share=fisher["fisher"] / fisher["fisher"].sum())
+    return share.groupby(["layer", "kind"])["share"].sum().unstack("kind")
+
+
+def ordered_tasks(tasks) -> list[str]:
+    return list(dict.fromkeys(tasks))
+
+
+def _grid(n: int, ncols: int = 4, size=(3.6, 3.0)) -> tuple[Figure, np.ndarray]:
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+# ---------------------------------------------------------------- figures
+
+
+def fig1(drift: dict[str, pd.DataFrame]) -> Figure:
+    tasks = list(drift)
+    n_layers = max(int(df["layer"].max()) + 1 for df in drift.values())
+    fig, axes = _grid(len(tasks), ncols=3, size=(max(4.0, 0.28 * n_layers + 2.8), 3.4))
+    for ax, task in zip(axes.flat, tasks):
+        df = drift[task]
+        mat = (df[df["kind"] == "all"].pivot(index="component", columns="layer", values="D")
+               .reindex(index=list(COMPONENTS)))
+        im = ax.imshow(mat.to_numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_title(task)
+        ax.set_xticks(range(mat.shape[1]), [str(c) for c in mat.columns], fontsize=7)
+        ax.set_yticks(range(len(COMPONENTS)), list(COMPONENTS), fontsize=7)
+        ax.set_xlabel("layer")
+        fig.colorbar(im, ax=ax, label="D (mean |change|)")
+    fig.suptitle("Change of each component after full fine-tuning (Eq. 1)")
+    fig.tight_layout()
+    return fig
+
+
+def _fraction_panels(scores: pd.DataFrame, schemes: list[str], title: str) -> Figure:
+    fisher_runs = scores[scores["scheme"].isin(schemes)]
+    if fisher_runs.empty:
+        raise ValueError(f"no Fisher-subset runs of scheme(s) {schemes} among the given runs")
+    curves = best_over_lr(fisher_runs, ["task", "scheme", "fraction"])
+    reference = best_over_lr(scores[scores["method"] == "layernorm"], ["task"]).set_index("task")["score"]
+    tasks = ordered_tasks(fisher_runs["task"])
+    fig, axes = _grid(len(tasks))
+    for ax, task in zip(axes.flat, tasks):
+        for scheme in schemes:
+            c = curves[(curves["task"] == task) & (curves["scheme"] == scheme)].sort_values("fraction")
+            if c.empty:
+                continue
+            colour, marker = SCHEME_STYLE[scheme]
+            ax.plot(c["fraction"], c["score"], marker=marker, color=colour, label=scheme)
+        if task in reference.index:
+            ax.axhline(reference[task], color="grey", linestyle="--", label="all LayerNorm")
+        spec = get_task(task)
+        ax.set_title(task)
+        ax.set_xlabel("trained fraction f of LayerNorm")
+        ax.set_ylabel(f"dev {spec.metric}")
+        ax.set_xlim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def fig2(scores: pd.DataFrame) -> Figure:
+    return _fraction_panels(scores, ["individual"],
+                            "Dev score when training only the top-f Fisher fraction of LayerNorm")
+
+
+def fig5(scores: pd.DataFrame) -> Figure:
+    schemes = [s for s in SCHEME_STYLE if s in set(scores["scheme"].dropna())]
+    return _fraction_panels(scores, schemes, "Fisher masks: individual vs global vs cross-validated (cv)")
+
+
+def fig3(fisher: dict[str, pd.DataFrame]) -> Figure:
+    shares = {task: layernorm_share(df) for task, df in fisher.items()}
+    tasks = list(shares)
+    n_layers = max(len(s) for s in shares.values())
+    vmax = max(float(s.to_numpy().max()) for s in shares.values())
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 2.5 + 1.1 * len(tasks)), 2.0 + 0.3 * n_layers),
+                             sharey=True, squeeze=False, layout="constrained")
+    for ax, kind in zip(axes[0], ("weight", "bias")):
+        mat = pd.DataFrame({task: shares[task][kind] for task in tasks})
+        im = ax.imshow(mat.to_numpy(), aspect="auto", cmap="magma", vmin=0, vmax=vmax,
+                       interpolation="nearest")
+        ax.set_title(f"LayerNorm {kind}")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
+        ax.set_yticks(range(len(mat)), [str(i) for i in mat.index])
+        ax.set_xlabel("task")
+    axes[0, 0].set_ylabel("layer")
+    fig.colorbar(im, ax=list(axes[0]), label="share of the task's LayerNorm Fisher")
+    fig.suptitle("LayerNorm Fisher information per layer")
+    return fig
+
+
+def fig4(fisher: dict[str, pd.DataFrame]) -> Figure:
+    total = sum(layernorm_share(df) for df in fisher.values())[["weight", "bias"]]
+    mat = total.to_numpy()
+    fig, ax = plt.subplots(figsize=(4.6, 1.5 + 0.3 * len(total)))
+    im = ax.imshow(mat, aspect="auto", cmap="magma", interpolation="nearest")
+    if mat.size <= 200:  # numbers in the cells, as in the paper, while they stay legible
+        threshold = mat.min() + 0.6 * (mat.max() - mat.min())
+        for (i, j), v in np.ndenumerate(mat):
+            ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
+                    color="black" if v > threshold else "white")
+    ax.set_xticks([0, 1], ["weight", "bias"])
+    ax.set_yticks(range(len(total)), [str(i) for i in total.index])
+    ax.set_ylabel("layer")
+    ax.set_title(f"Global LayerNorm Fisher ({len(fisher)} tasks: {', '.join(fisher)})", fontsize=8)
+    fig.colorbar(im, ax=ax, label="sum over tasks of normalised Fisher")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- output and CLI
+
+
+def save(fig: Figure, prefix: Path | str) -> list[Path]:
+    """Write PREFIX.pdf and PREFIX.png atomically; returns the paths."""
+    prefix = Path(prefix)
+    if prefix.suffix in (".pdf", ".png"):
+        prefix = prefix.with_suffix("")
+    paths = []
+    for ext in ("pdf", "png"):
+        path = prefix.parent / f"{prefix.name}.{ext}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="figure", required=True)
+    for name, what, flag, help_ in [
+        ("fig1", "drift heat maps", "--drift", "TASK=PARQUET of results/drift/{model}/{task}.parquet"),
+        ("fig3", "LayerNorm Fisher per layer", "--fisher", "TASK=PARQUET of results/fisher/{model}/{task}.parquet"),
+        ("fig4", "global LayerNorm Fisher", "--fisher", "TASK=PARQUET of results/fisher/{model}/{task}.parquet"),
+    ]:
+        p = sub.add_parser(name, help=what)
+        p.add_argument(flag, nargs="+", required=True, metavar="TASK=PARQUET", help=help_)
+        p.add_argument("--out", required=True, help="output prefix (writes .pdf and .png)")
+    for name, what in [("fig2", "dev score vs fraction (individual)"), ("fig5", "mask schemes vs fraction")]:
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--runs", nargs="+", required=True,
+                       help="epochs.parquet of Fisher-subset runs (and optionally layernorm runs)")
+        p.add_argument("--out", required=True, help="output prefix (writes .pdf and .png)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.figure == "fig1":
+        fig = fig1({t: read_parquet(p, "drift") for t, p in parse_task_paths(args.drift).items()})
+    elif args.figure in ("fig3", "fig4"):
+        tables = {t: read_parquet(p, "fisher") for t, p in parse_task_paths(args.fisher).items()}
+        fig = fig3(tables) if args.figure == "fig3" else fig4(tables)
+    else:
+        scores = run_scores(args.runs)
+        fig = fig2(scores) if args.figure == "fig2" else fig5(scores)
+    paths = save(fig, args.out)
+    print(f"figure {args.figure}: {', '.join(map(str, paths))}")
+    return 0

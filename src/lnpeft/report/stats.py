@@ -1,0 +1,188 @@
+"""`lnpeft stats kruskal`: is method A different from method B over the GLUE columns? (Section 3.1)
+
+Input: scores in the long format of results/tables/scores.parquet (`method, task, split, metric,
+value, lr, epoch`), with split `dev` and, when known, `test` rows (results/tables/scores_test.parquet
+adds them). For each of the paper's 9 columns the value on the column's paper metric is taken;
+several rows for one (method, task, split, metric) are seed replicates and their mean enters the
+tests. The two vectors are aligned column by column (only columns both methods have), then:
+- Kruskal-Wallis (scipy.stats.kruskal), the paper's test, on dev (9 values each), test (9) and
+  the 18 combined (dev then test);
+- a paired Wilcoxon signed-rank test (scipy.stats.wilcoxon) on the same aligned vectors;
+- per column, with several seeds, a bootstrap 95% CI of the mean of each method and of B - A.
+A part that cannot be computed (no test scores: GLUE test labels are private) is null with a
+`reason`, never a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from lnpeft.artifacts import read_parquet, write_json
+from lnpeft.cli import LnpeftError
+from lnpeft.tasks import PAPER_COLUMNS, column_task
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    scores: Path
+    """Long-format scores parquet (artifact `scores`)."""
+    a: str = "bitfit"
+    """First method (the paper: BitFit)."""
+    b: str = "layernorm"
+    """Second method (the paper: LayerNorm)."""
+    out: Path = Path("results/stats/kruskal.json")
+    bootstrap: int = 1000
+    """Bootstrap resamples per column for the seed CIs (0: none)."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+
+
+def paper_metric(column: str) -> str:
+    return column_task(column)[0].metric
+
+
+def replicates(scores: pd.DataFrame, method: str, split: str) -> dict[str, np.ndarray]:
+    """Column -> values (one per seed) of a method on a split, on each column's paper metric."""
+    rows = scores[(scores["method"] == method) & (scores["split"] == split)]
+    out = {}
+    for column in PAPER_COLUMNS:
+        values = rows.loc[(rows["task"] == column) & (rows["metric"] == paper_metric(column)), "value"]
+        values = values.dropna().to_numpy(dtype=np.float64)
+        if len(values):
+            out[column] = values
+    return out
+
+
+def _tests(a: list[float], b: list[float]) -> dict:
+    """Kruskal-Wallis and paired Wilcoxon on two aligned vectors."""
+    result: dict = {}
+    try:
+        kw = stats.kruskal(a, b)
+        result["statistic"], result["pvalue"] = float(kw.statistic), float(kw.pvalue)
+    except ValueError as err:  # e.g. all values identical
+        result["statistic"], result["pvalue"], result["kruskal_reason"] = None, None, str(err)
+    diffs = np.subtract(b, a)
+    if np.all(diffs == 0):
+        result["wilcoxon"] = {"statistic": None, "pvalue": None,
+                              "reason": "every paired difference is zero"}
+    else:
+        w = stats.wilcoxon(a, b)
+        result["wilcoxon"] = {"statistic": float(w.statistic), "pvalue": float(w.pvalue)}
+    return result
+
+
+def compare(a_vals: dict[str, np.ndarray], b_vals: dict[str, np.ndarray], label: str,
+            suffix: str = "") -> dict:
+    """One part (dev or test): aligned vectors of seed means and the two tests."""
+    tasks = [c for c in PAPER_COLUMNS if c in a_vals and c in b_vals]
+    dropped = [c for c in PAPER_COLUMNS if (c in a_vals) != (c in b_vals)]
+    if len(tasks) < 2:
+        reason = (f"no {label} scores" if not a_vals and not b_vals
+                  else f"only {len(tasks)} {label} column(s) scored for both methods")
+        return {"statistic": None, "pvalue": None, "reason": reason, "tasks": tasks,
+                "a": [], "b": [], "dropped": dropped}
+    a = [float(np.mean(a_vals[c])) for c in tasks]
+    b = [float(np.mean(b_vals[c])) for c in tasks]
+    part = {"tasks": [c + suffix for c in tasks], "a": a, "b": b, **_tests(a, b)}
+    if dropped:
+        part["dropped"] = dropped  # scored for one method only: left out to keep pairs aligned
+    return part
+
+
+def combine(dev: dict, test: dict) -> dict:
+    """The paper's 18-value comparison: dev vector then test vector."""
+    missing = [name for name, part in (("dev", dev), ("test", test)) if part.get("reason")]
+    if missing:
+        return {"statistic": None, "pvalue": None, "tasks": [], "a": [], "b": [],
+                "reason": f"needs both dev and test scores; missing: {', '.join(missing)} "
+                          f"({'; '.join(p['reason'] for p in (dev, test) if p.get('reason'))})"}
+    a, b = dev["a"] + test["a"], dev["b"] + test["b"]
+    tasks = [f"{c}/dev" for c in dev["tasks"]] + [f"{c}/test" for c in test["tasks"]]
+    return {"tasks": tasks, "a": a, "b": b, **_tests(a, b)}
+
+
+def bootstrap_ci(a_vals: dict[str, np.ndarray], b_vals: dict[str, np.ndarray], resamples: int,
+                 seed: int) -> dict:
+    """Per column, percentile 95% CIs of each method's seed mean and of (B - A), when seeds > 1."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for column in PAPER_COLUMNS:
+        if column not in a_vals or column not in b_vals:
+            continue
+        a, b = a_vals[column], b_vals[column]
+        if len(a) < 2 or len(b) < 2:
+            continue
+        # resample seeds independently per method (the seeds of A and B are not paired runs)
+        ma = rng.choice(a, size=(resamples, len(a)), replace=True).mean(axis=1)
+        mb = rng.choice(b, size=(resamples, len(b)), replace=True).mean(axis=1)
+
+        def ci(x: np.ndarray) -> list[float]:
+            return [float(np.quantile(x, 0.025)), float(np.quantile(x, 0.975))]
+
+        out[column] = {"seeds_a": len(a), "seeds_b": len(b), "a_mean": float(a.mean()),
+                       "b_mean": float(b.mean()), "a_ci95": ci(ma), "b_ci95": ci(mb),
+                       "diff_ci95": ci(mb - ma)}
+    return out
+
+
+def kruskal_report(scores: pd.DataFrame, config: StatsConfig) -> dict:
+    """The JSON object of `lnpeft stats kruskal`."""
+    methods = sorted(scores["method"].unique())
+    for key, method in (("--a", config.a), ("--b", config.b)):
+        if method not in methods:
+            raise LnpeftError(f"{config.scores}: {key} method {method!r} has no scores; methods there: {methods}")
+    vals = {(m, s): replicates(scores, m, s) for m in (config.a, config.b) for s in ("dev", "test")}
+    dev = compare(vals[config.a, "dev"], vals[config.b, "dev"], "dev")
+    test = compare(vals[config.a, "test"], vals[config.b, "test"], "test")
+    if test.get("reason") and not vals[config.a, "test"] and not vals[config.b, "test"]:
+        test["reason"] += " (GLUE test labels are private: set submission.glue_results to the server's scores)"
+    report = {
+        "test_name": "Kruskal-Wallis H (scipy.stats.kruskal); wilcoxon: paired signed-rank (scipy.stats.wilcoxon)",
+        "a_method": config.a,
+        "b_method": config.b,
+        "scores": str(config.scores),
+        "dev": dev,
+        "test": test,
+        "combined": combine(dev, test),
+    }
+    seeds = max((len(v) for part in vals.values() for v in part.values()), default=0)
+    if seeds > 1 and config.bootstrap > 0:
+        report["bootstrap"] = {
+            "resamples": config.bootstrap, "seed": config.seed,
+            "dev": bootstrap_ci(vals[config.a, "dev"], vals[config.b, "dev"], config.bootstrap, config.seed),
+            "test": bootstrap_ci(vals[config.a, "test"], vals[config.b, "test"], config.bootstrap, config.seed),
+        }
+    else:
+        report["bootstrap"] = {
+            "reason": "one seed per column: no seed confidence intervals" if seeds <= 1
+            else "bootstrap disabled (--bootstrap 0)"}
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("test", choices=["kruskal"], help="the statistic to compute (the paper's test)")
+    parser.add_argument("--scores", type=Path, required=True, help="scores parquet (long format)")
+    parser.add_argument("--a", default="bitfit", help="first method (paper: bitfit)")
+    parser.add_argument("--b", default="layernorm", help="second method (paper: layernorm)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON to write")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for seed CIs")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.bootstrap < 0:
+        raise LnpeftError(f"--bootstrap {args.bootstrap}: must be >= 0")
+    config = StatsConfig(args.scores, args.a, args.b, args.out, args.bootstrap, args.seed)
+    report = kruskal_report(read_parquet(args.scores, "scores"), config)
+    write_json(report, args.out)
+    for part in ("dev", "test", "combined"):
+        p = report[part]
+        shown = f"p = {p['pvalue']:.5f} (n = {len(p['a'])} per method)" if p.get("pvalue") is not None else p.get("reason")
+        print(f"{part}: {shown}")
+    return 0

@@ -1,0 +1,159 @@
+"""`lnpeft validate-submission ZIP`: strict check of a GLUE submission zip before it is uploaded.
+
+Checks: exactly the server's 11 file names, flat (fewer with --allow-incomplete); each file UTF-8
+with the header `index<TAB>prediction`, one `index<TAB>prediction` per line, a final newline, no
+blank lines; every index an integer, each exactly once; labels from the task's GLUE label set
+(`0`/`1`, or the NLI strings of that task); STS-B a plain decimal in [0, 5]. With --data-dir the
+row count and index set of every file equal the test data's (data/{task}/{split}.parquet).
+Each failure names the file and line. Exit status 1 when anything fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from lnpeft.artifacts import read_parquet
+from lnpeft.cli import LnpeftError
+from lnpeft.tasks import SUBMISSION_FILES, TaskSpec
+
+HEADER = "index\tprediction"
+_INDEX = re.compile(r"^\d+$")
+_DECIMAL = re.compile(r"^\d+(\.\d+)?$")  # no sign, exponent, nan or inf
+
+
+def allowed_labels(spec: TaskSpec) -> tuple[str, ...] | None:
+    """The label strings the server accepts for a task; None for STS-B (a score)."""
+    if spec.is_regression:
+        return None
+    if spec.submission_labels:
+        return spec.submission_labels
+    return tuple(str(i) for i in range(spec.num_labels))
+
+
+def _check_file(name: str, spec: TaskSpec, text: str) -> tuple[list[str], list[int]]:
+    """Format errors of one file and the indices it lists."""
+    errors: list[str] = []
+    indices: list[int] = []
+    seen: dict[int, int] = {}
+    labels = allowed_labels(spec)
+    if not text.endswith("\n"):
+        errors.append(f"{name}: no final newline")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines = lines[:-1]
+    if not lines or lines[0].rstrip("\r") != HEADER:
+        got = lines[0] if lines else ""
+        errors.append(f"{name}:1: header {got!r}, expected {HEADER!r}")
+    for number, line in enumerate(lines[1:], start=2):
+        where = f"{name}:{number}"
+        if line.endswith("\r"):
+            errors.append(f"{where}: CRLF line ending; use LF")
+            line = line[:-1]
+        fields = line.split("\t")
+        if len(fields) != 2:
+            errors.append(f"{where}: {len(fields)} fields in {line!r}, expected index<TAB>prediction")
+            continue
+        index, value = fields
+        if not _INDEX.match(index):
+            errors.append(f"{where}: index {index!r} is not a non-negative integer")
+        else:
+            i = int(index)
+            if i in seen:
+                errors.append(f"{where}: duplicate index {i} (first on line {seen[i]})")
+            else:
+                seen[i] = number
+                indices.append(i)
+        if labels is None:
+            if not _DECIMAL.match(value):
+                errors.append(f"{where}: STS-B score {value!r} is not a plain decimal number")
+            elif not 0.0 <= float(value) <= 5.0:
+                errors.append(f"{where}: STS-B score {value} is outside [0, 5]")
+        elif value not in labels:
+            errors.append(f"{where}: label {value!r} is not one of {spec.name}'s {list(labels)}")
+    return errors, indices
+
+
+def _check_rows(name: str, path: Path, indices: list[int]) -> list[str]:
+    """Rows and indices equal the test data's."""
+    if not path.exists():
+        return [f"{name}: no test data {path} to check row counts against"]
+    want = read_parquet(path, "data")["idx"].to_numpy(dtype=np.int64)
+    got = np.asarray(indices, dtype=np.int64)
+    errors = []
+    if len(got) != len(want):
+        errors.append(f"{name}: {len(got)} rows, but {path} has {len(want)}")
+    missing = np.setdiff1d(want, got)
+    extra = np.setdiff1d(got, want)
+    if len(missing):
+        errors.append(f"{name}: {len(missing)} test indices missing (first: {missing[:5].tolist()})")
+    if len(extra):
+        errors.append(f"{name}: {len(extra)} indices not in {path} (first: {extra[:5].tolist()})")
+    return errors
+
+
+def validate_zip(path: Path | str, data_dir: Path | str | None = None,
+                 allow_incomplete: bool = False) -> list[str]:
+    """Every problem of a submission zip, one line each (empty: valid)."""
+    from lnpeft.report.submission import submission_targets
+
+    path = Path(path)
+    targets = submission_targets()
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as err:
+        return [f"{path}: not a readable zip ({err})"]
+    errors: list[str] = []
+    with zf:
+        names = zf.namelist()
+        for name in names:
+            if "/" in name or "\\" in name:
+                errors.append(f"{name}: not at the top of the zip (the server wants the files flat)")
+            elif name not in targets:
+                errors.append(f"{name}: not a GLUE submission file; expected only {', '.join(SUBMISSION_FILES)}")
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            errors.append(f"{name}: stored {names.count(name)} times")
+        absent = [n for n in SUBMISSION_FILES if n not in names]
+        if absent and not allow_incomplete:
+            errors.extend(f"{n}: missing from the zip" for n in absent)
+        for name in SUBMISSION_FILES:
+            if name not in names:
+                continue
+            spec, split = targets[name]
+            try:
+                text = zf.read(name).decode("utf-8")
+            except UnicodeDecodeError as err:
+                errors.append(f"{name}: not UTF-8 ({err})")
+                continue
+            file_errors, indices = _check_file(name, spec, text)
+            errors.extend(file_errors)
+            if data_dir is not None:
+                errors.extend(_check_rows(name, Path(data_dir) / spec.name / f"{split}.parquet", indices))
+    return errors
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("zip", type=Path, help="the submission zip")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="results/data: check row counts and indices against each test split")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="accept a zip without some of the 11 files")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.zip.exists():
+        raise LnpeftError(f"{args.zip}: no such file")
+    errors = validate_zip(args.zip, args.data_dir, args.allow_incomplete)
+    for line in errors:
+        print(line)
+    if errors:
+        print(f"{args.zip}: INVALID ({len(errors)} problems)")
+        return 1
+    if args.data_dir is None:
+        print("note: no --data-dir, so row counts and indices were not checked against the test data")
+    print(f"{args.zip}: valid")
+    return 0

@@ -1,0 +1,268 @@
+"""lnpeft finetune on tiny in-test BERTs: masking is exact, frozen tensors get no gradients,
+a killed run resumes to the same epochs.parquet, a toy task is learned, NaN losses fail loudly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from lnpeft import finetune as ft
+from lnpeft.artifacts import read_parquet, write_parquet
+from lnpeft.methods import MethodOptions, select
+
+WORDS = ["good", "great", "fine", "nice", "bad", "awful", "poor", "sad",
+         "the", "a", "movie", "film", "was", "is", "very", "quite", "plot", "story"]
+POSITIVE, NEGATIVE = WORDS[:4], WORDS[4:8]
+FILLER = WORDS[8:]
+
+
+def make_init(path: Path, num_labels: int = 2, seed: int = 0, hidden: int = 32) -> Path:
+    """A tiny BERT + word-level tokenizer saved like `lnpeft init` saves an init folder."""
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=hidden, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64,
+                        num_labels=num_labels, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_split(path: Path, n: int, seed: int, labelled: bool = True) -> Path:
+    """Separable sentiment toy data: the label is whether a positive word occurs."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    texts = []
+    for y in labels:
+        words = list(rng.choice(FILLER, rng.integers(2, 9)))
+        words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(POSITIVE if y else NEGATIVE)))
+        texts.append(" ".join(words))
+    df = pd.DataFrame({"idx": np.arange(n, dtype=np.int64), "text_a": texts, "text_b": None,
+                       "label": pd.array(labels if labelled else [None] * n, dtype="Int64")})
+    write_parquet(df, path, "data")
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toy")
+    return {
+        "init": make_init(d / "init"),
+        "train": make_split(d / "train.parquet", 192, seed=1),
+        "dev": make_split(d / "validation.parquet", 64, seed=2),
+        "test": make_split(d / "test.parquet", 32, seed=3, labelled=False),
+    }
+
+
+def config(toy, out: Path, **kw) -> ft.FinetuneConfig:
+    base = dict(init=toy["init"], train=toy["train"], dev=(toy["dev"],), test=(toy["test"],),
+                out=out, task="sst2", method="layernorm", lr=1e-3, seed=0, epochs=2, batch_size=16,
+                eval_batch_size=32, max_length=32, compile="false", threads=1)
+    base.update(kw)
+    return ft.FinetuneConfig(**base)
+
+
+def test_toy_task_is_learned_and_outputs_are_complete(toy, tmp_path):
+    epochs = ft.finetune(config(toy, tmp_path / "run", method="full", lr=3e-3, epochs=6))
+    # chance is ~0.5 on balanced labels; a keyword task must be learned almost perfectly
+    assert epochs["validation/accuracy"].max() >= 0.9
+    assert list(epochs["epoch"]) == [1, 2, 3, 4, 5, 6]
+    run = tmp_path / "run"
+    assert not (run / "resume.pt").exists()
+    read_parquet(run / "epochs.parquet", "epochs")
+    preds = read_parquet(run / "predictions.parquet", "predictions")
+    assert preds.groupby("split").size().to_dict() == {"validation": 64, "test": 32}
+    # predictions are the best epoch's: recompute its dev accuracy from them
+    dev = read_parquet(toy["dev"], "data").merge(preds[preds.split == "validation"], on="idx")
+    best = epochs.loc[epochs["validation/accuracy"].idxmax()]
+    assert (dev["label"] == dev["prediction"]).mean() == pytest.approx(best["validation/accuracy"])
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["best_epoch"] == int(best["epoch"]) and meta["options"]["method"] == "full"
+    # tokens counted without padding; padded tokens include it
+    assert (epochs["tokens"] < epochs["padded_tokens"]).all()
+    # full stores every tensor of the model
+    model = AutoModelForSequenceClassification.from_pretrained(toy["init"])
+    assert set(load_file(run / "state.safetensors")) == set(model.state_dict())
+
+
+def _entries_changed(init: Path, state_path: Path):
+    """Load init, apply the saved state, compare every parameter entry with init."""
+    before = AutoModelForSequenceClassification.from_pretrained(init)
+    after = AutoModelForSequenceClassification.from_pretrained(init)
+    ft.load_state(after, state_path)
+    changed = {n: (p != dict(after.named_parameters())[n]) for n, p in before.named_parameters()}
+    return before, changed
+
+
+def test_masked_random_run_leaves_untrained_entries_bit_identical(toy, tmp_path):
+    run = tmp_path / "run"
+    # weight decay > 0 would shrink every entry of a tensor in the optimizer; the mask must prevent it
+    ft.finetune(config(toy, run, method="random", weight_decay=0.5, lr=1e-2, epochs=2))
+    model = AutoModelForSequenceClassification.from_pretrained(toy["init"])
+    trainable = select(model, "random", MethodOptions(seed=0))
+    assert trainable.partial, "the random control should train parts of tensors"
+    # the saved state holds exactly the trained entries: partial tensors as indices + values
+    state = load_file(run / "state.safetensors")
+    assert {k for k in state if not k.startswith("classifier.")} == {
+        f"{n}@{s}" for n in trainable.partial for s in ("indices", "values")} | {
+        n for n in trainable.whole if not n.startswith("classifier.")}
+    # full final model: reload via --save-model to see every entry, not just the saved ones
+    run2 = tmp_path / "run2"
+    ft.finetune(config(toy, run2, method="random", weight_decay=0.5, lr=1e-2, epochs=2,
+                       save_model=tmp_path / "final"))
+    final = dict(AutoModelForSequenceClassification.from_pretrained(tmp_path / "final").named_parameters())
+    masks = trainable.masks(model)
+    moved = 0
+    for name, p in model.named_parameters():
+        if name in masks:
+            assert torch.equal(final[name][~masks[name]], p[~masks[name]]), name
+            moved += int((final[name][masks[name]] != p[masks[name]]).sum())
+        elif name not in trainable.whole:
+            assert torch.equal(final[name], p), name
+    assert moved > 0.9 * sum(int(m.sum()) for m in masks.values())
+    # same seed -> identical epochs (timing aside)
+    a = read_parquet(run / "epochs.parquet", "epochs").drop(columns="seconds")
+    b = read_parquet(run2 / "epochs.parquet", "epochs").drop(columns="seconds")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_layernorm_state_holds_only_trained_tensors(toy, tmp_path):
+    run = tmp_path / "run"
+    ft.finetune(config(toy, run, method="layernorm", epochs=1))
+    state = load_file(run / "state.safetensors")
+    assert sorted(state) == sorted(
+        [f"bert.encoder.layer.{i}.output.LayerNorm.{k}" for i in range(2) for k in ("weight", "bias")]
+        + ["classifier.weight", "classifier.bias"])
+    before, changed = _entries_changed(toy["init"], run / "state.safetensors")
+    assert all(changed[n].all() for n in state)
+
+
+def test_frozen_tensors_get_no_grad(toy, tmp_path, monkeypatch):
+    """Check the grads the optimizer sees at its first step: only trained tensors have .grad."""
+    seen = {}
+    original = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        if not seen:
+            for group in self.param_groups:
+                seen["opt"] = {id(p) for p in group["params"]}
+            seen["model"] = captured["model"]
+            seen["grads"] = {n: (p.grad is not None, p.requires_grad)
+                             for n, p in captured["model"].named_parameters()}
+        return original(self, *args, **kwargs)
+
+    captured = {}
+    orig_select = ft.select
+
+    def capture_select(model, *a, **k):
+        captured["model"] = model
+        return orig_select(model, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    monkeypatch.setattr(ft, "select", capture_select)
+    ft.finetune(config(toy, tmp_path / "run", method="bitfit", epochs=1))
+    grads = seen["grads"]
+    with_grad = {n for n, (g, _) in grads.items() if g}
+    assert with_grad == {n for n, (_, r) in grads.items() if r}
+    assert with_grad == {n for n in grads if n.endswith(".bias") or n.startswith("classifier.")}
+    assert len(seen["opt"]) == len(with_grad)
+
+
+@pytest.mark.parametrize("method,lr", [("full", 3e-3), ("random", 1e-9)])
+def test_resume_after_kill_mid_epoch_gives_identical_epochs(toy, tmp_path, monkeypatch, method, lr):
+    """A learning run (best epoch after the kill) and a flat one (lr 1e-9: best epoch 1, before
+    the kill, so its files must come back from the checkpoint after Snakemake deleted them)."""
+    kw = dict(method=method, weight_decay=0.1, epochs=3, lr=lr, batch_size=8)
+    reference = ft.finetune(config(toy, tmp_path / "ref", **kw))
+    best_epoch = json.loads((tmp_path / "ref" / "run.json").read_text())["best_epoch"]
+    assert best_epoch == 1 if lr < 1e-6 else best_epoch > 1
+
+    # interrupt in the middle of epoch 2 (24 steps per epoch): after epoch 1's checkpoint
+    calls = {"n": 0}
+    original = torch.optim.AdamW.step
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 24 + 5:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(config(toy, run, **kw))
+    assert (run / "resume.pt").exists() and not (run / "epochs.parquet").exists()
+    for name in ("predictions.parquet", "state.safetensors"):  # as Snakemake does before a rerun
+        (run / name).unlink()
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    resumed = ft.finetune(config(toy, run, **kw))
+    assert not (run / "resume.pt").exists()
+    pd.testing.assert_frame_equal(reference.drop(columns="seconds"), resumed.drop(columns="seconds"))
+    ref_state, new_state = load_file(tmp_path / "ref" / "state.safetensors"), load_file(run / "state.safetensors")
+    assert ref_state.keys() == new_state.keys()
+    assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
+    pd.testing.assert_frame_equal(read_parquet(tmp_path / "ref" / "predictions.parquet", "predictions"),
+                                  read_parquet(run / "predictions.parquet", "predictions"))
+    # a checkpoint from different options is refused, not silently mixed
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(config(toy, tmp_path / "other", **kw))
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    with pytest.raises(ValueError, match="other options"):
+        ft.finetune(config(toy, tmp_path / "other", **{**kw, "lr": 1e-3}))
+
+
+def test_nan_loss_names_run_and_step(toy, tmp_path):
+    with pytest.raises(ft.NonFiniteLossError, match=r"sst2/full/lr1e\+06_seed0.*epoch 1, step \d+"):
+        ft.finetune(config(toy, tmp_path / "run", method="full", lr=1e6, max_grad_norm=0, epochs=1))
+
+
+def test_regression_and_two_dev_splits(tmp_path):
+    """STS-B-like regression (1 output, MSE) and MNLI-like two dev splits with named columns."""
+    init = make_init(tmp_path / "init", num_labels=1)
+    train = make_split(tmp_path / "train.parquet", 64, seed=1)
+    df = read_parquet(train, "data")
+    df["label"] = df["label"].astype("float64") * 5.0
+    write_parquet(df, train, "data")
+    dev = tmp_path / "validation.parquet"
+    write_parquet(df.iloc[:32], dev, "data")
+    epochs = ft.finetune(ft.FinetuneConfig(init=init, train=train, dev=(dev,), out=tmp_path / "run",
+                                           task="stsb", method="bitfit", lr=1e-3, seed=0, epochs=1,
+                                           batch_size=16, compile="false"))
+    assert {"validation/spearman", "validation/pearson"} <= set(epochs.columns)
+
+    init3 = make_init(tmp_path / "init3", num_labels=3)
+    m = tmp_path / "validation_matched.parquet"
+    mm = tmp_path / "validation_mismatched.parquet"
+    make_split(m, 16, seed=5)
+    make_split(mm, 16, seed=6)
+    train3 = make_split(tmp_path / "t3.parquet", 32, seed=7)
+    epochs = ft.finetune(ft.FinetuneConfig(init=init3, train=train3,
+                                           dev=(m, mm), out=tmp_path / "run3", task="mnli", method="layernorm",
+                                           lr=1e-3, seed=0, epochs=1, batch_size=16, compile="false"))
+    assert {"validation_matched/accuracy", "validation_mismatched/accuracy"} <= set(epochs.columns)
+    with pytest.raises(ValueError, match="labels"):
+        ft.finetune(ft.FinetuneConfig(init=init3, train=train, dev=(dev,), out=tmp_path / "bad",
+                                      task="sst2", method="full", lr=1e-3, seed=0, compile="false"))
+
+
+def test_cli_writes_outputs(toy, tmp_path):
+    from lnpeft.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["finetune", "--init", str(toy["init"]), "--train", str(toy["train"]), "--dev", str(toy["dev"]),
+               "--test", str(toy["test"]), "--task", "sst2", "--method", "layernorm", "--lr", "1e-3",
+               "--seed", "0", "--out", str(out), "--epochs", "1", "--batch-size", "32", "--threads", "1"])
+    assert rc == 0
+    assert {p.name for p in out.iterdir()} == {"epochs.parquet", "predictions.parquet", "state.safetensors", "run.json"}
+    assert main(["finetune", "--init", str(toy["init"]), "--train", str(toy["train"]), "--dev", str(toy["dev"]),
+                 "--task", "sst2", "--method", "fisher", "--lr", "1e-3", "--seed", "0", "--out", str(out)]) == 2

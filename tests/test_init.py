@@ -1,0 +1,97 @@
+"""Stage init: seeded heads, byte-identical outputs, encoder equal to the checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_checkpoint import make_tiny_checkpoint
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from lnpeft import cli
+from lnpeft.checkpoint import CacheConfig, CheckpointError, cache_model, manifest_sha256
+from lnpeft.init import InitConfig, make_init
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    out = {}
+    for name, pooler in (("pooled", True), ("nopooler", False)):
+        src = make_tiny_checkpoint(root / f"src-{name}", pooler=pooler)
+        cache_model(CacheConfig("folder", str(src), str(root / name)))
+        out[name] = root / name
+    return out
+
+
+def _init(ck: Path, out: Path, task: str = "rte", seed: int = 0) -> dict[str, torch.Tensor]:
+    make_init(InitConfig(str(ck), task, seed, str(out)))
+    return load_file(out / "model.safetensors")
+
+
+def test_same_task_and_seed_give_identical_bytes(checkpoints, tmp_path):
+    ck = checkpoints["pooled"]
+    _init(ck, tmp_path / "a")
+    torch.manual_seed(1234)  # the global RNG state must not matter
+    torch.rand(10)
+    _init(ck, tmp_path / "b")
+    for name in ("model.safetensors", "config.json", "init.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_seeds_differ_in_the_head_only_and_encoder_equals_checkpoint(checkpoints, tmp_path):
+    ck = checkpoints["pooled"]
+    a = _init(ck, tmp_path / "s0", seed=0)
+    b = _init(ck, tmp_path / "s1", seed=1)
+    differing = sorted(k for k in a if not torch.equal(a[k], b[k]))
+    assert differing == ["classifier.weight"]  # biases start at zero for every seed
+    assert torch.equal(a["classifier.bias"], torch.zeros(2))
+    assert 0.005 < a["classifier.weight"].std().item() < 0.05  # normal(0, initializer_range=0.02)
+    encoder = load_file(ck / "model.safetensors")
+    for key, value in encoder.items():
+        assert torch.equal(a[f"bert.{key}"], value), key
+    info = json.loads((tmp_path / "s0" / "init.json").read_text())
+    assert info["new_weights"] == ["classifier.bias", "classifier.weight"]
+    assert info["checkpoint_manifest_sha256"] == manifest_sha256(ck)
+
+
+def test_missing_pooler_is_seeded_too(checkpoints, tmp_path):
+    ck = checkpoints["nopooler"]
+    a = _init(ck, tmp_path / "a", seed=3)
+    b = _init(ck, tmp_path / "b", seed=3)
+    c = _init(ck, tmp_path / "c", seed=4)
+    assert json.loads((tmp_path / "a" / "init.json").read_text())["new_weights"] == [
+        "bert.pooler.dense.bias", "bert.pooler.dense.weight", "classifier.bias", "classifier.weight"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(k for k in a if not torch.equal(a[k], c[k])) == ["bert.pooler.dense.weight", "classifier.weight"]
+
+
+@pytest.mark.parametrize("task, num_labels, problem", [
+    ("stsb", 1, "regression"), ("mnli", 3, "single_label_classification"),
+])
+def test_head_matches_task_and_reloads_offline(checkpoints, tmp_path, task, num_labels, problem):
+    out = tmp_path / task
+    assert cli.main(["init", "--checkpoint", str(checkpoints["pooled"]), "--task", task,
+                     "--seed", "0", "--out", str(out)]) == 0
+    model = AutoModelForSequenceClassification.from_pretrained(out, local_files_only=True)
+    assert model.config.num_labels == num_labels and model.config.problem_type == problem
+    if task == "mnli":
+        assert model.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    logits = model(**tok(["the cat sat"], return_tensors="pt")).logits
+    assert logits.shape == (1, num_labels)
+
+
+def test_corrupted_checkpoint_is_refused(checkpoints, tmp_path):
+    ck = tmp_path / "ck"
+    src = make_tiny_checkpoint(tmp_path / "src")
+    cache_model(CacheConfig("folder", str(src), str(ck)))
+    data = bytearray((ck / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (ck / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors: sha256 differs"):
+        make_init(InitConfig(str(ck), "rte", 0, str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()

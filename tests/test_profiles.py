@@ -1,0 +1,239 @@
+"""Execution profiles and the conda env: they parse, GPUs go to exactly the GPU rules, the paper
+config's dry run has the job counts that the config implies, and envs/ pins what pyproject pins."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.cli import get_profile_dir
+from snakemake.profiles import ProfileConfigFileParser
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = REPO / "profiles"
+GPU_RULES = {"finetune", "finetune_fisher_subset", "finetune_for_drift", "compute_fisher"}
+
+
+def parse_profile(name: str) -> dict:
+    """The profile as Snakemake reads it (yte, then the key=value flattening)."""
+    path = PROFILES / name / "config.yaml"
+    with open(path) as stream:
+        return dict(ProfileConfigFileParser().parse(stream))
+
+
+def raw_profile(name: str) -> dict:
+    return yaml.safe_load((PROFILES / name / "config.yaml").read_text())
+
+
+def set_resources(profile: dict) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for entry in profile.get("set-resources", []):
+        rule, assign = entry.split(":", 1)
+        key, value = assign.split("=", 1)
+        out.setdefault(rule, {})[key] = value
+    return out
+
+
+# ---------------------------------------------------------------- profiles
+
+
+@pytest.mark.parametrize("name", ["local", "slurm", "slurm-ci"])
+def test_profile_parses(name: str) -> None:
+    parsed = parse_profile(name)
+    assert parsed["rerun-incomplete"] == "True"  # a killed job's outputs are rebuilt (resume)
+
+
+def test_slurm_profile_production_settings() -> None:
+    prof = parse_profile("slurm")
+    assert prof["executor"] == "slurm"
+    # the plugin's default status checking (sacct): squeue-only is for the CI cluster
+    assert not any(key.startswith("slurm-status") for key in prof)
+    assert prof["slurm-requeue"] == "True" and int(prof["retries"]) >= 1
+    defaults = dict(entry.split("=", 1) for entry in prof["default-resources"])
+    assert defaults["slurm_account"] == "YOUR_ACCOUNT"
+    assert defaults["slurm_partition"] == "YOUR_CPU_PARTITION"
+    assert "gpu" not in defaults
+    per_rule = set_resources(prof)
+    assert {rule for rule, res in per_rule.items() if int(res.get("gpu", 0)) > 0} == GPU_RULES
+    for rule in GPU_RULES:
+        assert per_rule[rule]["gpu"] == "1"
+        assert per_rule[rule]["slurm_partition"] == "YOUR_GPU_PARTITION"
+        # runtime and mem_mb stay with the rules, whose functions grow with `attempt`
+        assert "runtime" not in per_rule[rule] and "mem_mb" not in per_rule[rule]
+
+
+def test_sacct_less_status_checking_only_in_ci_profile() -> None:
+    with_status = {p.parent.name for p in PROFILES.glob("*/config.yaml") if "slurm-status-command" in raw_profile(p.parent.name)}
+    assert with_status == {"slurm-ci"}
+    ci = parse_profile("slurm-ci")
+    assert ci["slurm-status-command"] == "squeue"
+    # the plugin trusts squeue only while MinJobAge >= 3 x the first status-check delay
+    script = (REPO / "tests" / "slurm" / "local-slurm.sh").read_text()
+    min_job_age = int(re.search(r"^MinJobAge=(\d+)$", script, flags=re.M).group(1))
+    assert 3 * int(ci["slurm-init-seconds-before-status-checks"]) <= min_job_age
+    # no GPUs on the CI node
+    per_rule = set_resources(ci)
+    assert all(int(per_rule[rule]["gpu"]) == 0 for rule in GPU_RULES)
+
+
+def test_profile_name_slurm_resolves_from_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`snakemake --profile slurm` (the user's words) finds profiles/slurm via the ./slurm link."""
+    monkeypatch.chdir(REPO)
+    profile_dir, config_file = get_profile_dir("slurm")
+    assert config_file.resolve() == (PROFILES / "slurm" / "config.yaml").resolve()
+
+
+# ---------------------------------------------------------------- conda env
+
+
+def _canonical(name: str) -> str:
+    name = re.sub(r"[-_.]+", "-", name).lower()
+    return {"pytorch": "torch"}.get(name, name)  # conda-forge's name for the PyPI package
+
+
+def _pins(specs: list[str]) -> dict[str, str]:
+    pins = {}
+    for spec in specs:
+        match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s;]+)\s*", spec)
+        assert match, f"not an exact pin: {spec!r}"
+        pins[_canonical(match.group(1))] = match.group(2)
+    return pins
+
+
+def test_conda_env_pins_equal_pyproject() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    expected = _pins(pyproject["project"]["dependencies"])
+    env = yaml.safe_load((REPO / "envs" / "lnpeft.yaml").read_text())
+    assert env["channels"] == ["conda-forge", "nodefaults"]
+    conda, pip = [], []
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            pip += dep["pip"]
+        elif dep.split("=")[0] not in ("python", "pip"):  # the interpreter and its installer
+            conda.append(dep)
+    assert any(d.startswith("python=3.11") for d in env["dependencies"] if isinstance(d, str))
+    conda_pins, pip_pins = _pins(conda), _pins(pip)
+    assert not set(conda_pins) & set(pip_pins), "a package pinned twice"
+    assert {**conda_pins, **pip_pins} == expected
+
+
+def test_conda_env_post_deploy_installs_the_repo(tmp_path: Path) -> None:
+    """The post-deploy script refuses a directory that is not this repository (clear message)."""
+    script = REPO / "envs" / "lnpeft.post-deploy.sh"
+    assert os.access(script, os.X_OK)
+    run = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "LNPEFT_REPO": str(tmp_path)})
+    assert run.returncode == 1 and "LNPEFT_REPO" in run.stderr
+
+
+# ---------------------------------------------------------------- the paper's dry run
+
+
+def expected_counts(config: dict) -> dict[str, int]:
+    """Jobs per rule that config.yaml implies for `all` (GPU rules and the per-task set-up)."""
+    tasks, seeds = len(config["tasks"]), len(config["seeds"])
+    lrs = config["learning_rates"]
+    grid = sum(len(lrs["full"] if m == "full" else lrs["peft"]) for m in config["methods"])
+    frac = config["fractions"]
+    # data: one job per task, plus WNLI (the submission's 11 files) and AX (predicted by MNLI)
+    data_tasks = set(config["tasks"]) | {"wnli"} | ({"ax"} if "mnli" in config["tasks"] else set())
+    return {
+        "prepare_glue*": len(data_tasks),  # prepare_glue, or its MNLI/AX variants
+        "cache_checkpoint": 1,
+        "init_model": tasks * seeds,
+        "finetune": tasks * grid * seeds,
+        "finetune_fisher_subset": tasks * len(frac["schemes"]) * len(frac["values"]) * len(frac["learning_rates"]) * seeds,
+        "finetune_for_drift": tasks,
+        "compute_fisher": tasks,
+    }
+
+
+def dry_run(tmp_path: Path, profile: str, configfile: Path, target: str = "all") -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"),
+         "--profile", str(PROFILES / profile), "--configfile", str(configfile), "-n", target],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run.stdout + run.stderr
+
+
+def job_table(log: str) -> dict[str, int]:
+    table = log.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in table.splitlines()[3:]]
+    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[0] != "total"}
+
+
+def _pairs(block: str, key: str) -> dict[str, str]:
+    line = re.search(rf"^\s+{key}: (.*)$", block, flags=re.M)
+    return dict(kv.split("=", 1) for kv in line.group(1).split(", ")) if line else {}
+
+
+def job_resources(log: str, with_wildcards: bool = False) -> list[tuple]:
+    """(rule, resources[, wildcards]) of every job block of a dry run."""
+    jobs = []
+    for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", log):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, flags=re.M)
+        if rule:
+            job = (rule.group(1), _pairs(block, "resources"))
+            jobs.append(job + (_pairs(block, "wildcards"),) if with_wildcards else job)
+    return jobs
+
+
+def _workflow_rules() -> set[str]:
+    text = "\n".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    return set(re.findall(r"^rule (\w+):", text, flags=re.M))
+
+
+def test_paper_dry_run_job_counts_and_gpu_rules(tmp_path: Path) -> None:
+    missing = GPU_RULES - _workflow_rules()
+    if missing:
+        pytest.skip(f"rules not written yet: {sorted(missing)}")
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    log = dry_run(tmp_path, "slurm", REPO / "config.yaml")
+    counts = job_table(log)
+    for rule, n in expected_counts(config).items():
+        got = sum(c for r, c in counts.items() if r == rule or (rule.endswith("*") and r.startswith(rule[:-1])))
+        assert got == n, (rule, counts)
+    jobs = job_resources(log, with_wildcards=True)
+    assert sum(counts.values()) == len(jobs)
+    gpu_jobs = Counter(rule for rule, res, _ in jobs if int(res.get("gpu", 0)) > 0)
+    assert set(gpu_jobs) == GPU_RULES
+    assert all(gpu_jobs[r] == counts[r] for r in GPU_RULES)  # every job of a GPU rule, none else
+    runtime: dict[tuple[str, str], set[int]] = {}
+    for rule, res, wc in jobs:
+        if rule in GPU_RULES:
+            assert res["slurm_partition"] == "YOUR_GPU_PARTITION" and res["cpus_per_gpu"] == "4"
+            assert int(res["mem_mb"]) == 32000  # gpu_mem_mb at attempt 1
+            runtime.setdefault((rule, wc["task"]), set()).add(int(res["runtime"]))
+        else:
+            assert res["slurm_partition"] == "YOUR_CPU_PARTITION" and "cpus_per_gpu" not in res
+    # runtimes come from the rules' functions: one per (rule, task), growing with the train set
+    assert all(len(v) == 1 for v in runtime.values())
+    minutes = {key: v.pop() for key, v in runtime.items()}
+    for rule in GPU_RULES:
+        assert minutes[rule, "mnli"] > minutes[rule, "sst2"] > minutes[rule, "rte"] >= 10
+    # RTE, 20 epochs: 2490 train rows at 150/s, 277 dev + 3000 test rows at 600/s, + 15 min
+    assert minutes["finetune", "rte"] == int(15 + 20 * (2490 / 150 + 3277 / 600) / 60) == 22
+    print("\n".join(f"{rule}\t{n}" for rule, n in counts.items()))
+
+
+def test_ci_profile_dry_run_has_no_gpu_jobs(tmp_path: Path) -> None:
+    """The tiny config through profiles/slurm-ci: no job asks for a GPU or more than 2 GB."""
+    config = REPO / "tests" / "workflow" / "tiny" / "config.yaml"
+    if not config.is_file():
+        pytest.skip("tests/workflow/tiny/config.yaml does not exist yet")
+    log = dry_run(tmp_path, "slurm-ci", config)
+    jobs = job_resources(log)
+    assert {rule for rule, _ in jobs} >= GPU_RULES
+    assert all(int(res.get("gpu", 0)) == 0 for _, res in jobs)
+    assert max(int(res["mem_mb"]) for _, res in jobs) <= 2000

@@ -1,0 +1,108 @@
+"""Table 3 from GLUE server results, from labelled local test data, or n/a; scores_test.parquet."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from lnpeft.artifacts import read_parquet, write_parquet
+from lnpeft.cli import LnpeftError, main
+from lnpeft.metrics import compute_metrics
+from lnpeft.report.table3 import Table3Config, make_table3, read_glue_results
+from lnpeft.tasks import get_task
+from test_submission import write_data, write_run  # helpers: tiny data and run dirs
+
+DEV = pd.DataFrame(
+    [("layernorm", "rte", "dev", "accuracy", 0.70, 1e-3, 2),
+     ("layernorm", "stsb", "dev", "spearman", 0.85, 1e-3, 3),
+     ("layernorm", "stsb", "dev", "pearson", 0.86, 1e-3, 3),
+     ("bitfit", "rte", "dev", "accuracy", 0.68, 4e-4, 1),
+     ("bitfit", "stsb", "dev", "spearman", 0.84, 4e-4, 2)],
+    columns=["method", "task", "split", "metric", "value", "lr", "epoch"])
+
+
+@pytest.fixture
+def scores(tmp_path):
+    path = tmp_path / "scores.parquet"
+    write_parquet(DEV, path, "scores")
+    return path
+
+
+def outputs(tmp_path):
+    return tmp_path / "tables" / "table3", tmp_path / "tables" / "scores_test.parquet"
+
+
+def test_glue_results_file(scores, tmp_path):
+    glue = tmp_path / "glue.tsv"
+    glue.write_text("# from gluebenchmark.com\nmethod\ttask\tvalue\nlayernorm\trte\t0.682\n"
+                    "layernorm\tstsb\t0.865\nbitfit\trte\t0.687\n")
+    prefix, scores_out = outputs(tmp_path)
+    assert main(["table3", "--scores", str(scores), "--glue-results", str(glue),
+                 "--out-prefix", str(prefix), "--scores-out", str(scores_out)]) == 0
+    csv = pd.read_csv(f"{prefix}.csv", dtype=str, keep_default_na=False).set_index("method")
+    assert list(csv.columns) == ["stsb", "rte"]  # paper column order, configured columns only
+    assert list(csv.index) == ["bitfit", "layernorm"]
+    assert csv.loc["layernorm", "rte"] == "0.682" and csv.loc["bitfit", "stsb"] == "n/a"
+    md = open(f"{prefix}.md").read()
+    assert "| LayerNorm | 0.865 | 0.682 |" in md and "GLUE server results" in md
+    assert r"LayerNorm & 0.865 & 0.682 \\" in open(f"{prefix}.tex").read()
+    combined = read_parquet(scores_out, "scores")
+    assert len(combined) == len(DEV) + 3
+    test = combined[combined["split"] == "test"].set_index(["method", "task"])
+    assert test.loc[("layernorm", "stsb"), "metric"] == "spearman"
+    assert test.loc[("layernorm", "stsb"), "epoch"] == 3  # from the dev row that chose the run
+    assert test.loc[("bitfit", "rte"), "lr"] == 4e-4
+    pd.testing.assert_frame_equal(read_parquet(scores, "scores"), DEV)  # input untouched
+
+
+@pytest.mark.parametrize("text, message", [
+    ("method\ttask\tscore\n", "header"),
+    ("method\ttask\tvalue\nlayernorm\twnli\t0.5\n", ":2: task 'wnli' is not one of"),
+    ("method\ttask\tvalue\nlayernorm\trte\t68.2\n", ":2: value 68.2 is not a fraction"),
+    ("method\ttask\tvalue\nlayernorm\trte\tx\n", ":2: value 'x' is not a number"),
+    ("method\ttask\tvalue\nlayernorm\trte\t0.6\nlayernorm\trte\t0.7\n", ":3: second value for"),
+    ("method\ttask\tvalue\nlayernorm\trte\n", ":2: 2 fields"),
+])
+def test_glue_results_errors_name_the_line(tmp_path, text, message):
+    glue = tmp_path / "glue.tsv"
+    glue.write_text(text)
+    with pytest.raises(LnpeftError, match=message):
+        read_glue_results(glue)
+
+
+def test_labelled_local_test_data(scores, tmp_path):
+    data = tmp_path / "data"
+    write_data(data, "rte", "test", [0, 1, 2, 3], labels=[0, 1, 1, 0])
+    write_data(data, "stsb", "test", [0, 1, 2], labels=None)  # unlabelled: skipped
+    best = write_run(tmp_path / "r" / "b", "rte", [0.7], {"test": ([3, 2, 1, 0], [0, 1, 0, 0])})
+    worse = write_run(tmp_path / "r" / "a", "rte", [0.6], {"test": ([0, 1, 2, 3], [1, 1, 1, 1])})
+    stsb = write_run(tmp_path / "r" / "s", "stsb", [0.8], {"test": ([0, 1, 2], [1.0, 2.0, 3.0])})
+    prefix, scores_out = outputs(tmp_path)
+    table, note = make_table3(Table3Config(
+        scores, prefix, scores_out, data_dir=data,
+        runs={("layernorm", "rte"): (worse, best), ("layernorm", "stsb"): (stsb,)}))
+    # the best run (b) predicts idx 0..3 as 0, 0, 1, 0 against labels 0, 1, 1, 0: accuracy 0.75
+    expected = compute_metrics(get_task("rte"), [0, 1, 1, 0], [0, 0, 1, 0])["accuracy"]
+    assert expected == 0.75 and table.loc["layernorm", "rte"] == "0.750"
+    assert table.loc["layernorm", "stsb"] == "n/a" and table.loc["bitfit", "rte"] == "n/a"
+    assert note == "Source: labelled local test data."
+    test = read_parquet(scores_out, "scores").query("split == 'test'")
+    assert sorted(test["metric"]) == ["accuracy"]
+
+
+def test_no_test_scores_gives_na_with_a_note(scores, tmp_path):
+    prefix, scores_out = outputs(tmp_path)
+    table, note = make_table3(Table3Config(scores, prefix, scores_out))
+    assert (table.to_numpy() == "n/a").all() and table.shape == (2, 2)
+    assert "n/a: no GLUE server results" in open(f"{prefix}.md").read()
+    pd.testing.assert_frame_equal(read_parquet(scores_out, "scores"), DEV)
+
+
+def test_rejects_scores_that_already_hold_test_rows(scores, tmp_path):
+    prefix, scores_out = outputs(tmp_path)
+    make_table3(Table3Config(scores, prefix, scores_out, glue_results=None))
+    glue = tmp_path / "g.tsv"
+    glue.write_text("method\ttask\tvalue\nbitfit\trte\t0.6\n")
+    make_table3(Table3Config(scores, prefix, scores_out, glue_results=glue))
+    with pytest.raises(LnpeftError, match="already holds test rows"):
+        make_table3(Table3Config(scores_out, prefix, tmp_path / "x.parquet", glue_results=glue))

@@ -1,0 +1,101 @@
+"""lnpeft tables: best (lr, epoch) on dev per (task, method), long scores, Table 2 layout."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lnpeft.artifacts import read_parquet, write_json, write_parquet
+from lnpeft.cli import main
+from lnpeft.tasks import get_task
+
+TOTAL = 333_581_314
+TRAINABLE = {"full": TOTAL, "bitfit": 274_434, "layernorm": 51_202}
+
+
+def fake_run(root: Path, task: str, method: str, lr: float, seed: int, rng) -> tuple[Path, pd.DataFrame]:
+    """An epochs.parquet + run.json as `lnpeft finetune` writes them, with random metric values."""
+    spec = get_task(task)
+    run = root / task / method / f"lr{lr:g}_seed{seed}"
+    n = 4
+    df = pd.DataFrame({"epoch": np.arange(1, n + 1), "train_loss": rng.random(n), "seconds": rng.random(n),
+                       "tokens": np.full(n, 100), "padded_tokens": np.full(n, 120),
+                       "trainable": np.full(n, TRAINABLE[method]), "lr": np.full(n, lr)})
+    for split in spec.dev_splits:
+        for metric in (spec.metric, *spec.secondary_metrics):
+            df[f"{split}/{metric}"] = rng.random(n).round(2)  # rounding makes ties likely
+    write_parquet(df, run / "epochs.parquet", "epochs")
+    write_json({"options": {"task": task, "method": method, "lr": lr, "seed": seed},
+                "total": TOTAL, "trainable": TRAINABLE[method]}, run / "run.json")
+    return run, df
+
+
+def naive_best(frames: list[tuple[float, int, pd.DataFrame]], column: str) -> tuple[float, int]:
+    """Brute force: mean over seeds for every (lr, epoch), then the max; ties: smaller lr, earlier epoch."""
+    cells: dict[tuple[float, int], list[float]] = {}
+    for lr, _, df in frames:
+        for _, row in df.iterrows():
+            cells.setdefault((lr, int(row["epoch"])), []).append(row[column])
+    best_key, best_val = None, -np.inf
+    for key in sorted(cells):
+        val = float(np.mean(cells[key]))
+        if val > best_val + 1e-12:
+            best_key, best_val = key, val
+    return best_key
+
+
+def test_tables_end_to_end(tmp_path):
+    rng = np.random.default_rng(0)
+    tasks = ["mnli", "rte", "stsb", "cola"]
+    lrs = {"full": [1e-5, 2e-5], "bitfit": [1e-4, 4e-4], "layernorm": [1e-4, 4e-4]}
+    args, made = [], {}
+    for task, method in itertools.product(tasks, lrs):
+        for lr, seed in itertools.product(lrs[method], [0, 1]):
+            run, df = fake_run(tmp_path / "runs", task, method, lr, seed, rng)
+            args.append(f"{method}:{task}={run}")
+            made.setdefault((method, task), []).append((lr, seed, df))
+    prefix = tmp_path / "tables" / "table2"
+    assert main(["tables", "--runs", *args, "--scores", str(tmp_path / "tables" / "scores.parquet"),
+                 "--out-prefix", str(prefix)]) == 0
+
+    scores = read_parquet(tmp_path / "tables" / "scores.parquet", "scores")
+    assert set(scores["split"]) == {"dev"}
+    assert set(scores["task"]) == {"mnli_matched", "mnli_mismatched", "rte", "stsb", "cola"}
+    for (method, task), frames in made.items():
+        spec = get_task(task)
+        lr, epoch = naive_best(frames, f"{spec.dev_splits[0]}/{spec.metric}")
+        for split in spec.dev_splits:
+            for metric in (spec.metric, *spec.secondary_metrics):
+                row = scores[(scores.method == method) & (scores.task == spec.score_name(split))
+                             & (scores.metric == metric)]
+                assert len(row) == 1
+                expected = np.mean([df.loc[df.epoch == epoch, f"{split}/{metric}"].item()
+                                    for r, _, df in frames if r == lr])
+                assert row["lr"].item() == lr and row["epoch"].item() == epoch
+                assert row["value"].item() == pytest.approx(expected)
+    # secondary metrics have their own rows
+    assert set(scores[scores.task == "stsb"]["metric"]) == {"spearman", "pearson"}
+
+    csv = pd.read_csv(f"{prefix}.csv")
+    assert list(csv.columns) == ["method", "percent_of_full", "mnli_matched", "mnli_mismatched", "cola", "stsb", "rte"]
+    assert list(csv["method"]) == ["full", "bitfit", "layernorm"]
+    assert csv["percent_of_full"].tolist() == pytest.approx([100.0, 100 * 274_434 / TOTAL, 100 * 51_202 / TOTAL])
+    cola = scores[(scores.method == "bitfit") & (scores.task == "cola") & (scores.metric == "matthews")]
+    assert csv.loc[1, "cola"] == pytest.approx(cola["value"].item())
+    md = Path(f"{prefix}.md").read_text()
+    assert "| LayerNorm | 0.015% |" in md and "| BitFit | 0.082% |" in md and "| Full | 100% |" in md
+    assert "MNLI-m | MNLI-mm | CoLA | STSB | RTE" in md
+    tex = Path(f"{prefix}.tex").read_text()
+    assert r"0.015\%" in tex and r"\begin{tabular}{lrrrrrr}" in tex
+
+
+def test_tables_reject_a_run_of_another_task(tmp_path):
+    run, _ = fake_run(tmp_path, "rte", "full", 1e-5, 0, np.random.default_rng(0))
+    rc = main(["tables", "--runs", f"full:cola={run}", "--scores", str(tmp_path / "s.parquet"),
+               "--out-prefix", str(tmp_path / "t")])
+    assert rc == 2 and not (tmp_path / "s.parquet").exists()

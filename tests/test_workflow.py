@@ -1,0 +1,177 @@
+"""The tiny end-to-end scenario (tests/workflow/tiny/config.yaml), run with real Snakemake.
+
+The workflow runs once per session in a temporary folder (never the repo root: other runs would
+share .snakemake/ and results/). To test a later stage, add its named targets to TARGETS and a
+test that reads from the `tiny_run` fixture's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+TINY_CONFIG = REPO / "tests" / "workflow" / "tiny" / "config.yaml"
+
+# Named targets of the Snakefile that the tiny scenario builds (other stages: add theirs here).
+TARGETS = ["data", "pretrained", "init", "fig1", "fig3", "fig4", "table1", "table3", "stats", "submission"]
+
+SUBSAMPLE = {"train": 32, "validation": 24, "test": 16}
+
+
+def glue_dir() -> Path | None:
+    """The local GLUE copy: $LNPEFT_GLUE_DIR, else <repo>/../shared/glue."""
+    for candidate in (os.environ.get("LNPEFT_GLUE_DIR"), REPO.parent / "shared" / "glue"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate).resolve()
+    return None
+
+
+def write_config(folder: Path, overrides: dict | None = None, base: Path = TINY_CONFIG) -> Path:
+    """The scenario's config with data.glue_dir filled in, plus `{"a.b": value}` overrides."""
+    config = yaml.safe_load(base.read_text())
+    config["data"]["glue_dir"] = str(glue_dir())
+    for dotted, value in (overrides or {}).items():
+        *parents, key = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[key] = value
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def snakemake(folder: Path, config: Path, *args: str, timeout: int = 1500,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the repo's Snakefile in `folder` with the venv's snakemake, offline."""
+    exe = Path(sys.executable).parent / "snakemake"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           **(env or {})}
+    cmd = [str(exe), "-s", str(SNAKEFILE), "--configfile", str(config), "--cores", "2", *args]
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+needs_glue = pytest.mark.skipif(glue_dir() is None,
+                                reason="no local GLUE copy (<repo>/../shared/glue or $LNPEFT_GLUE_DIR)")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """Run TARGETS of the tiny scenario once; returns the run folder (results/ inside)."""
+    if glue_dir() is None:
+        pytest.skip("no local GLUE copy (<repo>/../shared/glue or $LNPEFT_GLUE_DIR)")
+    folder = tmp_path_factory.mktemp("tiny")
+    config = write_config(folder)
+    proc = snakemake(folder, config, *TARGETS)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-10000:]
+    return folder
+
+
+@needs_glue
+def test_data_parquets(tiny_run):
+    from lnpeft.artifacts import read_parquet
+
+    for task in ("rte", "stsb"):
+        manifest = json.loads((tiny_run / "results" / "data" / task / "MANIFEST.json").read_text())
+        for split, cap in SUBSAMPLE.items():
+            df = read_parquet(tiny_run / "results" / "data" / task / f"{split}.parquet", "data")
+            assert len(df) == cap == manifest["splits"][split]["rows_kept"]
+            assert df["idx"].is_monotonic_increasing and df["text_b"].notna().all()
+            assert df["label"].isna().all() == (split == "test")
+    rte = read_parquet(tiny_run / "results" / "data" / "rte" / "train.parquet", "data")
+    assert str(rte["label"].dtype) == "Int64" and set(rte["label"]) <= {0, 1}
+    stsb = read_parquet(tiny_run / "results" / "data" / "stsb" / "validation.parquet", "data")
+    assert stsb["label"].dtype == "float64" and stsb["label"].between(0, 5).all()
+    full = json.loads((tiny_run / "results" / "data" / "rte" / "MANIFEST.json").read_text())
+    assert full["splits"]["test"]["rows_read"] == 3000
+
+
+@needs_glue
+def test_checkpoint_and_init(tiny_run):
+    from safetensors.torch import load_file
+
+    from lnpeft.checkpoint import verify_checkpoint
+
+    ck = tiny_run / "results" / "checkpoints" / "all-minilm-l6-v2"
+    assert verify_checkpoint(ck)["source"] == "package"
+    encoder = load_file(ck / "model.safetensors")
+    for task, labels in (("rte", 2), ("stsb", 1)):
+        init = tiny_run / "results" / "init" / "all-minilm-l6-v2" / task / "seed0"
+        weights = load_file(init / "model.safetensors")
+        assert weights["classifier.weight"].shape == (labels, 384)
+        assert all(weights[f"bert.{k}"].equal(v) for k, v in encoder.items() if f"bert.{k}" in weights)
+        assert json.loads((init / "init.json").read_text())["task"] == task
+        assert (tiny_run / "results" / "logs" / "init_model" / "all-minilm-l6-v2" / task / "seed0.log").exists()
+
+
+@needs_glue
+def test_drift_fisher_figures_and_table1(tiny_run):
+    import matplotlib.image as mpimg
+    import pandas as pd
+
+    from lnpeft.artifacts import read_parquet
+
+    results = tiny_run / "results"
+    for task in ("rte", "stsb"):
+        drift = read_parquet(results / "drift" / "all-minilm-l6-v2" / f"{task}.parquet", "drift")
+        assert len(drift) == 6 * 8 * 3 and (drift["D"] > 0).all()  # every entry moved (full fine-tune)
+        fisher = read_parquet(results / "fisher" / "all-minilm-l6-v2" / f"{task}.parquet", "fisher")
+        assert len(fisher) == 6 * 2 * 384 and fisher["fisher"].sum() > 0
+        # the fine-tuned weights were temporary
+        assert not (results / "drift" / "all-minilm-l6-v2" / f"{task}.finetuned").exists()
+    table1 = pd.read_csv(results / "tables" / "table1.csv")
+    assert sorted(table1["component"]) == sorted(drift["component"].unique())
+    assert table1["score"].sum() == pytest.approx(2.0)  # two tasks, each normalised to 1
+    for name in ("fig1_drift", "fig3_layernorm_fisher", "fig4_global_fisher"):
+        assert (results / "figures" / f"{name}.pdf").stat().st_size > 1000
+        assert min(mpimg.imread(results / "figures" / f"{name}.png").shape[:2]) > 300
+
+
+@needs_glue
+def test_submission_stats_and_table3(tiny_run):
+    """The incomplete zip (RTE, STS-B, WNLI) passes the validator; dev-only statistics; Table 3 n/a."""
+    from lnpeft.report.validate import validate_zip
+
+    results = tiny_run / "results"
+    sub = results / "submission" / "all-minilm-l6-v2"
+    assert validate_zip(sub / "layernorm.zip", data_dir=results / "data", allow_incomplete=True) == []
+    manifest = json.loads((sub / "layernorm.manifest.json").read_text())
+    status = {name: entry["status"] for name, entry in manifest["files"].items()}
+    assert {n for n, s in status.items() if s != "missing"} == {"RTE.tsv", "STS-B.tsv", "WNLI.tsv"}
+    assert status["WNLI.tsv"] == "majority" and manifest["files"]["RTE.tsv"]["rows"] == SUBSAMPLE["test"]
+    kruskal = json.loads((results / "stats" / "kruskal.json").read_text())
+    assert kruskal["dev"]["tasks"] == ["stsb", "rte"] and 0 <= kruskal["dev"]["pvalue"] <= 1
+    assert kruskal["test"]["pvalue"] is None and kruskal["combined"]["pvalue"] is None
+    assert "n/a" in (results / "tables" / "table3.md").read_text()
+
+
+@needs_glue
+def test_second_dry_run_has_nothing_to_do(tiny_run):
+    proc = snakemake(tiny_run, tiny_run / "config.yaml", "-n", *TARGETS)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_hub_source_through_a_local_dataset_folder(tmp_path):
+    """data.source hub: the same rule reads a load_dataset folder (the hub's parquet layout)."""
+    from test_data import _hub_folder
+
+    from lnpeft.artifacts import read_parquet
+
+    folder = _hub_folder(tmp_path / "hub")
+    config = write_config(tmp_path, {"data.source": "hub", "data.glue_dir": None,
+                                     "data.hub_path": str(folder), "tasks": ["rte"],
+                                     "data.subsample.train": 5})
+    proc = snakemake(tmp_path, config, "data", env={"HF_DATASETS_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    rows = {s: len(read_parquet(tmp_path / "results" / "data" / "rte" / f"{s}.parquet", "data"))
+            for s in ("train", "validation", "test")}
+    assert rows == {"train": 5, "validation": 3, "test": 4}
