@@ -4,7 +4,8 @@ For each model shape and task (SST-2: short single sentences; RTE: long pairs) t
 real training examples (MiniLM tokenizer, batch 32) are run through one training step of every
 method, exactly as `lnpeft finetune` does it (trainable selection from lnpeft.methods,
 requires_grad only on trained tensors, gradient masks for partly trained tensors, AdamW over the
-trained tensors, clipping, restoring untrained entries), in two modes:
+trained tensors, clipping, restoring untrained entries), plus `random-delta`: the random control
+through the sparse-delta prototype of sparse_delta.py. Two modes:
   grouped    ours: length-grouped dynamic padding (lnpeft.batching), torch.compile on CUDA
   padded128  the baseline: every batch padded to max_length, eager
 Reported: step time, examples/s, tokens/s (real tokens), padding fraction, peak memory, and the
@@ -34,8 +35,10 @@ import common  # noqa: E402
 
 from lnpeft.batching import Encoded, bucket_width, collate, length_grouped_batches  # noqa: E402
 from lnpeft.methods import MethodOptions, select  # noqa: E402
+from sparse_delta import attach_deltas  # noqa: E402
 
-METHODS = ("full", "bitfit", "layernorm", "random", "fisher")
+METHODS = ("full", "bitfit", "layernorm", "random", "fisher", "random-delta")
+"""The five methods as lnpeft trains them, plus random through sparse deltas (sparse_delta.py)."""
 TASKS = ("sst2", "rte")
 
 
@@ -69,19 +72,24 @@ class Stepper:
     def __init__(self, base_model, method: str, device: torch.device, compile_: bool,
                  mask_path: Path | None, fraction: float = 0.1, lr: float = 1e-4) -> None:
         model = copy.deepcopy(base_model).to(device).train()
-        options = MethodOptions(seed=0, fraction=fraction if method == "fisher" else None,
-                                mask=mask_path if method == "fisher" else None)
-        trainable = select(model, method, options)
-        names = set(trainable.names)
+        # "<method>-delta": the bench-only sparse-delta prototype (sparse_delta.py)
+        base_method, sparse = method.removesuffix("-delta"), method.endswith("-delta")
+        options = MethodOptions(seed=0, fraction=fraction if base_method == "fisher" else None,
+                                mask=mask_path if base_method == "fisher" else None)
+        trainable = select(model, base_method, options)
+        names = set(trainable.whole if sparse else trainable.names)
         for name, p in model.named_parameters():
             p.requires_grad_(name in names)
         self.params = dict(model.named_parameters())
-        self.masks = trainable.masks(model)
+        self.masks = {} if sparse else trainable.masks(model)
         self.keep = {n: ~m for n, m in self.masks.items()}
         self.frozen_values = {n: self.params[n].detach()[self.keep[n]].clone() for n in self.masks}
         for name, mask in self.masks.items():
             self.params[name].register_hook(lambda g, m=mask: g * m)
         self.opt_params = [p for n, p in self.params.items() if n in names]
+        self.deltas = attach_deltas(model, trainable) if sparse else {}
+        self.opt_params += list(self.deltas.values())
+        self.trainable_set = trainable
         self.optimizer = torch.optim.AdamW(self.opt_params, lr=lr, fused=device.type == "cuda")
         self.model = model
         self.fwd = torch.compile(model, dynamic=True) if compile_ else model
@@ -151,7 +159,7 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
             trainable: dict[str, int] = {}
             for _ in range(args.repeats):  # interleaved rounds
                 for mode, bl in batches.items():
-                    for method in args.methods:
+                    for method in args.methods if mode == "grouped" else args.baseline_methods:
                         stepper = Stepper(base, method, device, compile_ and mode == "grouped", mask_path)
                         trainable[method] = stepper.trainable
                         common.reset_peak(device)
@@ -184,7 +192,7 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
             for mode in batches:
                 if ("layernorm", mode) in med and ("full", mode) in med:
                     r[f"layernorm_over_full_{mode}"] = med[("layernorm", mode)] / med[("full", mode)]
-                for m in ("random", "fisher", "bitfit"):
+                for m in ("random", "fisher", "bitfit", "random-delta"):
                     if (m, mode) in med and ("layernorm", mode) in med:
                         r[f"{m}_over_layernorm_{mode}"] = med[(m, mode)] / med[("layernorm", mode)]
             for m in args.methods:
@@ -204,7 +212,7 @@ def targets(ratios: dict, padding: dict, on_gpu: bool) -> list[dict]:
             limit = 0.5 if on_gpu else 0.85
             v = r["layernorm_over_full_grouped"]
             out.append({"target": f"layernorm step <= {limit}x full ({key})", "value": v, "met": v <= limit})
-        for m in ("random", "fisher"):
+        for m in ("random", "fisher", "random-delta"):
             k = f"{m}_over_layernorm_grouped"
             if k in r:
                 out.append({"target": f"{m} step <= 1.1x layernorm ({key})", "value": r[k], "met": r[k] <= 1.1})
@@ -225,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shapes", help="comma-separated shapes (overrides --quick/--large)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--baseline-methods", help="methods also run padded to max_length (default: all)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--steps", type=int, help="timed steps per round (default 4 CPU, 20 GPU, 2 quick)")
@@ -234,12 +243,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compile", choices=("auto", "true", "false"), default="auto")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: process CPU time (a busy shared CPU machine; with --threads 1)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/train_step.json"))
     args = ap.parse_args(argv)
     device = common.pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    common.set_clock(args.clock)
     args.methods = args.methods.split(",")
+    args.baseline_methods = args.baseline_methods.split(",") if args.baseline_methods else args.methods
     shapes = (args.shapes.split(",") if args.shapes else ["tiny"] if args.quick
               else (["minilm", "bert-large"] if args.large or device.type == "cuda" else ["minilm"]))
     if args.quick:
@@ -247,7 +260,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.steps = args.steps or (2 if args.quick else 20 if device.type == "cuda" else 4)
     args.repeats = args.repeats or (1 if args.quick else 2)
 
-    tasks = {t: common.load_task(t, args.rows, args.max_length) for t in args.tasks.split(",")}
+    # quick: the small dev files (same length distribution; reading SST-2's 67k-row train file
+    # alone takes seconds)
+    split = "validation" if args.quick else "train"
+    tasks = {t: common.load_task(t, args.rows, args.max_length, split=split) for t in args.tasks.split(",")}
     padding = {t: padding_stats(d, args.batch_size, args.max_length) for t, d in tasks.items()}
     records, ratios = [], {}
     for shape in shapes:

@@ -33,3 +33,20 @@ def test_good_config_dry_run(tmp_path):
     out = proc.stdout + proc.stderr
     for rule, count in (("prepare_glue", 2), ("cache_checkpoint", 1), ("init_model", 2)):
         assert re.search(rf"^{rule}\s+{count}$", out, re.M), out[-3000:]
+
+
+@pytest.mark.parametrize("overlay", [None, "configs/demo.yaml", "tests/workflow/tiny/config.yaml"])
+def test_shipped_configs_pass_the_schema_check(overlay):
+    """check_schema (run before validate() in common.smk) accepts every config the project ships."""
+    from pathlib import Path
+
+    import yaml
+
+    from lnpeft.workflow_config import check_schema
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    if overlay:
+        for key, value in yaml.safe_load((repo / overlay).read_text()).items():
+            config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    check_schema(config, repo / "workflow" / "schemas" / "config.schema.yaml")

@@ -217,8 +217,12 @@ def test_resume_after_kill_mid_epoch_gives_identical_epochs(toy, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         ft.finetune(config(toy, tmp_path / "other", **kw))
     monkeypatch.setattr(torch.optim.AdamW, "step", original)
-    with pytest.raises(ValueError, match="other options"):
+    with pytest.raises(ValueError, match=r"other options \(lr\)"):
         ft.finetune(config(toy, tmp_path / "other", **{**kw, "lr": 1e-3}))
+    # ... but the thread count is an execution choice (Snakemake's cores), so that run resumes
+    again = ft.finetune(config(toy, tmp_path / "other", **{**kw, "threads": 2}))
+    assert list(again["epoch"]) == [1, 2, 3]
+    pd.testing.assert_frame_equal(reference.drop(columns="seconds").iloc[:1], again.drop(columns="seconds").iloc[:1])
 
 
 def test_nan_loss_names_run_and_step(toy, tmp_path):

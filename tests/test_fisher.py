@@ -190,3 +190,16 @@ def test_cli_rejects_unlabelled_split(tmp_path, capsys):
                  "--out", str(tmp_path / "x.parquet")]) == 2
     assert "have no label" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_max_samples_accepts_yaml_null():
+    """The workflow passes config values verbatim: fisher.max_samples: null arrives as 'None'."""
+    import argparse
+
+    from lnpeft.fisher import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--model", "m", "--data", "d", "--out", "o"]
+    assert parser.parse_args(base + ["--max-samples", "None"]).max_samples is None
+    assert parser.parse_args(base + ["--max-samples", "64"]).max_samples == 64

@@ -158,6 +158,8 @@ def expected_counts(config: dict) -> dict[str, int]:
 
 def dry_run(tmp_path: Path, profile: str, configfile: Path, target: str = "all") -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    if "LNPEFT_GLUE_DIR" not in env and (REPO.parent / "shared" / "glue").is_dir():
+        env["LNPEFT_GLUE_DIR"] = str(REPO.parent / "shared" / "glue")  # for glue_dir: auto
     run = subprocess.run(
         [str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"),
          "--profile", str(PROFILES / profile), "--configfile", str(configfile), "-n", target],
@@ -189,6 +191,22 @@ def job_resources(log: str, with_wildcards: bool = False) -> list[tuple]:
     return jobs
 
 
+def _local_rules() -> set[str]:
+    """Rules that run on the login node: the Snakefile's `localrules:` and `localrule: True`
+    (a `use rule ... as X with:` inherits it). A dry run does not print which ones they are."""
+    snakefile = (REPO / "Snakefile").read_text()
+    block = re.search(r"^localrules:\n((?:\s+\w+,?\n?)+)", snakefile, flags=re.M).group(1)
+    local = set(re.findall(r"\w+", block))
+    text = "\n".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", text, flags=re.M | re.S):
+        if re.search(r"^\s+localrule: True", m.group(2), flags=re.M):
+            local.add(m.group(1))
+    for child, parent in re.findall(r"^use rule (\w+) as (\w+) with:", text, flags=re.M):
+        if child in local:
+            local.add(parent)
+    return local
+
+
 def _workflow_rules() -> set[str]:
     text = "\n".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
     return set(re.findall(r"^rule (\w+):", text, flags=re.M))
@@ -217,6 +235,20 @@ def test_paper_dry_run_job_counts_and_gpu_rules(tmp_path: Path) -> None:
             runtime.setdefault((rule, wc["task"]), set()).add(int(res["runtime"]))
         else:
             assert res["slurm_partition"] == "YOUR_CPU_PARTITION" and "cpus_per_gpu" not in res
+    # network only on the login node: downloads are the only localrules with a command, and
+    # every SLURM job that loads a model or tokenizer runs with the hub switched off
+    blocks = [b for b in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", log) if re.search(r"^(?:local)?rule ", b, flags=re.M)]
+    local_rules, local_with_shell = _local_rules(), set()
+    for block in blocks:
+        rule = re.search(r"^(?:local)?rule (\w+):", block, flags=re.M).group(1)
+        shell = re.search(r"^Shell command: (.*)$", block, flags=re.M)
+        if shell is None or shell.group(1) == "None":
+            continue
+        if rule in local_rules:
+            local_with_shell.add(rule)
+        elif re.search(r"\blnpeft (init|finetune|fisher|drift)\b", shell.group(1)):  # they load models
+            assert "HF_HUB_OFFLINE=1" in shell.group(1) and "HF_DATASETS_OFFLINE=1" in shell.group(1), block
+    assert local_with_shell == {"prepare_glue", "prepare_glue_mnli", "prepare_glue_ax", "cache_checkpoint"}
     # runtimes come from the rules' functions: one per (rule, task), growing with the train set
     assert all(len(v) == 1 for v in runtime.values())
     minutes = {key: v.pop() for key, v in runtime.items()}
@@ -232,8 +264,22 @@ def test_ci_profile_dry_run_has_no_gpu_jobs(tmp_path: Path) -> None:
     config = REPO / "tests" / "workflow" / "tiny" / "config.yaml"
     if not config.is_file():
         pytest.skip("tests/workflow/tiny/config.yaml does not exist yet")
+    if not (os.environ.get("LNPEFT_GLUE_DIR") or (REPO.parent / "shared" / "glue").is_dir()):
+        pytest.skip("no local GLUE copy (<repo>/../shared/glue or $LNPEFT_GLUE_DIR)")
     log = dry_run(tmp_path, "slurm-ci", config)
     jobs = job_resources(log)
     assert {rule for rule, _ in jobs} >= GPU_RULES
     assert all(int(res.get("gpu", 0)) == 0 for _, res in jobs)
     assert max(int(res["mem_mb"]) for _, res in jobs) <= 2000
+
+
+def test_every_shell_rule_names_the_conda_env() -> None:
+    """`--sdm conda` covers every job: each rule with a shell names envs/lnpeft.yaml."""
+    missing = []
+    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        text = path.read_text()
+        for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", text, flags=re.M | re.S):
+            name, body = m.groups()
+            if "shell:" in body and not re.search(r'conda:\s*\n\s*"\.\./\.\./envs/lnpeft\.yaml"', body):
+                missing.append(f"{path.name}: rule {name}")
+    assert not missing, f"rules without conda: \"../../envs/lnpeft.yaml\": {missing}"

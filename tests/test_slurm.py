@@ -19,18 +19,27 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slurm
+# slow too, so that `make test` (-m "not slow ...") leaves it to `make test-e2e` (-m "slow or slurm")
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "workflow" / "tiny" / "config.yaml"
 LOCAL_SLURM = REPO / "tests" / "slurm" / "local-slurm.sh"
-# Named targets built through SLURM; extend as stages land (the order does not matter).
-TARGETS = ["data", "pretrained", "init"]
+# What the SLURM run builds: named targets and files of the tiny config; extend as stages land.
+# One Fisher and one fine-tuning run put GPU rules (run on CPU by the CI profile) through sbatch.
+TARGETS = [
+    "data",
+    "pretrained",
+    "init",
+    "results/fisher/all-minilm-l6-v2/rte.parquet",
+    "results/runs/all-minilm-l6-v2/rte/layernorm/lr0.003_seed0/epochs.parquet",
+]
 # Hard limits: the Snakemake run inside the cluster, and the whole script around it.
 RUN_TIMEOUT_S = 1200
 SCRIPT_TIMEOUT_S = RUN_TIMEOUT_S + 300  # + package installation, daemon start and stop
 # results/ folders that differ between runs by nature (wall-clock times, host names)
 VOLATILE_DIRS = ("logs", "benchmarks")
+VOLATILE_COLUMNS = ("seconds",)  # epochs.parquet: wall-clock seconds per epoch
 
 
 def _env() -> dict[str, str]:
@@ -64,19 +73,21 @@ def _results(root: Path) -> dict[str, Path]:
 
 def _assert_same_file(rel: str, a: Path, b: Path) -> None:
     if a.suffix == ".parquet":
-        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), obj=rel)
+        frames = [pd.read_parquet(p) for p in (a, b)]
+        frames = [f.drop(columns=[c for c in VOLATILE_COLUMNS if c in f.columns]) for f in frames]
+        pd.testing.assert_frame_equal(*frames, obj=rel)
     elif a.suffix == ".json":
         assert json.loads(a.read_text()) == json.loads(b.read_text()), rel
     else:
         assert a.read_bytes() == b.read_bytes(), f"{rel} differs between the local and the SLURM run"
 
 
-def _run_bounded(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run local-slurm.sh; past SCRIPT_TIMEOUT_S send SIGTERM (its trap stops the daemons it
-    started), and SIGKILL only if it is still there a minute later. CI never hangs here."""
+def _run_bounded(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+    """Run cmd; past `timeout` send SIGTERM (Snakemake cancels its jobs, local-slurm.sh's trap
+    stops the daemons it started), and SIGKILL only if it is still there a minute later."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out, err = proc.communicate(timeout=SCRIPT_TIMEOUT_S)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.terminate()
         try:
@@ -84,7 +95,7 @@ def _run_bounded(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.C
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
-        pytest.fail(f"local-slurm.sh ran past {SCRIPT_TIMEOUT_S}s and was stopped:\n{(out + err)[-4000:]}")
+        pytest.fail(f"{' '.join(cmd[:2])} ran past {timeout}s and was stopped:\n{(out + err)[-4000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
@@ -92,26 +103,26 @@ def _run_bounded(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.C
 def prerequisites() -> None:
     if not TINY_CONFIG.is_file():
         pytest.skip(f"{TINY_CONFIG.relative_to(REPO)} does not exist yet (the tiny workflow config)")
+    if "LNPEFT_GLUE_DIR" not in _env():
+        pytest.skip("no local GLUE copy (<repo>/../shared/glue or $LNPEFT_GLUE_DIR)")
     if os.geteuid() != 0:
         pytest.skip("needs root: local-slurm.sh installs SLURM with apt-get and runs slurmd as root")
     if shutil.which("slurmd") is None and shutil.which("apt-get") is None:
         pytest.skip("SLURM is not installed and apt-get is not available to install it")
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + SCRIPT_TIMEOUT_S + 300)  # after our own limits, which stop the daemons
 def test_tiny_workflow_on_local_slurm_equals_local_run(prerequisites: None, tmp_path: Path) -> None:
     env = _env()
     local, cluster = tmp_path / "local", tmp_path / "slurm"
     local.mkdir()
     cluster.mkdir()
 
-    run = subprocess.run(
-        [*_snakemake("local"), "--cores", "2"],
-        cwd=local, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-    )
+    run = _run_bounded([*_snakemake("local"), "--cores", "2"], local, env, RUN_TIMEOUT_S)
     assert run.returncode == 0, f"local run failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
 
     env["LOCAL_SLURM_TIMEOUT"] = str(RUN_TIMEOUT_S)
-    run = _run_bounded(["bash", str(LOCAL_SLURM), *_snakemake("slurm-ci")], cluster, env)
+    run = _run_bounded(["bash", str(LOCAL_SLURM), *_snakemake("slurm-ci")], cluster, env, SCRIPT_TIMEOUT_S)
     log = run.stdout + run.stderr
     if run.returncode == 3:
         pytest.skip(f"apt-get could not install the SLURM packages:\n{log[-2000:]}")
@@ -123,8 +134,10 @@ def test_tiny_workflow_on_local_slurm_equals_local_run(prerequisites: None, tmp_
     assert submitted, f"no job was submitted with sbatch:\n{log[-4000:]}"
     slurm_logs = sorted((cluster / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert {p.stem for p in slurm_logs} == set(submitted.values())
+    assert "Falling back to 'sacct'" not in log  # the CI profile's squeue status checks held
     ran = re.findall(r"^rule (\w+):", run.stdout + run.stderr, flags=re.M)
     assert len(submitted) == len(ran), f"{len(ran)} non-local jobs, {len(submitted)} sbatch jobs"
+    assert {"init_model", "compute_fisher", "finetune"} <= set(ran)  # GPU rules too (on CPU here)
 
     # same outputs as the local run: every file, parquet compared as tables, the rest exactly
     expected, got = _results(local), _results(cluster)

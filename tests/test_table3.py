@@ -70,6 +70,15 @@ def test_glue_results_errors_name_the_line(tmp_path, text, message):
         read_glue_results(glue)
 
 
+def test_glue_results_method_must_have_dev_scores(scores, tmp_path):
+    glue = tmp_path / "glue.tsv"
+    glue.write_text("method\ttask\tvalue\nlayernrom\trte\t0.6\n")
+    prefix, scores_out = outputs(tmp_path)
+    with pytest.raises(LnpeftError, match=r"methods \['layernrom'\] have no dev scores"):
+        make_table3(Table3Config(scores, prefix, scores_out, glue_results=glue))
+    assert not scores_out.exists()
+
+
 def test_labelled_local_test_data(scores, tmp_path):
     data = tmp_path / "data"
     write_data(data, "rte", "test", [0, 1, 2, 3], labels=[0, 1, 1, 0])

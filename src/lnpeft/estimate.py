@@ -160,7 +160,8 @@ def read_throughput(path: Path, shape: str | None = None, fisher_path: Path | No
         elif r["mode"] == "padded128":
             base.setdefault(r["method"], []).append(r["examples_per_s"])
     mean = lambda v: sum(v) / len(v)  # noqa: E731
-    fisher_ours, fisher_base = DEFAULT_THROUGHPUT["fisher"].values()
+    fisher_ours = DEFAULT_THROUGHPUT["fisher"]["ours_samples_per_s"]
+    fisher_base = DEFAULT_THROUGHPUT["fisher"]["baseline_samples_per_s"]
     if fisher_path is not None:
         f = json.loads(Path(fisher_path).read_text())
         rows = [r for r in f["results"] if r["scope"] == "all"]  # the fisher stage hooks all components

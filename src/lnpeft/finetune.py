@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import random
 import time
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from lnpeft.artifacts import atomic_path, write_json, write_parquet
 from lnpeft.batching import Encoded, collate, length_grouped_batches, load_split
+from lnpeft.init import verify_init
 from lnpeft.methods import METHODS, MethodOptions, TrainableSet, select
 from lnpeft.metrics import compute_metrics
 from lnpeft.tasks import get_task
@@ -95,6 +95,15 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+class OutOfMemoryError(RuntimeError):
+    """Out of (GPU or host) memory; the message names the run, the step and the knob to turn."""
+
+
+def _is_oom(err: BaseException) -> bool:
+    # torch raises torch.OutOfMemoryError on CUDA; other allocators raise a plain RuntimeError
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
 def split_name(path: Path) -> str:
     """results/data/mnli/validation_matched.parquet -> validation_matched."""
     return Path(path).name.removesuffix(".parquet")
@@ -125,10 +134,19 @@ def predict(model, data: Encoded, batch_size: int, device: torch.device, regress
     out = np.empty(len(data), dtype=np.float64)
     for idx in length_grouped_batches(data.lengths, batch_size, seed=None):
         batch = collate(data, idx)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device),
-                           token_type_ids=batch["token_type_ids"].to(device)).logits.float()
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(input_ids=batch["input_ids"].to(device),
+                               attention_mask=batch["attention_mask"].to(device),
+                               token_type_ids=batch["token_type_ids"].to(device)).logits.float()
+        except RuntimeError as err:
+            if not _is_oom(err):
+                raise
+            raise OutOfMemoryError(
+                f"out of memory while predicting a batch of {len(idx)} examples x "
+                f"{batch['input_ids'].shape[1]} tokens on {device}; lower training.eval_batch_size "
+                f"(--eval-batch-size, now {batch_size}) or training.max_length (--max-length)"
+            ) from err
         out[idx] = (logits[:, 0] if regression else logits.argmax(-1)).cpu().numpy()
     return out
 
@@ -194,6 +212,7 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
 
     spec = get_task(cfg.task)
     regression = spec.is_regression
+    verify_init(cfg.init)  # a corrupted or changed init fails here, before any training
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     run_name = f"{cfg.task}/{cfg.method}/lr{cfg.lr:g}_seed{cfg.seed}"
@@ -254,8 +273,12 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
     best_predictions, best_state = None, None
     if resume_path.exists():
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
-        if ckpt["config"] != cfg.to_json():
-            raise ValueError(f"{resume_path}: checkpoint of a run with other options; delete it to start over")
+        # threads and compilation are execution choices (Snakemake's cores, the device): a rerun may differ
+        differs = sorted(k for k, v in cfg.to_json().items()
+                         if k not in ("threads", "compile") and ckpt["config"].get(k) != v)
+        if differs:
+            raise ValueError(f"{resume_path}: checkpoint of a run with other options ({', '.join(differs)}); "
+                             "delete it to start over")
         with torch.no_grad():
             for name, value in ckpt["params"].items():
                 params[name].copy_(value)
@@ -289,15 +312,25 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", mininterval=5)
         for step, idx in enumerate(bar, start=1):
             batch = {k: v.to(device, non_blocking=True) for k, v in collate(train, idx).items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = fwd(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             token_type_ids=batch["token_type_ids"]).logits
-            loss = _loss(logits, batch["labels"], regression)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(f"run {run_name} ({out}): loss is {loss_value} at epoch {epoch}, "
-                                         f"step {step}; lower --lr or check the data")
-            loss.backward()
+            try:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = fwd(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 token_type_ids=batch["token_type_ids"]).logits
+                loss = _loss(logits, batch["labels"], regression)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLossError(f"run {run_name} ({out}): loss is {loss_value} at epoch {epoch}, "
+                                             f"step {step}; lower --lr or check the data")
+                loss.backward()
+            except RuntimeError as err:
+                if not _is_oom(err):
+                    raise
+                raise OutOfMemoryError(
+                    f"run {run_name} ({out}): out of memory at epoch {epoch}, step {step} (a batch of "
+                    f"{len(idx)} examples x {batch['input_ids'].shape[1]} tokens on {device}); lower "
+                    f"training.batch_size (--batch-size, now {cfg.batch_size}) or training.max_length "
+                    f"(--max-length, now {cfg.max_length})"
+                ) from err
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(opt_params, cfg.max_grad_norm)
             optimizer.step()

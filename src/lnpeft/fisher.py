@@ -148,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
     model_dir = Path(args.model)
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir}: not a save_pretrained folder (no config.json); run the init stage")
+    from lnpeft.init import verify_init
+
+    verify_init(model_dir)  # a corrupted init fails here, before any compute
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if cfg.device == "auto" else cfg.device))
     torch.manual_seed(cfg.seed)

@@ -162,6 +162,7 @@ def read_split(glue_dir: Path | str, spec: TaskSpec, split: str, *, max_bad_rows
 
     out = TsvSplit(path, [], [], [], [])
     bad: list[dict] = []
+    first_line: dict[int, int] = {}  # idx -> file line: GLUE indices identify rows (submission)
     for lineno, line in enumerate(lines[start:], start=start + 1):
         fields = line.split("\t")
         out.rows_read += 1
@@ -182,6 +183,10 @@ def read_split(glue_dir: Path | str, spec: TaskSpec, split: str, *, max_bad_rows
                 raise GlueFormatError(f"{where}: index {fields[pos_index]!r} is not an integer") from None
         else:
             out.idx.append(out.rows_read - 1)  # HF convention: 0-based row number
+        if out.idx[-1] in first_line:
+            raise GlueFormatError(f"{where}: index {out.idx[-1]} repeats line {first_line[out.idx[-1]]}; "
+                                  "GLUE indices must be unique within a file")
+        first_line[out.idx[-1]] = lineno
         texts = [fields[p] for p in pos_text]
         for name, text in zip(("text_a", "text_b"), texts):
             if not text.strip():

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from lnpeft.artifacts import write_json
-from lnpeft.checkpoint import manifest_sha256, verify_checkpoint
+from lnpeft.checkpoint import CheckpointError, manifest_sha256, verify_checkpoint
+from lnpeft.glue_tsv import sha256_file
 from lnpeft.tasks import TaskSpec, get_task
 
 @dataclass(frozen=True)
@@ -103,6 +104,9 @@ def make_init(cfg: InitConfig) -> dict:
             "checkpoint_manifest_sha256": manifest_sha256(cfg.checkpoint),
             "new_weights": missing,
             "options": asdict(cfg) | {"out": None},
+            # what verify_init re-checks before Fisher, drift and fine-tuning load the folder
+            "files": {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+                      for p in sorted(tmp.iterdir()) if p.is_file()},
         }
         write_json(info, tmp / "init.json")
         tmp.chmod(0o755)  # mkdtemp makes it private; results are shared with the group
@@ -111,6 +115,30 @@ def make_init(cfg: InitConfig) -> dict:
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def verify_init(folder: Path | str) -> dict | None:
+    """Re-hash the files init.json lists; raise CheckpointError naming a missing or changed one.
+
+    A folder without init.json was not made by `lnpeft init` (a user's own save_pretrained
+    folder): nothing to verify against, returns None.
+    """
+    import json
+
+    folder = Path(folder)
+    path = folder / "init.json"
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    for name, entry in info.get("files", {}).items():
+        file = folder / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: listed in {path} but missing; delete {folder} and re-run "
+                                  "`lnpeft init` (the workflow's `init` target)")
+        if file.stat().st_size != entry["size"] or sha256_file(file) != entry["sha256"]:
+            raise CheckpointError(f"{file}: sha256 differs from {path} (corrupted or modified); "
+                                  f"delete {folder} and re-run `lnpeft init` (the workflow's `init` target)")
     return info
 
 

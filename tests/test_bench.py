@@ -1,0 +1,196 @@
+"""bench/: the quick mode end to end (valid JSON, sane values) and the log/benchmark parsers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def _glue_dir() -> Path | None:
+    for candidate in (os.environ.get("LNPEFT_GLUE_DIR"), REPO.parent / "shared" / "glue"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate).resolve()
+    return None
+
+
+@pytest.fixture(scope="module")
+def quick_out(tmp_path_factory):
+    if _glue_dir() is None:
+        pytest.skip("no local GLUE copy ($LNPEFT_GLUE_DIR or ../shared/glue)")
+    out = tmp_path_factory.mktemp("bench") / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "LNPEFT_GLUE_DIR": str(_glue_dir())}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run_all.py"), "--quick", "--device", "cpu",
+                           "--threads", "1", "--out", str(out)], cwd=out.parent, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc.stdout
+
+
+def test_quick_run_prints_one_line_per_benchmark(quick_out):
+    _, stdout = quick_out
+    lines = stdout.splitlines()
+    assert sum(line.startswith("train_step tiny/") for line in lines) == 2       # sst2, rte
+    assert sum(line.startswith("fisher tiny/") for line in lines) >= 4
+    assert any(line.startswith("estimate paper grid") for line in lines)
+
+
+def test_train_step_json(quick_out):
+    out, _ = quick_out
+    data = json.loads((out / "train_step.json").read_text())
+    assert data["benchmark"] == "train_step" and data["machine"]["torch"]
+    recs = data["results"]
+    # every (task, method, mode) measured once
+    keys = {(r["task"], r["method"], r["mode"]) for r in recs}
+    assert len(keys) == len(recs) == 2 * 6 * 2   # tasks x (5 methods + random-delta) x modes
+    for r in recs:
+        assert r["examples_per_s"] > 0 and r["tokens_per_s"] > 0 and r["step_s"] > 0
+        assert 0 <= r["padding_fraction"] < 1 and r["peak_mem_mb"] > 0
+        # real tokens/s never exceed padded tokens/s; same batches, so padded128 pads to 128
+        assert r["tokens_per_s"] <= r["padded_tokens_per_s"] * (1 + 1e-12)
+        if r["mode"] == "padded128":
+            assert r["mean_width"] == 128
+    # same examples in both modes: grouped pads less than padded-to-128
+    for task in ("sst2", "rte"):
+        g = next(r for r in recs if r["task"] == task and r["mode"] == "grouped" and r["method"] == "full")
+        p = next(r for r in recs if r["task"] == task and r["mode"] == "padded128" and r["method"] == "full")
+        assert g["padding_fraction"] < p["padding_fraction"]
+        assert g["tokens_per_s"] / g["examples_per_s"] == pytest.approx(p["tokens_per_s"] / p["examples_per_s"])
+    trainable = {r["method"]: r["trainable"] for r in recs}
+    assert trainable["layernorm"] == trainable["random"] == trainable["random-delta"]  # by design
+    assert trainable["fisher"] < trainable["layernorm"] < trainable["bitfit"] < trainable["full"]
+    for task, p in data["padding"].items():
+        assert 0 <= p["padding_fraction_grouped"] <= p["padding_fraction_padded"] <= 1
+    assert all(isinstance(t["met"], bool) for t in data["targets"])
+
+
+def test_fisher_json(quick_out):
+    out, _ = quick_out
+    data = json.loads((out / "fisher.json").read_text())
+    for r in data["results"]:
+        assert r["batched_samples_per_s"] > 0 and r["naive_samples_per_s"] > 0
+        assert r["relative_error"] < 1e-4, r    # fp32: the batched hooks equal the loop
+    scopes = {r["scope"]: r["entries"] for r in data["results"] if r["task"] == "rte"}
+    assert scopes["layernorm"] < scopes["all"]
+    assert scopes["layernorm"] == 2 * 2 * 32    # tiny: 2 layers x (weight, bias) x hidden 32
+
+
+def test_estimate_json(quick_out):
+    out, _ = quick_out
+    data = json.loads((out / "estimate.json").read_text())
+    total = data["stages"]["total"]
+    assert total["runs"] == 8 * 4 * 4 + 8 * 3 * 9 * 4 + 8 + 8
+    assert total["ours_hours"] > 0 and total["baseline_hours"] > 0
+
+
+def test_parse_log_spans():
+    import workflow
+
+    log = """
+[Thu Nov 26 10:00:00 2026]
+rule prepare_data:
+    output: results/data/rte/train.parquet
+    jobid: 3
+    reason: Missing output files
+[Thu Nov 26 10:00:01 2026]
+localrule cache_model:
+    jobid: 7
+[Thu Nov 26 10:00:05 2026]
+Finished jobid: 3 (Rule: prepare_data)
+1 of 3 steps (33%) done
+[Thu Nov 26 10:01:06 2026]
+Finished job 7.
+[Thu Nov 26 10:01:06 2026]
+rule prepare_data:
+    jobid: 4
+[Thu Nov 26 10:01:16 2026]
+Finished jobid: 4 (Rule: prepare_data)
+"""
+    rules = workflow.parse_log(log)
+    assert rules == {"prepare_data": {"jobs": 2, "seconds": 15.0, "max_s": 10.0},
+                     "cache_model": {"jobs": 1, "seconds": 65.0, "max_s": 65.0}}
+
+
+def test_parse_benchmarks(tmp_path):
+    import workflow
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rel, s, rss in (("finetune/m/rte/full/lr1_seed0.tsv", 12.5, 800.0),
+                        ("finetune/m/rte/bitfit/lr1_seed0.tsv", 7.5, 900.0),
+                        ("compute_fisher/m/rte.tsv", 3.0, "NA")):
+        path = tmp_path / "results" / "benchmarks" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{s}\t0:00:{int(s)}\t{rss}\t1\t1\t1\t0\t0\t50\t1\n")
+    rules = workflow.parse_benchmarks(tmp_path)
+    assert rules["finetune"] == {"jobs": 2, "seconds": 20.0, "max_s": 12.5, "max_rss_mb": 900.0, "cpu_s": 2.0}
+    assert rules["compute_fisher"]["max_rss_mb"] == 0.0
+    (tmp_path / "results" / "benchmarks" / "bad.tsv").write_text(header)
+    with pytest.raises(ValueError, match="bad.tsv"):
+        workflow.parse_benchmarks(tmp_path)
+
+
+@pytest.mark.parametrize("method", ["random", "fisher"])
+def test_sparse_delta_equals_masked_training(tmp_path, method):
+    """The sparse-delta prototype takes the very steps the masked path of lnpeft finetune takes."""
+    import torch
+
+    import common
+    from sparse_delta import effective_state
+    from train_step import Stepper, write_fisher_mask
+
+    base = common.build_model("tiny", dropout=0.0)
+    with torch.no_grad():  # untrained LayerNorms are exactly 1/0: make every entry distinct
+        for name, p in base.named_parameters():
+            if "LayerNorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    mask = write_fisher_mask(base, tmp_path / "mask.parquet")
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(5, 1000, (4, 9), generator=gen),
+                "token_type_ids": torch.zeros(4, 9, dtype=torch.long),
+                "attention_mask": torch.ones(4, 9, dtype=torch.long),
+                "labels": torch.tensor([0.0, 1.0, 1.0, 0.0])} for _ in range(3)]
+    batches[0]["attention_mask"][1, 6:] = 0
+    cpu = torch.device("cpu")
+    masked = Stepper(base, method, cpu, compile_=False, mask_path=mask, lr=1e-2)
+    delta = Stepper(base, f"{method}-delta", cpu, compile_=False, mask_path=mask, lr=1e-2)
+    assert masked.trainable == delta.trainable
+    # the gradients of the trained entries are the same numbers (summation order aside)
+    import torch.nn.functional as F
+
+    for stepper in (masked, delta):
+        logits = stepper.model(**{k: v for k, v in batches[1].items() if k != "labels"}).logits
+        F.cross_entropy(logits, batches[1]["labels"].long()).backward()
+    params = dict(masked.model.named_parameters())
+    assert delta.deltas and set(delta.deltas) == set(masked.trainable_set.partial)
+    # one scale for all tensors: the key bias's exact gradient is 0 (softmax shift invariance)
+    scale = max(float(params[n].grad.abs().max()) for n in delta.deltas)
+    for name, d in delta.deltas.items():
+        g = params[name].grad.reshape(-1)
+        idx = masked.trainable_set.partial[name]
+        torch.testing.assert_close(d.grad, g[idx], rtol=1e-4, atol=1e-6 * scale)
+        # the masked path zeroes every other entry's gradient
+        assert int((g != 0).sum()) <= len(idx)
+    for stepper in (masked, delta):
+        stepper.optimizer.zero_grad(set_to_none=True)
+    # three AdamW steps: same losses; the same weights up to Adam's amplification of rounding
+    # (an entry whose gradient is ~eps moves by up to lr either way)
+    losses = [(float(masked.step(b)), float(delta.step(b))) for b in batches]
+    for a, b in losses:
+        assert a == pytest.approx(b, rel=1e-4)
+    eff = effective_state(delta.model, delta.deltas, delta.trainable_set)
+    moved = 0
+    for name, value in eff.items():
+        torch.testing.assert_close(value, params[name].detach(), rtol=0, atol=1e-3)
+        moved += int((value - dict(base.named_parameters())[name]).abs().gt(1e-3).sum())
+    assert moved > 0  # the trained entries did change (by ~lr per step)
+    # whole tensors (the head) match too
+    for name in masked.trainable_set.whole:
+        torch.testing.assert_close(dict(delta.model.named_parameters())[name], params[name], rtol=0, atol=1e-3)
