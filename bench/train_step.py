@@ -129,11 +129,13 @@ def padding_stats(data: Encoded, batch_size: int, max_length: int) -> dict:
 
 
 def make_batches(data: Encoded, batch_size: int, count: int, max_length: int) -> dict[str, list]:
-    """The first `count` length-grouped training batches, and the same batches padded to max."""
-    order = length_grouped_batches(data.lengths, batch_size, seed=0)
-    order = [b for b in order if len(b) == batch_size][:count]
+    """`count` length-grouped training batches at evenly spaced quantiles of their width (so a
+    few timed batches have the split's mean width), and the same batches padded to max."""
+    order = [b for b in length_grouped_batches(data.lengths, batch_size, seed=0) if len(b) == batch_size]
     if len(order) < count:
         raise ValueError(f"only {len(order)} full batches of {batch_size}; sample more rows (--rows)")
+    order.sort(key=lambda b: int(data.lengths[b].max()))
+    order = [order[int((i + 0.5) * len(order) / count)] for i in range(count)]
     grouped = [collate(data, b) for b in order]
     return {"grouped": grouped, "padded128": [pad_to(b, max_length, data.pad_id) for b in grouped]}
 

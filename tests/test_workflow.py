@@ -21,7 +21,8 @@ SNAKEFILE = REPO / "Snakefile"
 TINY_CONFIG = REPO / "tests" / "workflow" / "tiny" / "config.yaml"
 
 # Named targets of the Snakefile that the tiny scenario builds (other stages: add theirs here).
-TARGETS = ["data", "pretrained", "init", "fig1", "fig3", "fig4", "table1", "table2", "table3", "stats", "submission"]
+TARGETS = ["data", "pretrained", "init", "fig1", "fig2", "fig3", "fig4", "fig5", "table1", "table2",
+           "table3", "stats", "submission"]
 
 SUBSAMPLE = {"train": 32, "validation": 24, "test": 16}
 
@@ -182,8 +183,33 @@ def test_submission_stats_and_table3(tiny_run):
 
 
 @needs_glue
+def test_fraction_runs_and_figures_2_and_5(tiny_run):
+    """Fisher-subset runs train ceil(f * N) LayerNorm entries + the head; Figures 2 and 5 drawn."""
+    import math
+
+    import matplotlib.image as mpimg
+    from safetensors import safe_open
+
+    results = tiny_run / "results"
+    n_layernorm = 6 * 2 * 384
+    for task in ("rte", "stsb"):
+        for scheme in ("individual", "global", "cv"):
+            (run,) = (results / "runs" / "all-minilm-l6-v2" / task / f"fisher-{scheme}-f0.5").iterdir()
+            info = json.loads((run / "run.json").read_text())
+            head = 384 * (1 if task == "stsb" else 2) + (1 if task == "stsb" else 2)
+            assert info["trainable"] == math.ceil(0.5 * n_layernorm) + head
+            with safe_open(run / "state.safetensors", "pt") as f:
+                stored = sum(f.get_slice(k).get_shape()[0] for k in f.keys() if k.endswith("@indices"))
+            assert stored == math.ceil(0.5 * n_layernorm)
+    for name in ("fig2_fractions", "fig5_schemes"):
+        assert (results / "figures" / f"{name}.pdf").stat().st_size > 1000
+        assert min(mpimg.imread(results / "figures" / f"{name}.png").shape[:2]) > 300
+
+
+@needs_glue
 def test_second_dry_run_has_nothing_to_do(tiny_run):
-    proc = snakemake(tiny_run, tiny_run / "config.yaml", "-n", *TARGETS)
+    """`all` (every table, figure, the statistics and the zip) is complete after TARGETS."""
+    proc = snakemake(tiny_run, tiny_run / "config.yaml", "-n", "all")
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
 

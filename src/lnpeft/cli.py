@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command -> (module, one-line help)
@@ -66,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except (LnpeftError, FileNotFoundError, ValueError) as err:
-        # Expected failures (bad input, missing files) are one clear line, not a traceback.
+    except Exception as err:
+        # Expected failures (bad input, missing files, lnpeft's own errors such as a non-finite
+        # loss or out-of-memory with its hint) are one clear line, not a traceback.
+        # LNPEFT_DEBUG=1 shows the traceback.
+        expected = isinstance(err, (LnpeftError, FileNotFoundError, ValueError)) or \
+            type(err).__module__.startswith("lnpeft.")
+        if not expected or os.environ.get("LNPEFT_DEBUG"):
+            raise
         print(f"lnpeft {command}: error: {err}", file=sys.stderr)
         return 2
 
