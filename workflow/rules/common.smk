@@ -134,6 +134,29 @@ def fraction_runs(schemes=None):
     ]
 
 
+def training_params():
+    """The `training:` hyper-parameters every grid run passes to `lnpeft finetune`."""
+    return dict(
+        epochs=lookup(dpath="training/epochs", within=config),
+        batch_size=lookup(dpath="training/batch_size", within=config),
+        eval_batch_size=lookup(dpath="training/eval_batch_size", within=config),
+        max_length=lookup(dpath="training/max_length", within=config),
+        warmup_ratio=lookup(dpath="training/warmup_ratio", within=config, default=0.0),
+        weight_decay=lookup(dpath="training/weight_decay", within=config, default=0.0),
+        max_grad_norm=lookup(dpath="training/max_grad_norm", within=config, default=1.0),
+        compile=lookup(dpath="training/compile", within=config, default="auto"),
+    )
+
+
+# the `lnpeft finetune` flags of training_params(), as the rules' shell commands use them
+TRAINING_FLAGS = (
+    "--epochs {params.epochs} --batch-size {params.batch_size}"
+    " --eval-batch-size {params.eval_batch_size} --max-length {params.max_length}"
+    " --warmup-ratio {params.warmup_ratio} --weight-decay {params.weight_decay}"
+    " --max-grad-norm {params.max_grad_norm} --compile {params.compile} --threads {threads}"
+)
+
+
 def finetune_splits(task):
     """(flag, path) of a run's data: train, every dev split, every test split (MNLI also AX's)."""
     spec = get_task(task)

@@ -25,14 +25,7 @@ rule finetune:
         init=subpath(input.init, parent=True),
         out=subpath(output.epochs, parent=True),
         splits=finetune_split_args,
-        epochs=lookup(dpath="training/epochs", within=config),
-        batch_size=lookup(dpath="training/batch_size", within=config),
-        eval_batch_size=lookup(dpath="training/eval_batch_size", within=config),
-        max_length=lookup(dpath="training/max_length", within=config),
-        warmup_ratio=lookup(dpath="training/warmup_ratio", within=config, default=0.0),
-        weight_decay=lookup(dpath="training/weight_decay", within=config, default=0.0),
-        max_grad_norm=lookup(dpath="training/max_grad_norm", within=config, default=1.0),
-        compile=lookup(dpath="training/compile", within=config, default="auto"),
+        **training_params(),
     threads: 4
     resources:
         mem_mb=gpu_mem_mb,
@@ -41,11 +34,7 @@ rule finetune:
     shell:
         f"{OFFLINE} lnpeft finetune --init {{params.init}} {{params.splits}}"
         " --task {wildcards.task} --method {wildcards.method} --lr {wildcards.lr} --seed {wildcards.seed}"
-        " --epochs {params.epochs} --batch-size {params.batch_size}"
-        " --eval-batch-size {params.eval_batch_size} --max-length {params.max_length}"
-        " --warmup-ratio {params.warmup_ratio} --weight-decay {params.weight_decay}"
-        " --max-grad-norm {params.max_grad_norm} --compile {params.compile} --threads {threads}"
-        " --out {params.out} > {log} 2>&1"
+        f" {TRAINING_FLAGS} --out {{params.out}} > {{log}} 2>&1"
 
 
 rule finetune_fisher_subset:
@@ -69,14 +58,7 @@ rule finetune_fisher_subset:
         init=subpath(input.init, parent=True),
         out=subpath(output.epochs, parent=True),
         splits=finetune_split_args,
-        epochs=lookup(dpath="training/epochs", within=config),
-        batch_size=lookup(dpath="training/batch_size", within=config),
-        eval_batch_size=lookup(dpath="training/eval_batch_size", within=config),
-        max_length=lookup(dpath="training/max_length", within=config),
-        warmup_ratio=lookup(dpath="training/warmup_ratio", within=config, default=0.0),
-        weight_decay=lookup(dpath="training/weight_decay", within=config, default=0.0),
-        max_grad_norm=lookup(dpath="training/max_grad_norm", within=config, default=1.0),
-        compile=lookup(dpath="training/compile", within=config, default="auto"),
+        **training_params(),
     threads: 4
     resources:
         mem_mb=gpu_mem_mb,
@@ -86,11 +68,7 @@ rule finetune_fisher_subset:
         f"{OFFLINE} lnpeft finetune --init {{params.init}} {{params.splits}}"
         " --task {wildcards.task} --method fisher --mask {input.mask} --fraction {wildcards.fraction}"
         " --lr {wildcards.lr} --seed {wildcards.seed}"
-        " --epochs {params.epochs} --batch-size {params.batch_size}"
-        " --eval-batch-size {params.eval_batch_size} --max-length {params.max_length}"
-        " --warmup-ratio {params.warmup_ratio} --weight-decay {params.weight_decay}"
-        " --max-grad-norm {params.max_grad_norm} --compile {params.compile} --threads {threads}"
-        " --out {params.out} > {log} 2>&1"
+        f" {TRAINING_FLAGS} --out {{params.out}} > {{log}} 2>&1"
 
 
 rule aggregate_scores:
