@@ -3,14 +3,15 @@
 For each model shape and task (SST-2: short single sentences; RTE: long pairs) the same batches of
 real training examples (MiniLM tokenizer, batch 32) are run through one training step of every
 method, exactly as `lnpeft finetune` does it (trainable selection from lnpeft.methods,
-requires_grad only on trained tensors, gradient masks for partly trained tensors, AdamW over the
-trained tensors, clipping, restoring untrained entries), plus `random-delta`: the random control
-through the sparse-delta prototype of sparse_delta.py. Two modes:
+requires_grad only on whole trained tensors, lnpeft.partial_tensors for partly trained ones,
+AdamW over those, clipping). Two modes:
   grouped    ours: length-grouped dynamic padding (lnpeft.batching), torch.compile on CUDA
   padded128  the baseline: every batch padded to max_length, eager
-Reported: step time, examples/s, tokens/s (real tokens), padding fraction, peak memory, and the
-ratios issue 7's targets name. Methods run in interleaved rounds so that drifting CPU clocks hit
-all of them alike.
+Reported: step time (mean over the timed batches), examples/s, tokens/s (real tokens), padding
+fraction, peak memory, and the ratios issue 7's targets name. Timing is paired: every method's
+model stays alive and the methods step on the same batch back to back, round after round; a ratio
+is the median of the per-batch ratios, so a drifting CPU clock or a busy neighbour hits all
+methods alike.
 
   python bench/train_step.py                   # MiniLM shape (CPU default)
   python bench/train_step.py --large           # + BERT-large shape (slow on CPU)
@@ -34,11 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from lnpeft.batching import Encoded, bucket_width, collate, length_grouped_batches  # noqa: E402
+from lnpeft.finetune import make_optimizer, prepare_trainable  # noqa: E402
 from lnpeft.methods import MethodOptions, select  # noqa: E402
-from sparse_delta import attach_deltas  # noqa: E402
 
-METHODS = ("full", "bitfit", "layernorm", "random", "fisher", "random-delta")
-"""The five methods as lnpeft trains them, plus random through sparse deltas (sparse_delta.py)."""
+METHODS = ("full", "bitfit", "layernorm", "random", "fisher")
 TASKS = ("sst2", "rte")
 
 
@@ -66,38 +66,27 @@ def write_fisher_mask(model, path: Path, seed: int = 0) -> Path:
 
 
 class Stepper:
-    """One method's training step on a model copy, as lnpeft.finetune runs it (minus the lr
-    schedule, which costs nothing)."""
+    """One method's training step on a model copy, as lnpeft.finetune runs it (same trainable
+    selection, partly trained tensors' entries, optimizer and clipping; minus the lr schedule, which costs
+    nothing)."""
 
     def __init__(self, base_model, method: str, device: torch.device, compile_: bool,
-                 mask_path: Path | None, fraction: float = 0.1, lr: float = 1e-4) -> None:
+                 mask_path: Path | None, fraction: float = 0.1, lr: float = 1e-4,
+                 weight_decay: float = 0.0) -> None:
         model = copy.deepcopy(base_model).to(device).train()
-        # "<method>-delta": the bench-only sparse-delta prototype (sparse_delta.py)
-        base_method, sparse = method.removesuffix("-delta"), method.endswith("-delta")
-        options = MethodOptions(seed=0, fraction=fraction if base_method == "fisher" else None,
-                                mask=mask_path if base_method == "fisher" else None)
-        trainable = select(model, base_method, options)
-        names = set(trainable.whole if sparse else trainable.names)
-        for name, p in model.named_parameters():
-            p.requires_grad_(name in names)
-        self.params = dict(model.named_parameters())
-        self.masks = {} if sparse else trainable.masks(model)
-        self.keep = {n: ~m for n, m in self.masks.items()}
-        self.frozen_values = {n: self.params[n].detach()[self.keep[n]].clone() for n in self.masks}
-        for name, mask in self.masks.items():
-            self.params[name].register_hook(lambda g, m=mask: g * m)
-        self.opt_params = [p for n, p in self.params.items() if n in names]
-        self.deltas = attach_deltas(model, trainable) if sparse else {}
-        self.opt_params += list(self.deltas.values())
-        self.trainable_set = trainable
-        self.optimizer = torch.optim.AdamW(self.opt_params, lr=lr, fused=device.type == "cuda")
+        options = MethodOptions(seed=0, fraction=fraction if method == "fisher" else None,
+                                mask=mask_path if method == "fisher" else None)
+        self.trainable_set = select(model, method, options)
+        self.partial = prepare_trainable(model, self.trainable_set)
+        self.optimizer = make_optimizer(model, self.trainable_set, self.partial, lr, weight_decay, device)
+        self.opt_params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.model = model
         self.fwd = torch.compile(model, dynamic=True) if compile_ else model
+        self.compiled = compile_
         self.device = device
         self.amp = device.type == "cuda"
-        self.trainable = trainable.count(model)
 
-    def step(self, batch: dict[str, torch.Tensor]) -> float:
+    def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self.fwd(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -106,10 +95,8 @@ class Stepper:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.opt_params, 1.0)
         self.optimizer.step()
+        self.partial.sync_()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for name in self.masks:
-                self.params[name][self.keep[name]] = self.frozen_values[name]
         return loss.detach()
 
 
@@ -156,53 +143,79 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
         mask_path = write_fisher_mask(base, Path(tmp) / "mask.parquet")
         for task, data in tasks.items():
             batches = make_batches(data, args.batch_size, args.steps, args.max_length)
-            times: dict[tuple[str, str], list[float]] = {}
-            peaks: dict[tuple[str, str], float] = {}
-            trainable: dict[str, int] = {}
-            for _ in range(args.repeats):  # interleaved rounds
-                for mode, bl in batches.items():
-                    for method in args.methods if mode == "grouped" else args.baseline_methods:
-                        stepper = Stepper(base, method, device, compile_ and mode == "grouped", mask_path)
-                        trainable[method] = stepper.trainable
-                        common.reset_peak(device)
-                        # CUDA: the warm-up visits every timed batch once, so each shape's
-                        # compilation happens before timing; CPU: a couple of steps suffice
-                        warm = len(bl) if compile_ and mode == "grouped" else args.warmup
-                        t = common.time_calls(lambda i: stepper.step(bl[i % len(bl)]), len(bl), warm, device)
-                        times.setdefault((method, mode), []).extend(t)
-                        peaks[(method, mode)] = max(peaks.get((method, mode), 0.0), common.peak_mem_mb(device))
-                        del stepper
+            runs = [(m, mode) for mode in batches
+                    for m in (args.methods if mode == "grouped" else args.baseline_methods)]
+            peaks = {run: peak_memory(base, run, batches, device, compile_, mask_path) for run in runs}
+            steppers = {(m, mode): Stepper(base, m, device, compile_ and mode == "grouped", mask_path)
+                        for m, mode in runs}
+            for (m, mode), stepper in steppers.items():
+                # CUDA: the warm-up visits every timed batch once, so each shape's compilation
+                # happens before timing; CPU: a step or two suffices
+                warm = len(batches[mode]) if stepper.compiled else args.warmup
+                for i in range(warm):
+                    stepper.step(batches[mode][i % len(batches[mode])])
+            # paired timing: every method steps on batch i back to back, round after round, so a
+            # drifting clock or a busy neighbour hits all methods alike; ratios are medians of
+            # per-batch ratios
+            times = {run: np.zeros((args.repeats, args.steps)) for run in runs}
+            for r in range(args.repeats):
+                for i in range(args.steps):
+                    for run, stepper in steppers.items():
+                        batch = batches[run[1]][i]
+                        times[run][r, i] = common.time_calls(lambda _: stepper.step(batch), 1, 0, device)[0]
+            del steppers
             for (method, mode), t in times.items():
                 bl = batches[mode]
                 real = sum(int(b["attention_mask"].sum()) for b in bl)
                 padded = sum(b["input_ids"].numel() for b in bl)
                 n_ex = sum(len(b["labels"]) for b in bl)
-                step = float(np.median(t))
+                step = float(t.mean())  # the mean over the same batches: the time per step of an epoch
                 records.append({
                     "shape": shape, "task": task, "method": method, "mode": mode,
-                    "batch_size": args.batch_size, "steps_timed": len(t), "step_s": step,
-                    "step_s_mean": float(np.mean(t)),
+                    "batch_size": args.batch_size, "steps_timed": int(t.size), "step_s": step,
+                    "step_s_median": float(np.median(t)),
                     "examples_per_s": n_ex / len(bl) / step,
                     "tokens_per_s": real / len(bl) / step,
                     "padded_tokens_per_s": padded / len(bl) / step,
                     "padding_fraction": 1 - real / padded, "mean_width": padded / n_ex,
-                    "peak_mem_mb": peaks[(method, mode)], "trainable": trainable[method],
+                    "peak_mem_mb": peaks[(method, mode)], "trainable": base_trainable(base, method, mask_path),
                     "compiled": bool(compile_ and mode == "grouped"),
                 })
-            med = {(m, mo): float(np.median(t)) for (m, mo), t in times.items()}
+            ratio = lambda a, b: float(np.median(times[a] / times[b]))  # noqa: E731
             r = {}
             for mode in batches:
-                if ("layernorm", mode) in med and ("full", mode) in med:
-                    r[f"layernorm_over_full_{mode}"] = med[("layernorm", mode)] / med[("full", mode)]
-                for m in ("random", "fisher", "bitfit", "random-delta"):
-                    if (m, mode) in med and ("layernorm", mode) in med:
-                        r[f"{m}_over_layernorm_{mode}"] = med[(m, mode)] / med[("layernorm", mode)]
+                if ("layernorm", mode) in times and ("full", mode) in times:
+                    r[f"layernorm_over_full_{mode}"] = ratio(("layernorm", mode), ("full", mode))
+                for m in ("random", "fisher", "bitfit"):
+                    if (m, mode) in times and ("layernorm", mode) in times:
+                        r[f"{m}_over_layernorm_{mode}"] = ratio((m, mode), ("layernorm", mode))
             for m in args.methods:
-                if (m, "grouped") in med and (m, "padded128") in med:
+                if (m, "grouped") in times and (m, "padded128") in times:
                     # same examples, so examples/s speed-up = step-time ratio
-                    r[f"{m}_grouped_speedup"] = med[(m, "padded128")] / med[(m, "grouped")]
+                    r[f"{m}_grouped_speedup"] = ratio((m, "padded128"), (m, "grouped"))
             ratios[f"{shape}/{task}"] = r
     return records, ratios
+
+
+def base_trainable(base, method: str, mask_path: Path, fraction: float = 0.1) -> int:
+    options = MethodOptions(seed=0, fraction=fraction if method == "fisher" else None,
+                            mask=mask_path if method == "fisher" else None)
+    return select(base, method, options).count(base)
+
+
+def peak_memory(base, run: tuple[str, str], batches: dict, device: torch.device, compile_: bool,
+                mask_path: Path) -> float:
+    """Peak memory (MiB) of one step on the widest batch with this method's model alone (CUDA);
+    on CPU the process's peak RSS so far (it cannot be reset)."""
+    method, mode = run
+    common.reset_peak(device)
+    stepper = Stepper(base, method, device, compile_ and mode == "grouped", mask_path)
+    widest = max(batches[mode], key=lambda b: b["input_ids"].numel())
+    stepper.step(widest)
+    stepper.step(widest)  # AdamW's state exists from the first step on
+    peak = common.peak_mem_mb(device)
+    del stepper
+    return peak
 
 
 def targets(ratios: dict, padding: dict, on_gpu: bool) -> list[dict]:
@@ -214,7 +227,7 @@ def targets(ratios: dict, padding: dict, on_gpu: bool) -> list[dict]:
             limit = 0.5 if on_gpu else 0.85
             v = r["layernorm_over_full_grouped"]
             out.append({"target": f"layernorm step <= {limit}x full ({key})", "value": v, "met": v <= limit})
-        for m in ("random", "fisher", "random-delta"):
+        for m in ("random", "fisher"):
             k = f"{m}_over_layernorm_grouped"
             if k in r:
                 out.append({"target": f"{m} step <= 1.1x layernorm ({key})", "value": r[k], "met": r[k] <= 1.1})
@@ -235,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shapes", help="comma-separated shapes (overrides --quick/--large)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--baseline-methods", help="methods also run padded to max_length (default: all)")
+    ap.add_argument("--baseline-methods", help="methods also run padded to max_length (default: all; none: no baseline)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--steps", type=int, help="timed steps per round (default 4 CPU, 20 GPU, 2 quick)")
@@ -254,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     common.set_clock(args.clock)
     args.methods = args.methods.split(",")
-    args.baseline_methods = args.baseline_methods.split(",") if args.baseline_methods else args.methods
+    args.baseline_methods = (args.methods if args.baseline_methods is None else []
+                             if args.baseline_methods == "none" else args.baseline_methods.split(","))
     shapes = (args.shapes.split(",") if args.shapes else ["tiny"] if args.quick
               else (["minilm", "bert-large"] if args.large or device.type == "cuda" else ["minilm"]))
     if args.quick:

@@ -330,6 +330,18 @@ def test_out_of_memory_in_training_names_the_knobs(toy, tmp_path, monkeypatch, e
     assert sorted(p.name for p in run.iterdir()) == []
 
 
+def test_out_of_memory_in_the_optimizer_step_names_the_knobs(toy, tmp_path, monkeypatch):
+    """AdamW allocates its state at the first step: a full fine-tune can run out of memory there."""
+    def step(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.24 GiB")
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    run = tmp_path / "run"
+    with pytest.raises(ft.OutOfMemoryError, match=r"out of memory at epoch 1, step 1 .*lower training\.batch_size"):
+        ft.finetune(ft_config(toy, run))
+    assert sorted(p.name for p in run.iterdir()) == []
+
+
 def test_out_of_memory_in_evaluation_names_the_eval_batch_size(toy, tmp_path, monkeypatch):
     _raise_in_forward(monkeypatch, torch.OutOfMemoryError("CUDA out of memory"), training=False)
     with pytest.raises(ft.OutOfMemoryError,

@@ -108,7 +108,8 @@ def test_paper_grid_counts_and_default_throughput(capsys):
     assert stages["table2"].train_examples == 20 * 16 * rows
     tp = default_throughput()
     assert tp.ours("layernorm") == pytest.approx(4096 / 0.0182)
-    assert tp.ours("bitfit") == tp.ours("layernorm") and tp.ours("random") == tp.ours("full")
+    assert tp.ours("bitfit") == tp.ours("layernorm") == tp.ours("random") == tp.ours("fisher")
+    assert tp.baseline("random") == tp.baseline("full")  # the naive masked random control
     assert tp.baseline("layernorm") == pytest.approx(32 / 0.0475)
     assert DEFAULT_THROUGHPUT["fisher"]["ours_samples_per_s"] == 533.0
     # ours beats the eager padded baseline on every stage

@@ -270,3 +270,19 @@ def test_cli_writes_outputs(toy, tmp_path):
     assert {p.name for p in out.iterdir()} == {"epochs.parquet", "predictions.parquet", "state.safetensors", "run.json"}
     assert main(["finetune", "--init", str(toy["init"]), "--train", str(toy["train"]), "--dev", str(toy["dev"]),
                  "--task", "sst2", "--method", "fisher", "--lr", "1e-3", "--seed", "0", "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("stored,message", [
+    ({"format": 1}, r"resume\.pt: checkpoint written by another lnpeft version \(format 1, this one reads 2\); "
+                    r"delete it to start the run over"),
+    ({"format": ft.RESUME_FORMAT, "lr": 0.5}, r"resume\.pt: checkpoint of a run with other options \(lr\); "
+                                              r"delete it to start over"),
+])
+def test_resume_refuses_a_foreign_checkpoint(toy, tmp_path, stored, message):
+    cfg = config(toy, tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    options = cfg.to_json() | {k: v for k, v in stored.items() if k != "format"}
+    torch.save({"format": stored["format"], "config": options}, tmp_path / "run" / "resume.pt")
+    with pytest.raises(ValueError, match=message):
+        ft.finetune(cfg)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["resume.pt"]  # nothing lost

@@ -203,3 +203,33 @@ def test_max_samples_accepts_yaml_null():
     base = ["--model", "m", "--data", "d", "--out", "o"]
     assert parser.parse_args(base + ["--max-samples", "None"]).max_samples is None
     assert parser.parse_args(base + ["--max-samples", "64"]).max_samples == 64
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: not enough memory")])
+def test_out_of_memory_names_the_batch_and_the_knobs(monkeypatch, error):
+    from lnpeft.errors import OutOfMemoryError
+
+    model = tiny_bert(2)
+    examples = [(torch.randint(1, 64, (5,)), 1)] * 6
+    batches = padded_batches(examples, 4)
+    calls = {"n": 0}
+    original = type(model).forward
+
+    def forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second batch
+            raise error
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", forward)
+    if "out of memory" not in str(error).lower():  # not an OOM: passed on unchanged
+        with pytest.raises(RuntimeError, match="^DefaultCPUAllocator: not enough memory$"):
+            compute_fisher(model, batches)
+        return
+    with pytest.raises(OutOfMemoryError) as err:
+        compute_fisher(model, batches)
+    assert str(err.value) == ("fisher: out of memory on a batch of 2 examples x 8 tokens on cpu (after 4 "
+                              "examples); lower fisher.batch_size (--batch-size) or training.max_length "
+                              "(--max-length)")
+    assert err.value.__cause__ is error

@@ -6,8 +6,10 @@ leaves a parquet file that looks complete. results/README.md documents the same 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,12 +113,40 @@ def to_table(df: pd.DataFrame, artifact: str) -> pa.Table:
     return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
 
 
+_HOST = socket.gethostname().replace(".", "_").replace("-", "_")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove_dead_writers_files(path: Path) -> None:
+    """Delete `.{name}.{this host}-{pid}.*.tmp` files beside `path` whose process is gone. Files of
+    other hosts are left alone (their PIDs mean nothing here)."""
+    prefix = f".{path.name}.{_HOST}-"
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = leftover.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; move it into place only if the block succeeds."""
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds.
+
+    The temporary name holds this host and PID, so leftovers of a writer that was killed (SIGKILL,
+    a node's OOM killer) can be told apart from a live writer's file and removed on the next write.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_dead_writers_files(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -30,9 +30,11 @@ from tqdm import tqdm
 
 from lnpeft.artifacts import atomic_path, write_json, write_parquet
 from lnpeft.batching import Encoded, collate, length_grouped_batches, load_split
+from lnpeft.errors import OutOfMemoryError, is_oom
 from lnpeft.init import verify_init
 from lnpeft.methods import METHODS, MethodOptions, TrainableSet, select
 from lnpeft.metrics import compute_metrics
+from lnpeft.partial_tensors import PartialTensors
 from lnpeft.tasks import get_task
 
 
@@ -95,13 +97,8 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-class OutOfMemoryError(RuntimeError):
-    """Out of (GPU or host) memory; the message names the run, the step and the knob to turn."""
-
-
-def _is_oom(err: BaseException) -> bool:
-    # torch raises torch.OutOfMemoryError on CUDA; other allocators raise a plain RuntimeError
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+RESUME_FORMAT = 2
+"""resume.pt layout; 2: partly trained tensors' entries stored apart (`partial`)."""
 
 
 def split_name(path: Path) -> str:
@@ -140,7 +137,7 @@ def predict(model, data: Encoded, batch_size: int, device: torch.device, regress
                                attention_mask=batch["attention_mask"].to(device),
                                token_type_ids=batch["token_type_ids"].to(device)).logits.float()
         except RuntimeError as err:
-            if not _is_oom(err):
+            if not is_oom(err):
                 raise
             raise OutOfMemoryError(
                 f"out of memory while predicting a batch of {len(idx)} examples x "
@@ -149,6 +146,18 @@ def predict(model, data: Encoded, batch_size: int, device: torch.device, regress
             ) from err
         out[idx] = (logits[:, 0] if regression else logits.argmax(-1)).cpu().numpy()
     return out
+
+
+def _check_losses(losses: torch.Tensor, checked: int, step: int, run: str, epoch: int) -> int:
+    """Read the losses of steps checked+1..step (one device sync) and fail on the first non-finite
+    one, naming its step; returns the new count of checked steps."""
+    values = losses[checked:step].cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        first = int(bad[0])
+        raise NonFiniteLossError(f"{run}: loss is {float(values[first])} at epoch {epoch}, step "
+                                 f"{checked + first + 1}; lower --lr or check the data")
+    return step
 
 
 def _linear_schedule(warmup: int, total: int):
@@ -160,7 +169,24 @@ def _linear_schedule(warmup: int, total: int):
     return factor
 
 
-def _trained_state(model, trainable: TrainableSet, method: str) -> dict[str, torch.Tensor]:
+def prepare_trainable(model, trainable: TrainableSet) -> PartialTensors:
+    """requires_grad on the whole trained tensors only (no weight gradients for anything else);
+    partly trained tensors stay frozen and train their entries through `PartialTensors`."""
+    whole = set(trainable.whole)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in whole)
+    return PartialTensors(model, trainable)
+
+
+def make_optimizer(model, trainable: TrainableSet, partial: PartialTensors, lr: float, weight_decay: float,
+                   device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the whole trained tensors and the partly trained tensors' entries (fused on CUDA)."""
+    params = dict(model.named_parameters())
+    return torch.optim.AdamW([params[n] for n in trainable.whole] + partial.parameters(), lr=lr,
+                             weight_decay=weight_decay, fused=device.type == "cuda")
+
+
+def _trained_state(model, trainable: TrainableSet, partial: PartialTensors, method: str) -> dict[str, torch.Tensor]:
     """What state.safetensors holds: every tensor for full; trained tensors, and for partly trained
     ones only their trained entries (`{name}@indices`, `{name}@values`), for PEFT methods."""
     params = dict(model.named_parameters())
@@ -169,7 +195,7 @@ def _trained_state(model, trainable: TrainableSet, method: str) -> dict[str, tor
     state = {n: params[n].detach().cpu().contiguous() for n in trainable.whole}
     for name, idx in trainable.partial.items():
         state[f"{name}@indices"] = idx.clone()
-        state[f"{name}@values"] = params[name].detach().cpu().reshape(-1)[idx].contiguous()
+        state[f"{name}@values"] = partial.values[name].detach().cpu().contiguous()
     return state
 
 
@@ -237,31 +263,20 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
     tests = {split_name(p): load_split(p, tokenizer, cfg.max_length) for p in cfg.test}
     first_dev = split_name(cfg.dev[0])
 
-    # select trainable entries: frozen tensors get requires_grad=False, so no weight gradients
+    # select trainable entries: whole tensors get requires_grad, every other tensor is frozen (no
+    # weight gradients); partly trained tensors (random, fisher) train only their entries
     trainable = select(model, cfg.method, MethodOptions(cfg.seed, cfg.fraction, cfg.mask))
     n_trainable = trainable.count(model)
     n_total = sum(p.numel() for p in model.parameters())
-    names = set(trainable.names)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in names)
     params = dict(model.named_parameters())
-    masks = trainable.masks(model)
-    # Partly trained tensors: gradients are zeroed outside the mask (so clipping sees only trained
-    # entries), and after every step the untrained entries are put back from this copy, because
-    # AdamW's decoupled weight decay would otherwise shrink them. Restoring is exact (bit-identical).
-    keep = {n: ~m for n, m in masks.items()}
-    frozen_values = {n: params[n].detach()[keep[n]].clone() for n in masks}
-    for name, mask in masks.items():
-        params[name].register_hook(lambda g, m=mask: g * m)
-
-    # optimizer over the trained tensors only; fused kernels on CUDA
-    opt_params = [params[n] for n in params if n in names]
-    optimizer = torch.optim.AdamW(opt_params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=device.type == "cuda")
+    partial = prepare_trainable(model, trainable)
+    optimizer = make_optimizer(model, trainable, partial, cfg.lr, cfg.weight_decay, device)
+    opt_params = [p for group in optimizer.param_groups for p in group["params"]]
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total_steps))
+    sync_every = 1 if device.type == "cpu" else 50  # loss reads stall a GPU, not a CPU
     fwd = model
     if cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda"):
         fwd = torch.compile(model, dynamic=True)
@@ -273,6 +288,10 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
     best_predictions, best_state = None, None
     if resume_path.exists():
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
+        if ckpt.get("format") != RESUME_FORMAT:
+            raise ValueError(f"{resume_path}: checkpoint written by another lnpeft version "
+                             f"(format {ckpt.get('format', 1)}, this one reads {RESUME_FORMAT}); "
+                             "delete it to start the run over")
         # threads and compilation are execution choices (Snakemake's cores, the device): a rerun may differ
         differs = sorted(k for k, v in cfg.to_json().items()
                          if k not in ("threads", "compile") and ckpt["config"].get(k) != v)
@@ -282,6 +301,9 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
         with torch.no_grad():
             for name, value in ckpt["params"].items():
                 params[name].copy_(value)
+            for name, value in ckpt["partial"].items():
+                partial.values[name].copy_(value)
+        partial.sync_()
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng_cpu"])
@@ -293,7 +315,7 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
         # Snakemake deletes the outputs of an incomplete job before rerunning it: put the best
         # epoch's files back from the checkpoint (None: the best epoch is the checkpointed one)
         if best_state is None:
-            best_state = _trained_state(model, trainable, cfg.method)
+            best_state = _trained_state(model, trainable, partial, cfg.method)
         if not (out / "predictions.parquet").exists() or not (out / "state.safetensors").exists():
             write_parquet(best_predictions, out / "predictions.parquet", "predictions")
             _save_safetensors(best_state, out / "state.safetensors")
@@ -306,24 +328,31 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
         # ---- train
         model.train()
         t0 = time.perf_counter()
-        loss_sum, seen, tokens, padded = 0.0, 0, 0, 0
+        tokens, padded = 0, 0
         # data order depends on (seed, epoch) only, so a resumed run sees the same batches
         batches = length_grouped_batches(train.lengths, cfg.batch_size, seed=cfg.seed * 100_003 + epoch)
+        sizes = np.array([len(b) for b in batches], dtype=np.float64)
+        # per-step losses stay on the device: reading one (.item()) would stall the GPU every step
+        losses = torch.zeros(len(batches), device=device)
+        checked = 0  # steps whose loss was read and found finite
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", mininterval=5)
         for step, idx in enumerate(bar, start=1):
-            batch = {k: v.to(device, non_blocking=True) for k, v in collate(train, idx).items()}
+            batch = collate(train, idx)
+            tokens += int(batch["attention_mask"].sum())  # counted on the CPU copy: no device sync
+            padded += batch["input_ids"].numel()
+            batch = {k: (v.pin_memory() if amp else v).to(device, non_blocking=True) for k, v in batch.items()}
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = fwd(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  token_type_ids=batch["token_type_ids"]).logits
                 loss = _loss(logits, batch["labels"], regression)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(f"run {run_name} ({out}): loss is {loss_value} at epoch {epoch}, "
-                                             f"step {step}; lower --lr or check the data")
+                losses[step - 1] = loss.detach()
                 loss.backward()
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(opt_params, cfg.max_grad_norm)
+                optimizer.step()  # allocates AdamW's state on the first step: can run out of memory too
             except RuntimeError as err:
-                if not _is_oom(err):
+                if not is_oom(err):
                     raise
                 raise OutOfMemoryError(
                     f"run {run_name} ({out}): out of memory at epoch {epoch}, step {step} (a batch of "
@@ -331,21 +360,16 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
                     f"training.batch_size (--batch-size, now {cfg.batch_size}) or training.max_length "
                     f"(--max-length, now {cfg.max_length})"
                 ) from err
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(opt_params, cfg.max_grad_norm)
-            optimizer.step()
+            partial.sync_()  # the partly trained tensors take their entries' new values
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for name in masks:
-                    params[name][keep[name]] = frozen_values[name]
-            loss_sum += loss_value * len(idx)
-            seen += len(idx)
-            tokens += int(batch["attention_mask"].sum())
-            padded += batch["input_ids"].numel()
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
-                            ex_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False)
+            if step % sync_every == 0 or step == len(batches):
+                checked = _check_losses(losses, checked, step, f"run {run_name} ({out})", epoch)
+                bar.set_postfix(loss=f"{float(losses[:step].mean()):.4f}",
+                                ex_s=f"{sizes[:step].sum() / (time.perf_counter() - t0):.1f}", refresh=False)
         seconds = time.perf_counter() - t0
+        seen = int(sizes.sum())
+        loss_sum = float((losses.cpu().double().numpy() * sizes).sum())
 
         # ---- evaluate every dev split
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "seconds": seconds, "tokens": tokens,
@@ -370,7 +394,7 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
                                                            regression, amp)})
                        for s, d in tests.items()]
             best_predictions = pd.concat(frames, ignore_index=True)
-            best_state = _trained_state(model, trainable, cfg.method)
+            best_state = _trained_state(model, trainable, partial, cfg.method)
             write_parquet(best_predictions, out / "predictions.parquet", "predictions")
             _save_safetensors(best_state, out / "state.safetensors")
 
@@ -379,13 +403,16 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
             "config": cfg.to_json(), "epoch": epoch, "rows": rows,
             "best_score": best_score, "best_epoch": best_epoch, "best_predictions": best_predictions,
             "best_state": None if best_epoch == epoch else best_state,
-            "params": {n: params[n].detach().cpu() for n in names},
+            "format": RESUME_FORMAT,
+            "params": {n: params[n].detach().cpu() for n in trainable.whole},
+            "partial": {n: v.detach().cpu() for n, v in partial.values.items()},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
         }, resume_path)
 
     if cfg.save_model is not None:
+        partial.remove_hooks()  # the model's tensors already hold the trained entries
         model.save_pretrained(cfg.save_model)
         tokenizer.save_pretrained(cfg.save_model)
     write_json({"options": cfg.to_json(), "total": n_total, "trainable": n_trainable,

@@ -28,6 +28,7 @@ import torch
 from lnpeft.architectures import COMPONENTS, LAYERNORM_COMPONENT, get_architecture
 from lnpeft.artifacts import read_parquet, write_parquet
 from lnpeft.batching import collate, encode, length_grouped_batches
+from lnpeft.errors import OutOfMemoryError, is_oom
 from lnpeft.grad_sample import SquaredGradSampler
 
 
@@ -91,8 +92,16 @@ def compute_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Ten
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
-            logits = model(**batch).logits
-            sampler.backward(per_sample_loss_sum(logits, labels), batch["attention_mask"])
+            try:
+                logits = model(**batch).logits
+                sampler.backward(per_sample_loss_sum(logits, labels), batch["attention_mask"])
+            except RuntimeError as err:
+                if not is_oom(err):
+                    raise
+                raise OutOfMemoryError(
+                    f"fisher: out of memory on a batch of {len(labels)} examples x "
+                    f"{batch['input_ids'].shape[1]} tokens on {device} (after {n} examples); lower "
+                    "fisher.batch_size (--batch-size) or training.max_length (--max-length)") from err
             n += len(labels)
     if n == 0:
         raise ValueError("no examples: the Fisher of an empty split is undefined")
