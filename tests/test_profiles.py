@@ -283,3 +283,19 @@ def test_every_shell_rule_names_the_conda_env() -> None:
             if "shell:" in body and not re.search(r'conda:\s*\n\s*"\.\./\.\./envs/lnpeft\.yaml"', body):
                 missing.append(f"{path.name}: rule {name}")
     assert not missing, f"rules without conda: \"../../envs/lnpeft.yaml\": {missing}"
+
+
+def test_snakemake_lint_is_clean():
+    """`snakemake --lint` (rule style, envvars, logs, ...) finds nothing; it exits 1 on any lint."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--lint"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_snakefiles_are_snakefmt_formatted():
+    """snakefmt (line length from pyproject's [tool.snakefmt]) would change nothing."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "snakefmt"), "--check", "Snakefile", "workflow/rules"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + "\nrun: snakefmt Snakefile workflow/rules"

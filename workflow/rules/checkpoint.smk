@@ -8,6 +8,7 @@ rule cache_checkpoint:
         "results/checkpoints/{model}/MANIFEST.json",
     log:
         "results/logs/cache_checkpoint/{model}.log",
+    localrule: True
     conda:
         "../../envs/lnpeft.yaml"
     params:
@@ -15,7 +16,6 @@ rule cache_checkpoint:
         location=lookup(dpath="model/location", within=config),
         revision=lookup(dpath="model/revision", within=config, default="main"),
         out=subpath(output[0], parent=True),
-    localrule: True
     shell:
         "lnpeft cache-model --source {params.source} --location {params.location:q}"
         " --revision {params.revision:q} --out {params.out} > {log} 2>&1"
@@ -34,13 +34,13 @@ rule init_model:
         "results/benchmarks/init_model/{model}/{task}/seed{seed}.tsv"
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        checkpoint=subpath(input[0], parent=True),
-        out=subpath(output.config, parent=True),
     threads: 1
     resources:
         mem_mb=8000,
         runtime=15,
+    params:
+        checkpoint=subpath(input[0], parent=True),
+        out=subpath(output.config, parent=True),
     shell:
         f"{OFFLINE} lnpeft init --checkpoint {{params.checkpoint}} --task {{wildcards.task}}"
         " --seed {wildcards.seed} --out {params.out} > {log} 2>&1"

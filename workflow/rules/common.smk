@@ -11,7 +11,6 @@ from snakemake.utils import validate
 from lnpeft.tasks import OFFICIAL_ROWS, get_task
 from lnpeft.workflow_config import check_config, check_schema, fmt_lr, resolve_glue_dir
 
-
 # every bad key in one short message naming the allowed values (validate() shows only the first,
 # inside a dump of the whole schema); validate() then fills in the schema's defaults
 check_schema(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
@@ -32,6 +31,10 @@ OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
 # Rules call the `lnpeft` console script: put the bin/ of the Python that runs Snakemake (the
 # project's venv or conda env) first on PATH, so jobs use that installation, activated or not.
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+envvars:
+    "PATH",
 
 
 wildcard_constraints:
@@ -202,9 +205,7 @@ TARGETS = {
     "fig4": lambda: figure("fig4_global_fisher"),
     "fig5": lambda: figure("fig5_schemes"),
     "stats": lambda: ["results/stats/kruskal.json"],
-    "submission": lambda: [
-        f"results/submission/{MODEL}/{m}.zip" for m in config["submission"]["methods"]
-    ],
+    "submission": lambda: [f"results/submission/{MODEL}/{m}.zip" for m in config["submission"]["methods"]],
 }
 
 

@@ -11,6 +11,9 @@ rule prepare_glue:
         manifest="results/data/{task}/MANIFEST.json",
     log:
         "results/logs/prepare_glue/{task}.log",
+    wildcard_constraints:
+        task=r"(?!(?:mnli|ax)/)[a-z0-9]+",
+    localrule: True
     conda:
         "../../envs/lnpeft.yaml"
     params:
@@ -20,9 +23,6 @@ rule prepare_glue:
         empty_text=lookup(dpath="data/empty_text", within=config, default="report"),
         seed=lookup(dpath="data/seed", within=config, default=0),
         out=subpath(output.manifest, parent=True),
-    localrule: True
-    wildcard_constraints:
-        task=r"(?!(?:mnli|ax)/)[a-z0-9]+",
     shell:
         "lnpeft prepare-data --task {wildcards.task} {params.source} --out {params.out}"
         " --max-bad-rows {params.max_bad_rows} --empty-text {params.empty_text}"

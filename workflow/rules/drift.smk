@@ -18,6 +18,11 @@ rule finetune_for_drift:
         "results/benchmarks/finetune_for_drift/{model}/{task}.tsv"
     conda:
         "../../envs/lnpeft.yaml"
+    threads: 4
+    resources:
+        mem_mb=gpu_mem_mb,
+        runtime=drift_runtime,
+        gpu=1,
     params:
         init=subpath(input.init, parent=True),
         seed=SEEDS[0],
@@ -26,11 +31,6 @@ rule finetune_for_drift:
         batch_size=lookup(dpath="training/batch_size", within=config),
         eval_batch_size=lookup(dpath="training/eval_batch_size", within=config),
         max_length=lookup(dpath="training/max_length", within=config),
-    threads: 4
-    resources:
-        mem_mb=gpu_mem_mb,
-        runtime=drift_runtime,
-        gpu=1,
     shell:
         f"{OFFLINE} lnpeft finetune --init {{params.init}} --train {{input.train}} --dev {{input.dev}}"
         " --task {wildcards.task} --method full --lr {params.lr} --seed {params.seed}"
@@ -49,12 +49,12 @@ rule compute_drift:
         "results/logs/compute_drift/{model}/{task}.log",
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        init=subpath(input.init, parent=True),
     threads: 1
     resources:
         mem_mb=8000,
         runtime=15,
+    params:
+        init=subpath(input.init, parent=True),
     shell:
         f"{OFFLINE} lnpeft drift --pre {{params.init}} --post {{input.post}} --out {{output}} > {{log}} 2>&1"
 
@@ -74,12 +74,12 @@ rule plot_fig1:
         "results/logs/plot_fig1/fig1.log",
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        drift=expand("{task}=results/drift/{model}/{task}.parquet", model=MODEL, task=TASKS),
-        prefix=subpath(output.pdf, strip_suffix=".pdf"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        drift=expand("{task}=results/drift/{model}/{task}.parquet", model=MODEL, task=TASKS),
+        prefix=subpath(output.pdf, strip_suffix=".pdf"),
     shell:
         "lnpeft figure fig1 --drift {params.drift} --out {params.prefix} > {log} 2>&1"

@@ -21,16 +21,16 @@ rule finetune:
         "results/benchmarks/finetune/{model}/{task}/{method}/lr{lr}_seed{seed}.tsv"
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        init=subpath(input.init, parent=True),
-        out=subpath(output.epochs, parent=True),
-        splits=finetune_split_args,
-        **training_params(),
     threads: 4
     resources:
         mem_mb=gpu_mem_mb,
         runtime=train_runtime,
         gpu=1,
+    params:
+        **training_params(),
+        init=subpath(input.init, parent=True),
+        out=subpath(output.epochs, parent=True),
+        splits=finetune_split_args,
     shell:
         f"{OFFLINE} lnpeft finetune --init {{params.init}} {{params.splits}}"
         " --task {wildcards.task} --method {wildcards.method} --lr {wildcards.lr} --seed {wildcards.seed}"
@@ -54,16 +54,16 @@ rule finetune_fisher_subset:
         "results/benchmarks/finetune_fisher_subset/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}.tsv"
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        init=subpath(input.init, parent=True),
-        out=subpath(output.epochs, parent=True),
-        splits=finetune_split_args,
-        **training_params(),
     threads: 4
     resources:
         mem_mb=gpu_mem_mb,
         runtime=train_runtime,
         gpu=1,
+    params:
+        **training_params(),
+        init=subpath(input.init, parent=True),
+        out=subpath(output.epochs, parent=True),
+        splits=finetune_split_args,
     shell:
         f"{OFFLINE} lnpeft finetune --init {{params.init}} {{params.splits}}"
         " --task {wildcards.task} --method fisher --mask {input.mask} --fraction {wildcards.fraction}"
@@ -88,14 +88,14 @@ rule aggregate_scores:
         "results/logs/aggregate_scores/table2.log",
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        runs=table3_run_args(),
-        prefix=subpath(output.csv, strip_suffix=".csv"),
-        model=MODEL,
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        runs=table3_run_args(),
+        prefix=subpath(output.csv, strip_suffix=".csv"),
+        model=MODEL,
     shell:
         "lnpeft tables --runs {params.runs} --scores {output.scores} --out-prefix {params.prefix}"
         " --model {params.model} > {log} 2>&1"

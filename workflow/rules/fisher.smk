@@ -17,16 +17,16 @@ rule compute_fisher:
         "results/benchmarks/compute_fisher/{model}/{task}.tsv"
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        init=subpath(input.init, parent=True),
-        max_samples=lookup(dpath="fisher/max_samples", within=config, default=None),
-        batch_size=lookup(dpath="fisher/batch_size", within=config),
-        max_length=lookup(dpath="training/max_length", within=config),
     threads: 4
     resources:
         mem_mb=gpu_mem_mb,
         runtime=fisher_runtime,
         gpu=1,
+    params:
+        init=subpath(input.init, parent=True),
+        max_samples=lookup(dpath="fisher/max_samples", within=config, default=None),
+        batch_size=lookup(dpath="fisher/batch_size", within=config),
+        max_length=lookup(dpath="training/max_length", within=config),
     shell:
         f"{OFFLINE} lnpeft fisher --model {{params.init}} --data {{input.train}} --out {{output.entries}}"
         " --components-out {output.components} --max-samples {params.max_samples}"
@@ -49,15 +49,13 @@ rule rank_components:
         "results/logs/rank_components/table1.log",
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        components=expand(
-            "{task}=results/fisher/{model}/{task}.components.parquet", model=MODEL, task=TASKS
-        ),
-        prefix=subpath(output.csv, strip_suffix=".csv"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        components=expand("{task}=results/fisher/{model}/{task}.components.parquet", model=MODEL, task=TASKS),
+        prefix=subpath(output.csv, strip_suffix=".csv"),
     shell:
         "lnpeft table1 --components {params.components} --out {params.prefix} > {log} 2>&1"
 
@@ -77,12 +75,12 @@ rule plot_fig3:
         "results/logs/plot_fig3/fig3.log",
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        fisher=expand("{task}=results/fisher/{model}/{task}.parquet", model=MODEL, task=TASKS),
-        prefix=subpath(output.pdf, strip_suffix=".pdf"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        fisher=expand("{task}=results/fisher/{model}/{task}.parquet", model=MODEL, task=TASKS),
+        prefix=subpath(output.pdf, strip_suffix=".pdf"),
     shell:
         "lnpeft figure fig3 --fisher {params.fisher} --out {params.prefix} > {log} 2>&1"

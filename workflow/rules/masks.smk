@@ -6,25 +6,21 @@
 
 rule rank_masks:
     input:
-        lambda w: [
-            f"results/fisher/{w.model}/{t}.parquet"
-            for t in ([w.task] if w.scheme == "individual" else TASKS)
-        ],
+        lambda w: [f"results/fisher/{w.model}/{t}.parquet" for t in ([w.task] if w.scheme == "individual" else TASKS)],
     output:
         "results/masks/{model}/{scheme}/{task}.parquet",
     log:
         "results/logs/rank_masks/{model}/{scheme}/{task}.log",
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        fisher=lambda w: [
-            f"{t}=results/fisher/{w.model}/{t}.parquet"
-            for t in ([w.task] if w.scheme == "individual" else TASKS)
-        ],
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        fisher=lambda w: [
+            f"{t}=results/fisher/{w.model}/{t}.parquet" for t in ([w.task] if w.scheme == "individual" else TASKS)
+        ],
     shell:
         "lnpeft masks --fisher {params.fisher} --scheme {wildcards.scheme} --task {wildcards.task}"
         " --out {output} > {log} 2>&1"
@@ -45,13 +41,13 @@ rule plot_fig4:
         "results/logs/plot_fig4/fig4.log",
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        fisher=expand("{task}=results/fisher/{model}/{task}.parquet", model=MODEL, task=TASKS),
-        prefix=subpath(output.pdf, strip_suffix=".pdf"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        fisher=expand("{task}=results/fisher/{model}/{task}.parquet", model=MODEL, task=TASKS),
+        prefix=subpath(output.pdf, strip_suffix=".pdf"),
     shell:
         "lnpeft figure fig4 --fisher {params.fisher} --out {params.prefix} > {log} 2>&1"
 
@@ -73,12 +69,12 @@ rule plot_fig2:
         "results/logs/plot_fig2/fig2.log",
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        prefix=subpath(output.pdf, strip_suffix=".pdf"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        prefix=subpath(output.pdf, strip_suffix=".pdf"),
     shell:
         "lnpeft figure fig2 --runs {input.fractions} {input.layernorm} --out {params.prefix} > {log} 2>&1"
 
@@ -99,11 +95,11 @@ rule plot_fig5:
         "results/logs/plot_fig5/fig5.log",
     conda:
         "../../envs/lnpeft.yaml"
-    params:
-        prefix=subpath(output.pdf, strip_suffix=".pdf"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        prefix=subpath(output.pdf, strip_suffix=".pdf"),
     shell:
         "lnpeft figure fig5 --runs {input.fractions} {input.layernorm} --out {params.prefix} > {log} 2>&1"

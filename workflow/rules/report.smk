@@ -21,17 +21,17 @@ rule make_table3:
     log:
         "results/logs/make_table3/table3.log",
     benchmark:
-        "results/benchmarks/make_table3/table3.tsv",
+        "results/benchmarks/make_table3/table3.tsv"
     conda:
-        "../../envs/lnpeft.yaml",
-    params:
-        prefix=lambda wildcards, output: output.csv.removesuffix(".csv"),
-        glue=lambda wildcards, input: f"--glue-results {input.glue_results}" if input.glue_results else "",
-        runs=table3_run_args(),
+        "../../envs/lnpeft.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        prefix=lambda wildcards, output: output.csv.removesuffix(".csv"),
+        glue=lambda wildcards, input: f"--glue-results {input.glue_results}" if input.glue_results else "",
+        runs=table3_run_args(),
     shell:
         "lnpeft table3 --scores {input.scores} {params.glue} --data-dir results/data"
         " --runs {params.runs} --out-prefix {params.prefix} --scores-out {output.scores} > {log} 2>&1"
@@ -51,17 +51,17 @@ rule compute_stats:
     log:
         "results/logs/compute_stats/kruskal.log",
     benchmark:
-        "results/benchmarks/compute_stats/kruskal.tsv",
+        "results/benchmarks/compute_stats/kruskal.tsv"
     conda:
-        "../../envs/lnpeft.yaml",
-    params:
-        a=lookup(dpath="stats/a", within=config, default="bitfit"),
-        b=lookup(dpath="stats/b", within=config, default="layernorm"),
-        bootstrap=lookup(dpath="stats/bootstrap", within=config, default=1000),
+        "../../envs/lnpeft.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        a=lookup(dpath="stats/a", within=config, default="bitfit"),
+        b=lookup(dpath="stats/b", within=config, default="layernorm"),
+        bootstrap=lookup(dpath="stats/bootstrap", within=config, default=1000),
     shell:
         "lnpeft stats kruskal --scores {input} --a {params.a} --b {params.b}"
         " --bootstrap {params.bootstrap} --out {output} > {log} 2>&1"
@@ -87,20 +87,18 @@ rule make_submission:
     log:
         "results/logs/make_submission/{model}/{method}.log",
     benchmark:
-        "results/benchmarks/make_submission/{model}/{method}.tsv",
+        "results/benchmarks/make_submission/{model}/{method}.tsv"
     conda:
-        "../../envs/lnpeft.yaml",
-    params:
-        runs=submission_run_args,
-        allow=(
-            "--allow-incomplete"
-            if lookup(dpath="submission/allow_incomplete", within=config, default=False)
-            else ""
-        ),
+        "../../envs/lnpeft.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        runs=submission_run_args,
+        allow=(
+            "--allow-incomplete" if lookup(dpath="submission/allow_incomplete", within=config, default=False) else ""
+        ),
     shell:
         "lnpeft submission --method {wildcards.method} --runs {params.runs} --data-dir results/data"
         " --out {output.zip} {params.allow} > {log} 2>&1"
