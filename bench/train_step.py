@@ -141,6 +141,7 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
     records, ratios = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         mask_path = write_fisher_mask(base, Path(tmp) / "mask.parquet")
+        trainable = {m: base_trainable(base, m, mask_path) for m in {*args.methods, *args.baseline_methods}}
         for task, data in tasks.items():
             batches = make_batches(data, args.batch_size, args.steps, args.max_length)
             runs = [(m, mode) for mode in batches
@@ -178,7 +179,7 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
                     "tokens_per_s": real / len(bl) / step,
                     "padded_tokens_per_s": padded / len(bl) / step,
                     "padding_fraction": 1 - real / padded, "mean_width": padded / n_ex,
-                    "peak_mem_mb": peaks[(method, mode)], "trainable": base_trainable(base, method, mask_path),
+                    "peak_mem_mb": peaks[(method, mode)], "trainable": trainable[method],
                     "compiled": bool(compile_ and mode == "grouped"),
                 })
             ratio = lambda a, b: float(np.median(times[a] / times[b]))  # noqa: E731

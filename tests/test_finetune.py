@@ -104,7 +104,7 @@ def _entries_changed(init: Path, state_path: Path):
 
 def test_masked_random_run_leaves_untrained_entries_bit_identical(toy, tmp_path):
     run = tmp_path / "run"
-    # weight decay > 0 would shrink every entry of a tensor in the optimizer; the mask must prevent it
+    # weight decay > 0 shrinks what the optimizer steps: only the trained entries may move
     ft.finetune(config(toy, run, method="random", weight_decay=0.5, lr=1e-2, epochs=2))
     model = AutoModelForSequenceClassification.from_pretrained(toy["init"])
     trainable = select(model, "random", MethodOptions(seed=0))

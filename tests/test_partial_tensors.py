@@ -112,7 +112,7 @@ def _trainable(model: nn.Module, kind: str) -> TrainableSet:
 
 
 @pytest.mark.parametrize("kind", ["random", "layernorm-subset"])
-def test_delta_gradients_equal_masked_gradients(kind):
+def test_entry_gradients_equal_masked_gradients(kind):
     base = tiny_bert()
     trainable = _trainable(base, kind)
     assert trainable.partial
@@ -134,7 +134,7 @@ def test_delta_gradients_equal_masked_gradients(kind):
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.5])
 @pytest.mark.parametrize("kind", ["random", "layernorm-subset"])
-def test_delta_steps_equal_masked_steps(kind, weight_decay):
+def test_entry_steps_equal_masked_steps(kind, weight_decay):
     base = tiny_bert()
     trainable = _trainable(base, kind)
     oracle = MaskedOracle(copy.deepcopy(base), trainable, 1e-2, weight_decay)

@@ -118,11 +118,11 @@ _HOST = socket.gethostname().replace(".", "_").replace("-", "_")
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError means someone else's live process
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's live process
-        return True
+    except PermissionError:
+        pass
     return True
 
 
