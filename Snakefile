@@ -8,7 +8,8 @@
 #   fisher/{model}/{task}.parquet          Eq. 2 per LayerNorm entry (+ .components.parquet)
 #   masks/{model}/{scheme}/{task}.parquet  Fisher ranks for individual / global / cv subsets
 #   runs/{model}/{task}/{method}/lr{lr}_seed{seed}/   one fine-tuning run (epochs.parquet, ...)
-#   tables/, figures/, stats/, submission/ the paper's Tables 1-3, Figures 1-5, statistics, GLUE zip
+#   tables/, figures/, stats/, submission/ the paper's Tables 1-3, Figures 1-5 (+ learning curves),
+#                                          statistics, GLUE zip
 #   logs/, benchmarks/                     one log and one benchmark per job
 
 
@@ -100,6 +101,11 @@ rule fig5:
         TARGETS["fig5"](),
 
 
+rule curves:
+    input:
+        TARGETS["curves"](),
+
+
 rule stats:
     input:
         TARGETS["stats"](),
@@ -123,6 +129,7 @@ localrules:
     fig3,
     fig4,
     fig5,
+    curves,
     stats,
     submission,
     prepare_glue,

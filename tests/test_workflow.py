@@ -21,7 +21,7 @@ SNAKEFILE = REPO / "Snakefile"
 TINY_CONFIG = REPO / "tests" / "workflow" / "tiny" / "config.yaml"
 
 # Named targets of the Snakefile that the tiny scenario builds (other stages: add theirs here).
-TARGETS = ["data", "pretrained", "init", "fig1", "fig2", "fig3", "fig4", "fig5", "table1", "table2",
+TARGETS = ["data", "pretrained", "init", "fig1", "fig2", "fig3", "fig4", "fig5", "curves", "table1", "table2",
            "table3", "stats", "submission"]
 
 SUBSAMPLE = {"train": 32, "validation": 24, "test": 16}
@@ -162,6 +162,34 @@ def test_finetune_grid_and_table2(tiny_run):
     assert table2["percent_of_full"].tolist() == pytest.approx(
         [100.0, 100 * 26_882 / 22_713_986, 100 * 5_378 / 22_713_986, 100 * 5_378 / 22_713_986])
     assert "| LayerNorm | 0.024% |" in (results / "tables" / "table2.md").read_text()
+
+
+@needs_glue
+def test_learning_curves(tiny_run):
+    """One row per task x method x epoch and quantity, at Table 2's lr and epoch; the figure opens."""
+    import matplotlib.image as mpimg
+
+    from lnpeft.artifacts import read_parquet
+
+    results = tiny_run / "results"
+    curves = read_parquet(results / "figures" / "curves_learning.parquet", "curves")
+    methods = ["full", "bitfit", "layernorm", "random"]
+    assert len(curves) == 2 * 4 * 1 * 2  # tasks x methods x epochs x (dev, train_loss)
+    assert list(dict.fromkeys(curves["task"])) == ["rte", "stsb"]
+    assert list(dict.fromkeys(curves["method"])) == methods
+    assert set(curves["epoch"]) == {1} and set(curves["band"]) == {"none"} and set(curves["n_seeds"]) == {1}
+    assert curves["mean"].notna().all() and (curves.query("quantity == 'train_loss'")["mean"] > 0).all()
+    dev = curves[curves["quantity"] == "dev"].set_index(["method", "task"])
+    assert set(dev.loc[(slice(None), "stsb"), "column"]) == {"validation/spearman"}
+    # the lr and epoch Table 2 reports, and its value at that epoch
+    scores = read_parquet(results / "tables" / "scores.parquet", "scores").set_index(["method", "task", "metric"])
+    for method in methods:
+        for task, metric in (("rte", "accuracy"), ("stsb", "spearman")):
+            best, cell = scores.loc[(method, task, metric)], dev.loc[(method, task)]
+            assert (cell["lr"], cell["best_epoch"]) == (best["lr"], best["epoch"])
+            assert cell["mean"] == pytest.approx(best["value"])
+    assert (results / "figures" / "curves_learning.pdf").stat().st_size > 1000
+    assert min(mpimg.imread(results / "figures" / "curves_learning.png").shape[:2]) > 300
 
 
 @needs_glue

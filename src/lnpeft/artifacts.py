@@ -57,6 +57,14 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("method", pa.string()), ("task", pa.string()), ("split", pa.string()),
         ("metric", pa.string()), ("value", pa.float64()), ("lr", pa.float64()), ("epoch", pa.int64()),
     ]),
+    # results/figures/curves_learning.parquet: the numbers the learning-curve figure plots, per
+    # (task, method) at Table 2's lr; quantity `dev` (column {split}/{metric}) or `train_loss`;
+    # band `minmax` (2 seeds), `ci95` (>= 3 seeds: t-interval of the mean) or `none` (1 seed)
+    "curves": pa.schema([
+        ("task", pa.string()), ("method", pa.string()), ("lr", pa.float64()), ("best_epoch", pa.int64()),
+        ("quantity", pa.string()), ("column", pa.string()), ("epoch", pa.int64()), ("n_seeds", pa.int64()),
+        ("mean", pa.float64()), ("low", pa.float64()), ("high", pa.float64()), ("band", pa.string()),
+    ]),
 }
 
 EPOCH_COLUMNS: dict[str, pa.DataType] = {

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fisher": ("lnpeft.fisher", "empirical Fisher information at init (paper Eq. 2)"),
     "masks": ("lnpeft.masks", "rank LayerNorm entries by a Fisher mask scheme"),
     "tables": ("lnpeft.report.tables", "aggregate runs into scores.parquet and Tables 1-3"),
-    "figure": ("lnpeft.report.figures", "draw one of the paper's figures"),
+    "figure": ("lnpeft.report.figures", "draw one of the paper's figures, or the learning curves"),
     "table1": ("lnpeft.report.table1", "rank components by normalised Fisher (Table 1)"),
     "stats": ("lnpeft.report.stats", "Kruskal-Wallis and Wilcoxon tests between two methods"),
     "submission": ("lnpeft.report.submission", "write the GLUE test submission zip"),

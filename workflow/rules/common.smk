@@ -204,14 +204,16 @@ TARGETS = {
     "fig3": lambda: figure("fig3_layernorm_fisher"),
     "fig4": lambda: figure("fig4_global_fisher"),
     "fig5": lambda: figure("fig5_schemes"),
+    "curves": lambda: figure("curves_learning") + ["results/figures/curves_learning.parquet"],
     "stats": lambda: ["results/stats/kruskal.json"],
     "submission": lambda: [f"results/submission/{MODEL}/{m}.zip" for m in config["submission"]["methods"]],
 }
 
 
 def get_final_output():
-    """Everything `all` builds: every table, figure, the statistics and the submission zips."""
-    names = ["table1", "table2", "table3", "fig1", "fig2", "fig3", "fig4", "fig5", "stats", "submission"]
+    """Everything `all` builds: every table, figure (and the learning curves), the statistics and the
+    submission zips."""
+    names = ["table1", "table2", "table3", "fig1", "fig2", "fig3", "fig4", "fig5", "curves", "stats", "submission"]
     return [p for name in names for p in TARGETS[name]()]
 
 

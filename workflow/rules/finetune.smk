@@ -1,8 +1,9 @@
 # Stage finetune (paper Section 3, Tables 2-3, Figures 2 and 5): one fine-tuning run per
 # (task, method, lr, seed) from the task's init checkpoint (src/lnpeft/finetune.py), the
 # Fisher-subset runs fisher-{scheme}-f{fraction}, and the aggregation of the grid into
-# results/tables/scores.parquet and Table 2 (src/lnpeft/report/tables.py). A killed run resumes
-# from its last completed epoch (resume.pt in the run folder).
+# results/tables/scores.parquet and Table 2 (src/lnpeft/report/tables.py), and the learning
+# curves of the Table 2 runs (src/lnpeft/report/curves.py). A killed run resumes from its last
+# completed epoch (resume.pt in the run folder).
 
 
 rule finetune:
@@ -99,3 +100,31 @@ rule aggregate_scores:
     shell:
         "lnpeft tables --runs {params.runs} --scores {output.scores} --out-prefix {params.prefix}"
         " --model {params.model} > {log} 2>&1"
+
+
+rule plot_curves:
+    input:
+        grid_runs(),
+    output:
+        pdf=report(
+            "results/figures/curves_learning.pdf",
+            caption="../report/curves.rst",
+            category="Figures",
+            labels={"figure": "Learning curves"},
+        ),
+        png="results/figures/curves_learning.png",
+        data="results/figures/curves_learning.parquet",
+    log:
+        "results/logs/plot_curves/curves.log",
+    benchmark:
+        "results/benchmarks/plot_curves/curves.tsv"
+    conda:
+        "../../envs/lnpeft.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        prefix=subpath(output.pdf, strip_suffix=".pdf"),
+    shell:
+        "lnpeft figure curves --runs {input} --out {params.prefix} --data {output.data} > {log} 2>&1"

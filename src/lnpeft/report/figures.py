@@ -1,4 +1,5 @@
-"""`lnpeft figure fig1|fig2|fig3|fig4|fig5 --out PREFIX ...`: the paper's Figures 1-5.
+"""`lnpeft figure fig1|fig2|fig3|fig4|fig5|curves --out PREFIX ...`: the paper's Figures 1-5 and
+the learning curves.
 
 Each figure is written as PREFIX.pdf and PREFIX.png (matplotlib, Agg backend, atomic writes).
 - fig1: drift D (kind `all`) as heat maps, component x layer, one panel (and colour bar) per task.
@@ -12,6 +13,8 @@ Each figure is written as PREFIX.pdf and PREFIX.png (matplotlib, Agg backend, at
 - fig4: the global Fisher (the sum over tasks of the normalised Fishers, as the `global` mask
   scheme uses) summed per layer, layer x (weight, bias); the cells sum to the number of tasks.
 - fig5: dev metric vs f per task for the `individual`, `global` and `cv` schemes.
+- curves: dev score and training loss per epoch of each method at Table 2's learning rate, seeds
+  as bands (src/lnpeft/report/curves.py); `--data` also writes the plotted numbers.
 Dev scores (fig2, fig5): the task's paper metric on its first dev split; per (task, scheme, f,
 lr) the best epoch, averaged over seeds, then the best learning rate.
 """
@@ -32,7 +35,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from lnpeft.architectures import COMPONENTS  # noqa: E402
-from lnpeft.artifacts import atomic_path, read_parquet  # noqa: E402
+from lnpeft.artifacts import atomic_path, read_parquet, write_parquet  # noqa: E402
 from lnpeft.masks import parse_task_paths  # noqa: E402
 from lnpeft.tasks import get_task  # noqa: E402
 
@@ -225,6 +228,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--runs", nargs="+", required=True,
                        help="epochs.parquet of Fisher-subset runs (and optionally layernorm runs)")
         p.add_argument("--out", required=True, help="output prefix (writes .pdf and .png)")
+    p = sub.add_parser("curves", help="learning curves (dev score, train loss) at Table 2's learning rates")
+    p.add_argument("--runs", nargs="+", required=True,
+                   help="epochs.parquet of the Table 2 grid runs (every lr and seed of each method)")
+    p.add_argument("--out", required=True, help="output prefix (writes .pdf and .png)")
+    p.add_argument("--data", default=None, help="also write the plotted numbers here (parquet, artifact curves)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -233,6 +241,14 @@ def run(args: argparse.Namespace) -> int:
     elif args.figure in ("fig3", "fig4"):
         tables = {t: read_parquet(p, "fisher") for t, p in parse_task_paths(args.fisher).items()}
         fig = fig3(tables) if args.figure == "fig3" else fig4(tables)
+    elif args.figure == "curves":
+        from lnpeft.report import curves  # imported here: curves imports this module's RUN_RE
+
+        data = curves.curve_data(curves.read_runs(args.runs))
+        fig = curves.plot_curves(data)
+        if args.data:
+            write_parquet(data, args.data, "curves")
+            print(f"figure curves: data {args.data}")
     else:
         scores = run_scores(args.runs)
         fig = fig2(scores) if args.figure == "fig2" else fig5(scores)

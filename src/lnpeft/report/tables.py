@@ -38,6 +38,19 @@ def _read_run(run: Path, task: str) -> tuple[pd.DataFrame, dict]:
     return epochs, meta
 
 
+def best_lr_epoch(epochs: pd.DataFrame, select: str, columns: list[str] | None = None,
+                  what: str = "runs") -> pd.Series:
+    """Table 2's choice of (lr, epoch) for one (method, task): every column averaged over seeds per
+    (lr, epoch), then the row with the highest `select`; ties go to the smaller lr, then the
+    earlier epoch. `epochs` holds the epoch rows of all its runs with columns lr, epoch, `select`
+    (and `columns`). Returns that row of seed means (lr, epoch, select, columns)."""
+    columns = list(dict.fromkeys([select, *(columns or [])]))
+    mean = epochs.groupby(["lr", "epoch"], as_index=False)[columns].mean()
+    if mean[select].isna().all():
+        raise LnpeftError(f"{what}: no dev score in {select!r}")
+    return mean.sort_values([select, "lr", "epoch"], ascending=[False, True, True]).iloc[0]
+
+
 def best_scores(method: str, task: str, runs: tuple[Path, ...]) -> tuple[pd.DataFrame, float]:
     """Long rows of the best (lr, epoch) of one (method, task), and its % of full parameters."""
     spec = get_task(task)
@@ -48,11 +61,7 @@ def best_scores(method: str, task: str, runs: tuple[Path, ...]) -> tuple[pd.Data
     missing = [c for c in metric_cols if c not in epochs.columns]
     if missing:
         raise LnpeftError(f"{method}/{task}: epochs.parquet lacks {missing}; is this a {task} run?")
-    # seeds averaged per (lr, epoch); ties go to the smaller lr, then the earlier epoch
-    mean = epochs.groupby(["lr", "epoch"], as_index=False)[metric_cols].mean()
-    if mean[select].isna().all():
-        raise LnpeftError(f"{method}/{task}: no dev score in {select!r}")
-    best = mean.sort_values([select, "lr", "epoch"], ascending=[False, True, True]).iloc[0]
+    best = best_lr_epoch(epochs, select, metric_cols, what=f"{method}/{task}")
     rows = [
         {"method": method, "task": spec.score_name(split), "split": "dev", "metric": metric,
          "value": float(best[f"{split}/{metric}"]), "lr": float(best["lr"]), "epoch": int(best["epoch"])}
