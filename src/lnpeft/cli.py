@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[command]
+    # before any stage imports torch: MKL reads its reproducibility setting once (lnpeft.numerics)
+    from lnpeft.numerics import set_reproducible_env
+
+    set_reproducible_env()
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"lnpeft {command}", description=help_text)
     module.add_arguments(parser)

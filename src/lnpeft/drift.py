@@ -64,9 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pre", required=True, help="model before fine-tuning (the init folder)")
     parser.add_argument("--post", required=True, help="model after full fine-tuning")
     parser.add_argument("--out", required=True, help="drift parquet")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: $OMP_NUM_THREADS, else torch's)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from lnpeft.numerics import pin_threads
+
+    pin_threads(args.threads)  # the float64 sums split by thread count
     pre_type, pre = load_parameters(args.pre)
     post_type, post = load_parameters(args.post)
     if pre_type != post_type:

@@ -34,6 +34,7 @@ from lnpeft.errors import OutOfMemoryError, is_oom
 from lnpeft.init import verify_init
 from lnpeft.methods import METHODS, MethodOptions, TrainableSet, select
 from lnpeft.metrics import compute_metrics
+from lnpeft.numerics import pin_threads
 from lnpeft.partial_tensors import PartialTensors
 from lnpeft.tasks import get_task
 
@@ -73,7 +74,8 @@ class FinetuneConfig:
     save_model: Path | None = None
     """Also save the final full model here (save_pretrained), for the drift stage."""
     threads: int | None = None
-    """torch CPU threads (Snakemake's `threads:`); None leaves torch's default."""
+    """torch CPU threads (Snakemake's `threads:`); None: OMP_NUM_THREADS, else torch's default.
+    Always pinned (`lnpeft.numerics`): CPU numbers are bit-identical for the same count."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -242,8 +244,7 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     run_name = f"{cfg.task}/{cfg.method}/lr{cfg.lr:g}_seed{cfg.seed}"
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = pin_threads(cfg.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = device.type == "cuda"  # bf16 autocast on GPU; exact fp32 on CPU
 
@@ -417,7 +418,7 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
         tokenizer.save_pretrained(cfg.save_model)
     write_json({"options": cfg.to_json(), "total": n_total, "trainable": n_trainable,
                 "best_epoch": best_epoch, "best_score": best_score, "metric": f"{first_dev}/{spec.metric}",
-                "device": str(device), "torch": torch.__version__}, out / "run.json")
+                "device": str(device), "threads": threads, "torch": torch.__version__}, out / "run.json")
     epochs = pd.DataFrame(rows)
     write_parquet(epochs, out / "epochs.parquet", "epochs")
     resume_path.unlink(missing_ok=True)

@@ -44,6 +44,9 @@ class FisherConfig:
     """Seed of the subset drawn when max_samples is smaller than the split."""
     device: str = "auto"
     """auto (cuda if available) | cpu | cuda."""
+    threads: int | None = None
+    """torch CPU threads (Snakemake's `threads:`); None: OMP_NUM_THREADS, else torch's default.
+    Always pinned (`lnpeft.numerics`): CPU numbers are bit-identical for the same count."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -147,13 +150,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=FisherConfig.max_length)
     parser.add_argument("--seed", type=int, default=FisherConfig.seed)
     parser.add_argument("--device", default=FisherConfig.device, choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=FisherConfig.threads,
+                        help="torch CPU threads (default: $OMP_NUM_THREADS, else torch's default)")
 
 
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    cfg = FisherConfig(batch_size=args.batch_size, max_samples=args.max_samples,
-                       max_length=args.max_length, seed=args.seed, device=args.device)
+    from lnpeft.numerics import pin_threads
+
+    cfg = FisherConfig(batch_size=args.batch_size, max_samples=args.max_samples, max_length=args.max_length,
+                       seed=args.seed, device=args.device, threads=pin_threads(args.threads))
     model_dir = Path(args.model)
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir}: not a save_pretrained folder (no config.json); run the init stage")

@@ -35,7 +35,7 @@ rule finetune_for_drift:
         f"{OFFLINE} lnpeft finetune --init {{params.init}} --train {{input.train}} --dev {{input.dev}}"
         " --task {wildcards.task} --method full --lr {params.lr} --seed {params.seed}"
         " --epochs {params.epochs} --batch-size {params.batch_size}"
-        " --eval-batch-size {params.eval_batch_size} --max-length {params.max_length}"
+        " --eval-batch-size {params.eval_batch_size} --max-length {params.max_length} --threads {threads}"
         " --out {output.run} --save-model {output.model} > {log} 2>&1"
 
 
@@ -56,7 +56,8 @@ rule compute_drift:
     params:
         init=subpath(input.init, parent=True),
     shell:
-        f"{OFFLINE} lnpeft drift --pre {{params.init}} --post {{input.post}} --out {{output}} > {{log}} 2>&1"
+        f"{OFFLINE} lnpeft drift --pre {{params.init}} --post {{input.post}} --out {{output}} --threads {{threads}}"
+        " > {log} 2>&1"
 
 
 rule plot_fig1:
