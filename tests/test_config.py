@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
-from test_workflow import needs_glue, snakemake, write_config
+import yaml
+from test_workflow import REPO, needs_glue, snakemake, write_config
+
+from lnpeft.workflow_config import ConfigError, check_schema, coerce_numbers, fmt_lr
 
 
 @needs_glue
@@ -50,3 +55,89 @@ def test_shipped_configs_pass_the_schema_check(overlay):
         for key, value in yaml.safe_load((repo / overlay).read_text()).items():
             config[key] = {**config[key], **value} if isinstance(value, dict) else value
     check_schema(config, repo / "workflow" / "schemas" / "config.schema.yaml")
+
+
+SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def test_numbers_written_as_text_become_numbers_in_place():
+    """YAML 1.1 reads 1e-3 as text; a numeric key given text that is a number gets that number."""
+    config = {
+        "learning_rates": {"full": ["2e-5", " 3e-4 ", 1.0e-5], "peft": ["1e-3", "5E-5", "1E+2"]},
+        "training": {"epochs": "3", "batch_size": "1e1", "warmup_ratio": "1e-1", "max_length": "32.0"},
+        "fisher": {"max_samples": "1.5e1"},  # type [integer, "null"]
+        "data": {"glue_dir": "1e-3", "subsample": {"train": "2.5"}},  # text key stays; 2.5 is not whole
+        "fractions": {"values": ["abc", "nan", "inf", "0x10", "1e999"]},
+        "model": {"name": "1e3"},
+        "tasks": ["1e3"],
+    }
+    converted = coerce_numbers(config, SCHEMA_PATH)
+    assert config["learning_rates"] == {"full": [2e-5, 3e-4, 1e-5], "peft": [1e-3, 5e-5, 100.0]}
+    assert all(type(v) is float for v in config["learning_rates"]["peft"])
+    assert config["training"] == {"epochs": 3, "batch_size": 10, "warmup_ratio": 0.1, "max_length": 32}
+    assert all(type(v) is int for k, v in config["training"].items() if k != "warmup_ratio")
+    assert config["fisher"] == {"max_samples": 15}
+    # text where text is allowed, and text that is not (exactly) a number, stay as written
+    assert config["data"] == {"glue_dir": "1e-3", "subsample": {"train": "2.5"}}
+    assert config["fractions"]["values"] == ["abc", "nan", "inf", "0x10", "1e999"]
+    assert config["model"] == {"name": "1e3"} and config["tasks"] == ["1e3"]
+    assert converted == ["learning_rates.full[0]", "learning_rates.full[1]", "learning_rates.peft[0]",
+                         "learning_rates.peft[1]", "learning_rates.peft[2]", "training.epochs",
+                         "training.batch_size", "training.warmup_ratio", "training.max_length",
+                         "fisher.max_samples"]
+    # the paths hold the same lr text as for 1.0e-3 written with a dot
+    assert fmt_lr(config["learning_rates"]["peft"][0]) == fmt_lr(1.0e-3) == "0.001"
+
+
+def test_text_that_is_not_a_number_names_the_key():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["learning_rates"]["peft"] = ["abc", "1e-3"]
+    config["training"]["epochs"] = "2.5"
+    coerce_numbers(config, SCHEMA_PATH)
+    with pytest.raises(ConfigError) as err:
+        check_schema(config, SCHEMA_PATH)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3, lines  # header + one line per bad key
+    assert lines[1].strip() == ("learning_rates.peft[0]: 'abc' is not a number; allowed: number > 0 "
+                                "(config['learning_rates']['peft'][0])")
+    assert lines[2].strip() == ("training.epochs: '2.5' is not a whole number; allowed: integer >= 1 "
+                                "(config['training']['epochs'])")
+    assert config["learning_rates"]["peft"][1] == 1e-3
+
+
+def _dry_run_jobs(folder: Path, lr_text: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`snakemake -n -p table2 fig2` with the PEFT and fraction lr grids written as `lr_text`,
+    verbatim in the YAML file; returns the run and its sorted output and shell-command lines."""
+    folder.mkdir()
+    config = write_config(folder, {"learning_rates.peft": ["LR"], "fractions.learning_rates": ["LR"]})
+    text = config.read_text()
+    assert text.count("- LR\n") == 2
+    config.write_text(text.replace("- LR\n", f"- {lr_text}\n"))
+    proc = snakemake(folder, config, "-n", "-p", "table2", "fig2")
+    lines = sorted(line.strip() for line in proc.stdout.splitlines()
+                   if line.strip().startswith("output:") or " lnpeft " in line)
+    return proc, lines
+
+
+@needs_glue
+def test_dry_run_reads_1e_3_as_the_number(tmp_path):
+    """`learning_rates: {peft: [1e-3]}` unquoted (text to YAML 1.1) plans the same jobs as 1.0e-3."""
+    plain, plain_jobs = _dry_run_jobs(tmp_path / "plain", "1e-3")
+    dotted, dotted_jobs = _dry_run_jobs(tmp_path / "dotted", "1.0e-3")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert dotted.returncode == 0, dotted.stderr[-3000:]
+    assert plain_jobs == dotted_jobs
+    assert any("/layernorm/lr0.001_seed0/epochs.parquet" in line for line in plain_jobs), plain_jobs
+    assert any("/fisher-individual-f0.5/lr0.001_seed0/" in line for line in plain_jobs), plain_jobs
+    assert sum("lnpeft finetune" in line and "--lr 0.001 " in line for line in plain_jobs) >= 6
+    assert not (tmp_path / "plain" / "results").exists()
+
+
+@needs_glue
+def test_dry_run_with_a_learning_rate_that_is_not_a_number_names_the_key(tmp_path):
+    proc, _ = _dry_run_jobs(tmp_path / "abc", "abc")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "learning_rates.peft[0]: 'abc' is not a number; allowed: number > 0" in out, out[-3000:]
+    assert "fractions.learning_rates[0]: 'abc' is not a number; allowed: number > 0" in out, out[-3000:]
+    assert not (tmp_path / "abc" / "results").exists()

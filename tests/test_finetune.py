@@ -286,3 +286,57 @@ def test_resume_refuses_a_foreign_checkpoint(toy, tmp_path, stored, message):
     with pytest.raises(ValueError, match=message):
         ft.finetune(cfg)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["resume.pt"]  # nothing lost
+
+
+def _save_file_on_a_full_disk(tensors, filename, metadata=None):
+    """safetensors' save_file as it fails on a full disk (seen on a 64 KiB tmpfs): part of the
+    file written, then its SafetensorError carrying the OS text."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save
+
+    data = save(tensors, metadata)
+    with open(filename, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("kind", ["resume.pt", "state.safetensors"])
+def test_full_disk_mid_save_keeps_the_previous_file(tmp_path, full_disk, monkeypatch, kind):
+    from lnpeft.errors import DiskFullError
+
+    path = tmp_path / "run" / kind
+    state = {"w": torch.arange(2000, dtype=torch.float32)}
+    save = (lambda s: ft._save_resume({"params": s, "epoch": 1}, path)) if kind == "resume.pt" else \
+        (lambda s: ft._save_safetensors(s, path))
+    save(state)
+    before = path.read_bytes()
+    if kind == "resume.pt":
+        full_disk.fill_after(3000)  # torch.save writes through the file: the disk fills inside it
+    else:
+        monkeypatch.setattr("safetensors.torch.save_file", _save_file_on_a_full_disk)
+    with pytest.raises(DiskFullError) as err:
+        save({"w": state["w"] * 2})
+    assert str(err.value) == (f"{path}: no space left on device while writing; "
+                              f"free space (df -h {path.parent}) and rerun")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [kind]
+    if kind == "resume.pt":
+        [(partial, size)] = full_disk.partial
+        assert partial.name.startswith(".resume.pt.") and size > 0
+        assert torch.load(path)["epoch"] == 1
+
+
+def test_finetune_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(toy, tmp_path, full_disk, capsys):
+    from lnpeft.cli import main
+
+    out = tmp_path / "run"
+    full_disk.fill_after(0)
+    rc = main(["finetune", "--init", str(toy["init"]), "--train", str(toy["train"]), "--dev", str(toy["dev"]),
+               "--task", "sst2", "--method", "layernorm", "--lr", "1e-3", "--seed", "0", "--out", str(out),
+               "--epochs", "1", "--batch-size", "32", "--threads", "1"])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2
+    assert err[-1] == (f"lnpeft finetune: error: {out / 'predictions.parquet'}: no space left on device "
+                       f"while writing; free space (df -h {out}) and rerun")
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    assert not (out / "predictions.parquet").exists() and not (out / "epochs.parquet").exists()

@@ -90,3 +90,26 @@ def test_cli_writes_masks_artifact(tmp_path):
     assert json.loads(pq.read_schema(out).metadata[b"lnpeft"])["tasks"] == ["a", "c"]
     assert main(["masks", "--fisher", "a=x", "a=y", "--scheme", "global", "--task", "a",
                  "--out", str(out)]) == 2
+
+
+def test_cli_on_fisher_tables_written_by_pandas_gives_the_same_masks(tmp_path):
+    """Fisher tables a user wrote with `df.to_parquet` (text as large_string, float32 Fisher,
+    int32 layer and index, columns in another order, an extra column) give the same masks file,
+    byte for byte, as the tables lnpeft writes."""
+    outs = {}
+    for how in ("lnpeft", "pandas"):
+        args = []
+        for task, df in TABLES.items():
+            path = tmp_path / how / f"{task}.parquet"
+            path.parent.mkdir(exist_ok=True)
+            if how == "lnpeft":
+                write_parquet(df, path, "fisher")
+            else:
+                df.astype({"fisher": "float32", "layer": "int32", "index": "int32"}) \
+                  .assign(note="by hand")[["fisher", "note", *df.columns.drop("fisher")]].to_parquet(path)
+            args.append(f"{task}={path}")
+        outs[how] = tmp_path / how / "global" / "b.parquet"
+        assert main(["masks", "--fisher", *args, "--scheme", "global", "--task", "b", "--out", str(outs[how])]) == 0
+    schema = pq.read_schema(tmp_path / "pandas" / "a.parquet")
+    assert schema.field("param").type == "large_string" and schema.field("fisher").type == "float"
+    assert outs["pandas"].read_bytes() == outs["lnpeft"].read_bytes()

@@ -309,3 +309,21 @@ def test_report_rules_in_snakemake(tmp_path):
     html = (tmp_path / "results/report.html").read_text()
     assert "kruskal.json" in html and "layernorm.zip" in html and "table3.csv" in html
     assert "Nothing to be done" in snakemake("table3", "stats", "submission", options=("-n",)).stdout
+
+
+def test_full_disk_mid_zip_keeps_the_previous_zip(world, tmp_path, full_disk):
+    from lnpeft.errors import DiskFullError
+
+    data, runs = world
+    out = tmp_path / "sub" / "layernorm.zip"
+    write_submission(SubmissionConfig("layernorm", runs, data, out))
+    before, manifest = out.read_bytes(), manifest_path(out).read_bytes()
+    full_disk.fill_after(len(before) // 2)
+    runs = {**runs, "rte": runs["rte"][:1]}  # another best run: a different zip would be written
+    with pytest.raises(DiskFullError) as err:
+        write_submission(SubmissionConfig("layernorm", runs, data, out))
+    assert str(err.value) == f"{out}: no space left on device while writing; free space (df -h {out.parent}) and rerun"
+    [(partial, size)] = full_disk.partial
+    assert partial.name.startswith(".layernorm.zip.") and size == len(before) // 2
+    assert out.read_bytes() == before and manifest_path(out).read_bytes() == manifest
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, manifest_path(out).name])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from lnpeft.artifacts import read_parquet, write_json, write_parquet
@@ -98,3 +99,29 @@ def test_tables_reject_a_run_of_another_task(tmp_path):
     rc = main(["tables", "--runs", f"full:cola={run}", "--scores", str(tmp_path / "s.parquet"),
                "--out-prefix", str(tmp_path / "t")])
     assert rc == 2 and not (tmp_path / "s.parquet").exists()
+
+
+def test_epochs_written_by_pandas_give_the_same_tables(tmp_path):
+    """Run folders whose epochs.parquet a user rewrote with `df.to_parquet` (int32 counts, float32
+    timings, columns reordered) give the same scores.parquet and Table 2, byte for byte."""
+    rng = np.random.default_rng(1)
+    args = []
+    for method, task in itertools.product(("full", "layernorm"), ("rte", "stsb")):
+        for lr in (1e-4, 4e-4):
+            run, _ = fake_run(tmp_path / "runs", task, method, lr, 0, rng)
+            args.append(f"{method}:{task}={run}")
+
+    def tables(name: str) -> list[bytes]:
+        prefix = tmp_path / name / "table2"
+        assert main(["tables", "--runs", *args, "--scores", str(tmp_path / name / "scores.parquet"),
+                     "--out-prefix", str(prefix)]) == 0
+        return [(tmp_path / name / f).read_bytes() for f in ("scores.parquet", "table2.csv", "table2.md", "table2.tex")]
+
+    strict = tables("strict")
+    for run in (tmp_path / "runs").glob("*/*/*"):
+        df = read_parquet(run / "epochs.parquet", "epochs")
+        df = df.astype({"epoch": "int32", "tokens": "int32", "padded_tokens": "int16", "trainable": "int32",
+                        "seconds": "float32", "train_loss": "float32"})
+        df[list(reversed(df.columns))].to_parquet(run / "epochs.parquet")
+    assert pq.read_schema(run / "epochs.parquet").field("epoch").type == "int32"
+    assert tables("pandas") == strict

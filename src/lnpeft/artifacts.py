@@ -1,7 +1,9 @@
-"""Every parquet artifact's schema in one place; writers check before writing, readers after reading.
+"""Every parquet artifact's schema in one place; writers check it exactly, readers conform to it.
 
-Writes are atomic (a temporary file in the same folder, then `os.replace`), so a killed job never
-leaves a parquet file that looks complete. results/README.md documents the same schemas.
+Writers check the exact documented schema before writing. Readers accept any file that holds the
+documented columns in compatible types (lnpeft.conform) and return the documented frame. Writes
+are atomic (a temporary file in the same folder, then `os.replace`), so a killed job or a full
+disk never leaves a file that looks complete. results/README.md documents the same schemas.
 """
 
 from __future__ import annotations
@@ -9,15 +11,22 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from lnpeft.conform import ArtifactError, conform
+from lnpeft.errors import DiskFullError, disk_full_code
+
+__all__ = ["SCHEMAS", "EPOCH_COLUMNS", "ArtifactError", "atomic_dir", "atomic_path", "naming_full_disk",
+           "read_parquet", "to_table", "write_json", "write_parquet"]
 
 SCHEMAS: dict[str, pa.Schema] = {
     # results/data/{task}/{split}.parquet; label null on test splits, int64 (classification)
@@ -73,24 +82,26 @@ EPOCH_COLUMNS: dict[str, pa.DataType] = {
 }
 
 
-class ArtifactError(ValueError):
-    pass
+# columns that may be entirely null: text_b of single-sentence tasks, label of test splits
+NULLABLE: dict[str, frozenset[str]] = {"data": frozenset({"text_b", "label"})}
 
 
 def _check(table: pa.Table, artifact: str, path: Path | str) -> None:
+    """Writers' check: exactly the documented columns and types (the required ones for epochs)."""
     if artifact == "epochs":
         missing = [c for c in EPOCH_COLUMNS if c not in table.column_names]
         if missing:
             raise ArtifactError(f"{path}: epochs table lacks columns {missing}")
-        return
-    expected = _schema_for(artifact, table.schema)
-    if table.schema.names != expected.names:
-        raise ArtifactError(
-            f"{path}: {artifact} columns {table.schema.names} differ from {expected.names}"
-        )
+        expected = pa.schema(list(EPOCH_COLUMNS.items()))
+    else:
+        expected = _schema_for(artifact, table.schema)
+        if table.schema.names != expected.names:
+            raise ArtifactError(
+                f"{path}: {artifact} columns {table.schema.names} differ from {expected.names}"
+            )
     for f in expected:
         got = table.schema.field(f.name).type
-        if got != f.type and not (got == pa.null() and f.nullable):
+        if got != f.type and not (got == pa.null() and f.name in NULLABLE.get(artifact, ())):
             raise ArtifactError(f"{path}: column {f.name!r} is {got}, expected {f.type}")
 
 
@@ -99,7 +110,8 @@ def _schema_for(artifact: str, like: pa.Schema | pd.DataFrame) -> pa.Schema:
     schema = SCHEMAS[artifact]
     if artifact == "data":
         if isinstance(like, pa.Schema):
-            integer = "label" in like.names and pa.types.is_integer(like.field("label").type)
+            i = like.get_field_index("label")  # -1 if absent or duplicated (conform names both)
+            integer = i >= 0 and pa.types.is_integer(like.field(i).type)
         else:
             integer = "label" in like and pd.api.types.is_integer_dtype(like["label"].dtype)
         if integer:
@@ -145,28 +157,66 @@ def _remove_dead_writers_files(path: Path) -> None:
 
 
 @contextmanager
+def naming_full_disk(path: Path | str) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EDQUOT), however a library reports it, into DiskFullError naming
+    `path`. Nested, the outermost wins: a file inside a temporary folder is reported as the folder."""
+    try:
+        yield
+    except Exception as err:
+        code = disk_full_code(err)
+        if code is None:
+            raise
+        raise DiskFullError.writing(path, code) from err
+
+
+def _mode_of_new(kind: int) -> int:
+    """The mode open() (0o666) or mkdir() (0o777) would give under this process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return kind & ~umask
+
+
+@contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; move it into place only if the block succeeds.
 
-    The temporary name holds this host and PID, so leftovers of a writer that was killed (SIGKILL,
-    a node's OOM killer) can be told apart from a live writer's file and removed on the next write.
+    On any failure the temporary file is removed and `path` keeps its previous complete content
+    (or stays absent); a full disk is raised as DiskFullError naming `path`. The temporary name
+    holds this host and PID, so leftovers of a writer that was killed (SIGKILL, a node's OOM
+    killer) can be told apart from a live writer's file and removed on the next write.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_writers_files(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        # mkstemp creates 0600; give the file the mode a plain open() would (shared results/)
-        umask = os.umask(0)
-        os.umask(umask)
-        if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    with naming_full_disk(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_writers_files(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+            if tmp_path.exists():  # mkstemp creates 0600; shared results/ want open()'s mode
+                os.chmod(tmp_path, _mode_of_new(0o666))
+            os.replace(tmp_path, path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; it replaces `path` as a whole only if the block
+    succeeds (never a mix of old and new files). Failures and a full disk as in atomic_path."""
+    path = Path(path)
+    with naming_full_disk(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        try:
+            yield tmp
+            tmp.chmod(_mode_of_new(0o777))  # mkdtemp makes it private; results are shared
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_parquet(df: pd.DataFrame, path: Path | str, artifact: str,
@@ -177,18 +227,55 @@ def write_parquet(df: pd.DataFrame, path: Path | str, artifact: str,
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                **{k.encode(): v.encode() for k, v in metadata.items()}})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    # through a Python file: the same bytes as pyarrow's own, and every artifact's bytes pass open()
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
 
 
-def read_parquet(path: Path | str, artifact: str) -> pd.DataFrame:
-    """Read an artifact and check its schema; a clear error names the file."""
+def read_parquet(path: Path | str, artifact: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read an artifact as the documented frame, whoever wrote it; a clear error names the file.
+
+    The documented columns (or only `columns`, those a stage needs) must be there, in any order,
+    in a type that holds the same values (lnpeft.conform: any text type, integer widths, float32,
+    integers as float64); they come back in the documented types and order. Other columns are
+    left out (epochs: kept, its metric columns are open). Data labels that are integers come back
+    as pandas Int64 (nullable), as the data stage writes them.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such {artifact} artifact; run the stage that makes it")
-    table = pq.read_table(path)
-    _check(table, artifact, path)
-    return table.to_pandas()
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ArtifactError(f"{path}: not a readable parquet file ({err}); rerun the stage that makes it") from err
+    if artifact == "epochs":
+        schema, keep_extra = pa.schema(list(EPOCH_COLUMNS.items())), True
+    else:
+        schema, keep_extra = _schema_for(artifact, _decoded(table.schema)), False
+    if columns is not None:
+        unknown = [c for c in columns if c not in schema.names]
+        if unknown:
+            raise ValueError(f"read_parquet: {unknown} are not {artifact} columns ({schema.names})")
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise ArtifactError(
+                f"{path}: this stage needs {artifact} column(s) {missing}, which the file lacks "
+                f"(it has {table.column_names}); add them (see results/README.md) or rerun the stage "
+                "that makes this file"
+            )
+        # only `columns` are needed; the other documented columns are conformed where present
+        schema = pa.schema([f for f in schema if f.name in columns or f.name in table.column_names])
+    table = conform(table, schema, path, artifact, NULLABLE.get(artifact, ()), keep_extra)
+    df = table.to_pandas()
+    if artifact == "data" and "label" in df and pa.types.is_integer(table.schema.field("label").type):
+        df["label"] = df["label"].astype("Int64")
+    return df
+
+
+def _decoded(schema: pa.Schema) -> pa.Schema:
+    """`schema` with dictionary columns shown as their values (a categorical label of ints is ints)."""
+    return pa.schema([pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                      for f in schema])
 
 
 def write_json(obj: object, path: Path | str) -> None:

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lnpeft.artifacts import write_json
+from lnpeft.artifacts import naming_full_disk, write_json
 from lnpeft.glue_tsv import sha256_file
 
 MANIFEST = "MANIFEST.json"
@@ -96,37 +96,39 @@ def cache_model(cfg: CacheConfig) -> dict:
     """Copy (or download) the checkpoint into `cfg.out` atomically and write its MANIFEST.json."""
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        if cfg.source == "hub":
-            src = _hub_snapshot(cfg.location, cfg.revision, tmp / "download")
-        elif cfg.source == "folder":
-            src = Path(cfg.location)
-        else:
-            src = package_folder(cfg.location)
-        if not src.is_dir():
-            raise CheckpointError(f"{src}: checkpoint folder does not exist")
-        names = sorted(p.name for p in src.iterdir() if p.is_file() and _wanted(p.name))
-        if "config.json" not in names:
-            raise CheckpointError(f"{src}: no config.json; not a save_pretrained folder")
-        if not _has_weights(names):
-            raise CheckpointError(f"{src}: no weights file (one of {', '.join(WEIGHT_PATTERNS)})")
-        staged = tmp / "checkpoint"
-        staged.mkdir(mode=0o755)
-        files = {}
-        for name in names:
-            shutil.copyfile(src / name, staged / name)
-            files[name] = {"sha256": sha256_file(staged / name), "size": (staged / name).stat().st_size}
-        manifest = {"source": cfg.source, "location": cfg.location, "revision": cfg.revision,
-                    "origin": str(src) if cfg.source != "hub" else None, "files": files}
-        write_json(manifest, staged / MANIFEST)
-        # replace a previous cache as a whole: never a mix of old and new files
-        if out.exists():
-            shutil.rmtree(out)
-        staged.rename(out)
-        return manifest
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # a full disk (hub download, copy or manifest) names the cache folder
+    with naming_full_disk(out):
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        try:
+            if cfg.source == "hub":
+                src = _hub_snapshot(cfg.location, cfg.revision, tmp / "download")
+            elif cfg.source == "folder":
+                src = Path(cfg.location)
+            else:
+                src = package_folder(cfg.location)
+            if not src.is_dir():
+                raise CheckpointError(f"{src}: checkpoint folder does not exist")
+            names = sorted(p.name for p in src.iterdir() if p.is_file() and _wanted(p.name))
+            if "config.json" not in names:
+                raise CheckpointError(f"{src}: no config.json; not a save_pretrained folder")
+            if not _has_weights(names):
+                raise CheckpointError(f"{src}: no weights file (one of {', '.join(WEIGHT_PATTERNS)})")
+            staged = tmp / "checkpoint"
+            staged.mkdir(mode=0o755)
+            files = {}
+            for name in names:
+                shutil.copyfile(src / name, staged / name)
+                files[name] = {"sha256": sha256_file(staged / name), "size": (staged / name).stat().st_size}
+            manifest = {"source": cfg.source, "location": cfg.location, "revision": cfg.revision,
+                        "origin": str(src) if cfg.source != "hub" else None, "files": files}
+            write_json(manifest, staged / MANIFEST)
+            # replace a previous cache as a whole: never a mix of old and new files
+            if out.exists():
+                shutil.rmtree(out)
+            staged.rename(out)
+            return manifest
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def manifest_sha256(checkpoint: Path | str) -> str:

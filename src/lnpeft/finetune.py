@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lnpeft.artifacts import atomic_path, write_json, write_parquet
+from lnpeft.artifacts import atomic_dir, atomic_path, write_json, write_parquet
 from lnpeft.batching import Encoded, collate, length_grouped_batches, load_split
 from lnpeft.errors import OutOfMemoryError, is_oom
 from lnpeft.init import verify_init
@@ -228,8 +228,10 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def _save_resume(ckpt: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    # a Python file, not a path: torch's own file writer reports a full disk as "unexpected pos";
+    # through a file object the OSError(ENOSPC) survives as the error's context
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(ckpt, fh)
 
 
 # ---------------------------------------------------------------- the run
@@ -414,8 +416,9 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
 
     if cfg.save_model is not None:
         partial.remove_hooks()  # the model's tensors already hold the trained entries
-        model.save_pretrained(cfg.save_model)
-        tokenizer.save_pretrained(cfg.save_model)
+        with atomic_dir(cfg.save_model) as tmp:  # complete or absent, as every other output
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     write_json({"options": cfg.to_json(), "total": n_total, "trainable": n_trainable,
                 "best_epoch": best_epoch, "best_score": best_score, "metric": f"{first_dev}/{spec.metric}",
                 "device": str(device), "threads": threads, "torch": torch.__version__}, out / "run.json")

@@ -10,14 +10,12 @@ on the global RNG or on how transformers initialises missing weights.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from lnpeft.artifacts import write_json
+from lnpeft.artifacts import atomic_dir, write_json
 from lnpeft.checkpoint import CheckpointError, manifest_sha256, verify_checkpoint
 from lnpeft.glue_tsv import sha256_file
 from lnpeft.tasks import TaskSpec, get_task
@@ -91,10 +89,7 @@ def make_init(cfg: InitConfig) -> dict:
     verify_checkpoint(cfg.checkpoint)
     model, missing = load_seeded(cfg.checkpoint, spec, cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.checkpoint)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with atomic_dir(cfg.out) as tmp:  # the folder appears complete or not at all
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         info = {
@@ -109,12 +104,6 @@ def make_init(cfg: InitConfig) -> dict:
                       for p in sorted(tmp.iterdir()) if p.is_file()},
         }
         write_json(info, tmp / "init.json")
-        tmp.chmod(0o755)  # mkdtemp makes it private; results are shared with the group
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return info
 
 

@@ -7,7 +7,10 @@ or the file system is checked here, before any job runs, with a message naming t
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+import re
+from decimal import Decimal
 from pathlib import Path
 
 from lnpeft.tasks import get_task
@@ -72,7 +75,74 @@ def _schema_message(err) -> str:
         missing = err.message.split("'")[1]
         sub = schema.get("properties", {}).get(missing, {})
         return f"{_key([*err.absolute_path, missing])}: missing ({err.message}); allowed: {_allowed(sub)} ({where})"
+    if err.validator == "type" and isinstance(err.instance, str) and _types(schema) & {"number", "integer"}:
+        # text left after coerce_numbers is not a number at all (or not whole, for an integer key)
+        kind = "a number" if "number" in _types(schema) else "a whole number"
+        return f"{key}: {err.instance!r} is not {kind}; allowed: {_allowed(schema)} ({where})"
     return f"{key}: {err.message}; allowed: {_allowed(schema)} ({where})"
+
+
+# a decimal number as people write it: 1e-3, 5E-5, .5, 2., +1E+2 (not nan, inf, 0x10 or 1_000)
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _as_number(text: str, types: set[str]) -> int | float | None:
+    """`text` as the number a numeric schema key wants, or None if it is not one (or, for an
+    integer-only key, not a whole number)."""
+    text = text.strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    if "number" in types:
+        value = float(text)
+        return value if math.isfinite(value) else None  # 1e999: not a number a config means
+    exact = Decimal(text)
+    if exact.adjusted() > 18 or exact != exact.to_integral_value():  # beyond int64 or not whole
+        return None
+    return int(exact)
+
+
+def coerce_numbers(config: dict, schema: dict | Path | str) -> list[str]:
+    """Turn numbers written as text into numbers, in place, wherever the schema wants a number.
+
+    YAML 1.1 (PyYAML, so Snakemake) reads `1e-3` and `5E-5` (no dot) as strings; a number key
+    given such a string gets the float (an integer key: the int, where exact), so validation and
+    the resolved config Snakemake records see the number. Text that is not a number stays, and
+    check_schema then names the key. `schema` is the JSON schema or its YAML file. Returns the
+    keys converted, as the user writes them (learning_rates.peft[0]).
+    """
+    if not isinstance(schema, dict):
+        import yaml
+
+        schema = yaml.safe_load(Path(schema).read_text())
+    return _coerce(config, schema, ())
+
+
+def _types(schema: dict) -> set[str]:
+    kind = schema.get("type", [])
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def _coerce(node: object, schema: dict, path: tuple) -> list[str]:
+    if isinstance(node, dict) and isinstance(schema.get("properties"), dict):
+        children = [(k, schema["properties"].get(k)) for k in node]
+    elif isinstance(node, list) and isinstance(schema.get("items"), dict):
+        children = [(i, schema["items"]) for i in range(len(node))]
+    else:
+        return []
+    converted = []
+    for key, sub in children:
+        if not isinstance(sub, dict):
+            continue  # a key the schema does not know: check_schema reports it
+        value = node[key]
+        types = _types(sub)
+        if isinstance(value, str) and "string" not in types and types & {"number", "integer"}:
+            number = _as_number(value, types)
+            if number is not None:
+                node[key] = number
+                converted.append(_key((*path, key)))
+        else:
+            converted += _coerce(value, sub, (*path, key))
+    return converted
 
 
 def check_schema(config: dict, schema_path: Path | str) -> None:

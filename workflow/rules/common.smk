@@ -9,11 +9,14 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from lnpeft.tasks import OFFICIAL_ROWS, get_task
-from lnpeft.workflow_config import check_config, check_schema, fmt_lr, resolve_glue_dir
+from lnpeft.workflow_config import check_config, check_schema, coerce_numbers, fmt_lr, resolve_glue_dir
 
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# YAML 1.1 reads 1e-3 (no dot) as text: numbers written so become numbers before any check
+coerce_numbers(config, SCHEMA)
 # every bad key in one short message naming the allowed values (validate() shows only the first,
 # inside a dump of the whole schema); validate() then fills in the schema's defaults
-check_schema(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+check_schema(config, SCHEMA)
 validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)  # cross-key checks the JSON schema cannot express (fails before any job)
 
