@@ -6,11 +6,16 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from scipy import stats as scipy_stats
 
 from lnpeft.artifacts import write_parquet
 from lnpeft.cli import main
+from lnpeft.metric_names import ALIASES, MetricNameError, aliases_of, canonical_metric
+from lnpeft.metrics import METRICS
+from lnpeft.report.scores import ScoresError, read_scores
 from lnpeft.report.stats import StatsConfig, kruskal_report
 from lnpeft.tasks import PAPER_COLUMNS, column_task
 
@@ -24,17 +29,30 @@ PAPER = {
 }
 
 
-def long_scores(values: dict, seeds: int = 1, shuffle: bool = True, noise: float = 0.0) -> pd.DataFrame:
-    """Scores in the scores.parquet layout, with a secondary-metric decoy row per column."""
-    rng = np.random.default_rng(1)
+# metric names as Hugging Face `evaluate` writes them (its glue metric's keys)
+EVALUATE = {"accuracy": "accuracy", "f1": "f1", "matthews": "matthews_correlation", "pearson": "pearson",
+            "spearman": "spearmanr"}
+SHORT = {"accuracy": "acc", "f1": "f1_score", "matthews": "mcc", "pearson": "pearson_r", "spearman": "spearman_r"}
+
+
+def decoy(metric: str) -> str:
+    """A real metric other than the paper's: its row must not enter the statistics."""
+    return "f1" if metric == "accuracy" else "accuracy"
+
+
+def long_scores(values: dict, seeds: int = 1, shuffle: bool = True, noise: float = 0.0,
+                names: dict[str, str] | None = None) -> pd.DataFrame:
+    """Scores in the scores.parquet layout, metrics spelled by `names`, with a non-paper-metric decoy
+    row per column."""
+    name = (names or {}).get
     rows = []
     for (method, split), vals in values.items():
         for column, value in zip(PAPER_COLUMNS, vals):
             metric = column_task(column)[0].metric
             for s in range(seeds):
                 v = value + (noise * (s - (seeds - 1) / 2))
-                rows.append((method, column, split, metric, v, 1e-3, 3))
-            rows.append((method, column, split, "decoy", 0.0, 1e-3, 3))  # must be ignored
+                rows.append((method, column, split, name(metric, metric), v, 1e-3, 3))
+            rows.append((method, column, split, name(decoy(metric), decoy(metric)), 0.0, 1e-3, 3))
     df = pd.DataFrame(rows, columns=["method", "task", "split", "metric", "value", "lr", "epoch"])
     return df.sample(frac=1.0, random_state=0).reset_index(drop=True) if shuffle else df
 
@@ -107,3 +125,180 @@ def test_seed_replicates_are_averaged_and_bootstrapped(tmp_path):
     again = kruskal_report(long_scores(values, seeds=3, noise=0.01),
                            StatsConfig(tmp_path / "s.parquet", bootstrap=200))
     assert again == report  # seeded bootstrap: reproducible
+
+
+# ---------------------------------------------------------------- metric names, optional columns
+
+PAPER_P = {"dev": 0.56599, "test": 0.62703, "combined": 0.54773}  # PAPER.md, Section 3.1
+
+
+def run_stats(tmp_path, scores: pd.DataFrame, capsys=None) -> tuple[int, dict | None, str]:
+    """`lnpeft stats kruskal` on `scores` written as plain pandas parquet: (exit, report, stdout)."""
+    path = tmp_path / "scores.parquet"
+    scores.to_parquet(path, index=False)
+    out = tmp_path / "stats" / "kruskal.json"
+    code = main(["stats", "kruskal", "--scores", str(path), "--out", str(out)])
+    printed = capsys.readouterr().out if capsys else ""
+    return code, json.loads(out.read_text()) if out.exists() else None, printed
+
+
+@pytest.mark.parametrize("names", [None, EVALUATE, SHORT], ids=["lnpeft", "evaluate", "short"])
+@pytest.mark.parametrize("keep", [["lr", "epoch"], []], ids=["with-lr-epoch", "without"])
+def test_paper_p_values_whatever_the_metric_names_and_without_lr_epoch(tmp_path, capsys, names, keep):
+    values = {k: v for k, v in PAPER.items() if k[0] != "full"}
+    scores = long_scores(values, names=names)[["method", "task", "split", "metric", "value", *keep]]
+    code, report, printed = run_stats(tmp_path, scores, capsys)
+    assert code == 0
+    oracle = {"dev": scipy_stats.kruskal(PAPER["bitfit", "dev"], PAPER["layernorm", "dev"]).pvalue,
+              "test": scipy_stats.kruskal(PAPER["bitfit", "test"], PAPER["layernorm", "test"]).pvalue,
+              "combined": scipy_stats.kruskal(PAPER["bitfit", "dev"] + PAPER["bitfit", "test"],
+                                              PAPER["layernorm", "dev"] + PAPER["layernorm", "test"]).pvalue}
+    for part, p in PAPER_P.items():
+        assert oracle[part] == pytest.approx(p, abs=5e-6)  # scipy itself gives the paper's numbers
+        assert report[part]["pvalue"] == pytest.approx(oracle[part], rel=1e-12)
+        assert len(report[part]["a"]) == (18 if part == "combined" else 9)
+    assert [u["task"] for u in report["dev"]["used"]] == list(PAPER_COLUMNS)
+    assert {u["metric"] for u in report["dev"]["used"] if u["task"] in ("cola", "stsb")} == {"matthews", "spearman"}
+    assert report["dev"]["left_out"] == [] and report["test"]["left_out"] == []
+    assert report["rows"] == {"read": 72, "compared_methods": 72, "paper_metric": 36, "other_metric": 36,
+                              "other_task": 0, "other_methods": 0}
+    assert printed == ("dev: p = 0.56599 (n = 9 per method)\ntest: p = 0.62703 (n = 9 per method)\n"
+                       "combined: p = 0.54773 (n = 18 per method)\n")
+
+
+def test_issue_14_evaluate_names_no_longer_drop_cola_and_stsb(tmp_path):
+    """The reported case: dev 0.406 (7 columns) instead of 0.566 when CoLA/STS-B were unmatched."""
+    values = {k: v for k, v in PAPER.items() if k[0] != "full" and k[1] == "dev"}
+    report = kruskal_report(long_scores(values, names=EVALUATE), StatsConfig(tmp_path / "s.parquet"))
+    assert report["dev"]["pvalue"] == pytest.approx(0.56599, abs=5e-6)
+    seven = [i for i, c in enumerate(PAPER_COLUMNS) if c not in ("cola", "stsb")]
+    wrong = scipy_stats.kruskal([PAPER["bitfit", "dev"][i] for i in seven],
+                                [PAPER["layernorm", "dev"][i] for i in seven]).pvalue
+    assert round(wrong, 3) == 0.406 and report["dev"]["pvalue"] != pytest.approx(wrong)
+
+
+def test_unknown_metric_is_an_error_naming_it_the_row_and_the_task(tmp_path, capsys):
+    scores = long_scores({k: v for k, v in PAPER.items() if k[1] == "dev"}, shuffle=False)
+    row = int(np.flatnonzero((scores["task"] == "stsb") & (scores["metric"] == "spearman"))[1])
+    scores.loc[row, "metric"] = "spearman_rank"
+    code, report, _ = run_stats(tmp_path, scores)
+    assert code == 2 and report is None  # nothing written
+    assert capsys.readouterr().err == (
+        f"lnpeft stats: error: {tmp_path / 'scores.parquet'} row {row}: unknown metric 'spearman_rank' for task "
+        "'stsb', whose paper metric is 'spearman' (also accepted: spearman_corr, spearman_correlation, "
+        "spearman_r, spearman_rho, spearmanr); known metrics: accuracy, f1, matthews, pearson, spearman and "
+        "their aliases in lnpeft.metric_names.ALIASES\n")
+
+
+def test_left_out_columns_are_listed_with_the_reason_and_printed(tmp_path, capsys):
+    values = {k: v for k, v in PAPER.items() if k[0] != "full" and k[1] == "dev"}
+    scores = long_scores(values)
+    # LayerNorm's CoLA has only accuracy; nobody has RTE; one WNLI row (a GLUE task outside the paper)
+    scores = scores[~((scores["method"] == "layernorm") & (scores["task"] == "cola")
+                      & (scores["metric"] == "matthews")) & (scores["task"] != "rte")]
+    scores = pd.concat([scores, pd.DataFrame([("bitfit", "wnli", "dev", "accuracy", 0.56, 1e-3, 1)],
+                                             columns=scores.columns)], ignore_index=True)
+    code, report, printed = run_stats(tmp_path, scores, capsys)
+    assert code == 0
+    keep = [i for i, c in enumerate(PAPER_COLUMNS) if c not in ("cola", "rte")]
+    assert report["dev"]["pvalue"] == pytest.approx(scipy_stats.kruskal(
+        [PAPER["bitfit", "dev"][i] for i in keep], [PAPER["layernorm", "dev"][i] for i in keep]).pvalue)
+    assert [u["task"] for u in report["dev"]["used"]] == [PAPER_COLUMNS[i] for i in keep]
+    assert report["dev"]["dropped"] == ["cola"]  # the old key keeps its meaning
+    assert report["dev"]["left_out"] == [
+        {"task": "cola", "split": "dev",
+         "reason": "no layernorm matthews value (it has accuracy: not the paper metric for cola)"},
+        {"task": "rte", "split": "dev", "reason": "no bitfit or layernorm accuracy value"},
+        {"task": "wnli", "split": "dev", "reason": "not one of the paper's 9 columns"},
+    ]
+    assert len(report["test"]["left_out"]) == 9 and report["test"]["used"] == []
+    assert report["combined"]["left_out"] == report["dev"]["left_out"] + report["test"]["left_out"]
+    rows = report["rows"]
+    assert rows["read"] == len(scores) == sum(rows[k] for k in ("paper_metric", "other_metric", "other_task",
+                                                                  "other_methods"))
+    lines = printed.splitlines()
+    assert lines[3] == f"left out (12 column(s); listed in {tmp_path / 'stats' / 'kruskal.json'}):"
+    assert lines[4:7] == [
+        "  dev/cola: no layernorm matthews value (it has accuracy: not the paper metric for cola)",
+        "  dev/rte: no bitfit or layernorm accuracy value",
+        "  dev/wnli: not one of the paper's 9 columns"]
+    assert lines[7] == "  test/qnli: no bitfit or layernorm accuracy value" and len(lines) == 16
+
+
+def test_metric_alias_table_covers_every_lnpeft_metric():
+    assert set(ALIASES.values()) == set(METRICS)
+    assert all(ALIASES[m] == m for m in METRICS)
+    assert canonical_metric(" Matthews-Correlation ") == "matthews" and canonical_metric("Spearman R") == "spearman"
+    assert canonical_metric("rmse") is None and canonical_metric(None) is None
+    assert aliases_of("pearson") == ["pearson", "pearson_corr", "pearson_correlation", "pearson_r", "pearsonr"]
+    assert issubclass(MetricNameError, ValueError)
+
+
+# ---------------------------------------------------------------- the scores reader
+
+def _write(path, table: pa.Table):
+    pq.write_table(table, path)
+    return path
+
+
+def _table(**columns) -> pa.Table:
+    base = {"method": pa.array(["bitfit"]), "task": pa.array(["rte"]), "split": pa.array(["dev"]),
+            "metric": pa.array(["acc"]), "value": pa.array([0.7])}
+    base.update(columns)
+    return pa.table({k: v for k, v in base.items() if v is not None})
+
+
+def test_reader_accepts_what_pandas_and_arrow_write(tmp_path):
+    table = pa.table({"method": pa.array(["bitfit", "layernorm"], pa.large_string()),
+                      "task": pa.array(["cola", "cola"]).dictionary_encode(),
+                      "split": pa.array([" dev\r", "dev"]),  # a stray CR of a CRLF file, a space
+                      "metric": pa.array(["MCC", "matthews_correlation"], pa.string_view()),
+                      "value": pa.array([0.5, 0.25], pa.float32()), "seed": pa.array([0, 0], pa.int32())})
+    df = read_scores(_write(tmp_path / "s.parquet", table))
+    assert df.to_dict("list") == {"method": ["bitfit", "layernorm"], "task": ["cola", "cola"],
+                                  "split": ["dev", "dev"], "metric": ["matthews", "matthews"], "value": [0.5, 0.25]}
+    ints = read_scores(_write(tmp_path / "i.parquet", _table(value=pa.array([1], pa.int8()))))
+    assert ints["value"].tolist() == [1.0] and ints["value"].dtype == np.float64
+
+
+@pytest.mark.parametrize("table, message", [
+    (_table(**{"value": None, "\ufeffvalue": pa.array([0.7])}),
+     "column '\\ufeffvalue' starts with a UTF-8 byte-order mark (a CSV read as utf-8 instead of utf-8-sig?); "
+     "rename it to 'value'"),
+    (_table(value=None), "lacks column(s) value (columns there: ['method', 'task', 'split', 'metric'])"),
+    (_table(**{"value": None, "value\r": pa.array([0.7])}), "lacks column(s) value (columns there: "
+     "['method', 'task', 'split', 'metric', 'value\\r']); 'value\\r' has stray whitespace"),
+    (_table(task=pa.array([b"rte\xff"], pa.binary())), "column 'task' is binary (bytes: not UTF-8 text?), "
+     "expected text (string)"),
+    (_table(value=pa.array(["0.7"])), "column 'value' is string, expected a number (float64)"),
+    (_table(value=pa.array([float("nan")])), "row 0: value nan of (bitfit, rte, dev, accuracy) is not a finite "
+     "number; give the score or drop the row"),
+    (_table(value=pa.array([None], pa.float64())), "row 0: value None of (bitfit, rte, dev, accuracy)"),
+    (_table(split=pa.array(["validation"])), "row 0: split 'validation' is neither dev nor test"),
+    (_table(task=pa.array(["CoLA"])), "row 0: task 'CoLA' is not one of the paper's columns (qnli, sst2, "),
+    (_table(method=pa.array([None], pa.string())), "row 0: method is None, expected a name"),
+    (_table(metric=pa.array(["acc\x00"])), "row 0: unknown metric 'acc\\x00' for task 'rte'"),
+    (_table(method=pa.array([], pa.string()), task=pa.array([], pa.string()), split=pa.array([], pa.string()),
+            metric=pa.array([], pa.string()), value=pa.array([], pa.float64())), "no rows"),
+], ids=["bom", "missing", "whitespace-name", "binary", "text-value", "nan", "null-value", "split", "task",
+        "null-name", "nul-byte", "no-rows"])
+def test_reader_errors_name_the_file_and_row(tmp_path, table, message):
+    path = _write(tmp_path / "s.parquet", table)
+    with pytest.raises((ScoresError, MetricNameError)) as err:
+        read_scores(path)
+    assert str(err.value).startswith(f"{path}: {message}") or str(err.value).startswith(f"{path} {message}")
+
+
+def test_reader_refuses_duplicated_columns_empty_and_non_parquet_files(tmp_path):
+    dup = pa.Table.from_arrays([pa.array(["bitfit"]), pa.array(["rte"]), pa.array(["dev"]), pa.array(["acc"]),
+                                pa.array([0.7]), pa.array(["f1"])],
+                               names=["method", "task", "split", "metric", "value", "metric"])
+    with pytest.raises(ScoresError, match=r"s\.parquet: column 'metric' appears 2 times; keep one"):
+        read_scores(_write(tmp_path / "s.parquet", dup))
+    for name, data in (("empty.parquet", b""), ("csv.parquet", b"method,task\r\nbitfit,rte\r\n")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ScoresError, match=rf"{name}: not a readable parquet file \(.*\); a scores file is "
+                                              "parquet with columns method, task, split, metric, value"):
+            read_scores(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="no such scores file"):
+        read_scores(tmp_path / "absent.parquet")

@@ -115,3 +115,35 @@ def test_rejects_scores_that_already_hold_test_rows(scores, tmp_path):
     make_table3(Table3Config(scores, prefix, scores_out, glue_results=glue))
     with pytest.raises(LnpeftError, match="already holds test rows"):
         make_table3(Table3Config(scores_out, prefix, tmp_path / "x.parquet", glue_results=glue))
+
+
+def test_glue_results_with_a_metric_column_bom_and_crlf(scores, tmp_path):
+    glue = tmp_path / "glue.tsv"
+    glue.write_bytes("\ufeffmethod\ttask\tmetric\tvalue\r\nlayernorm\tstsb\tspearmanr\t0.865\r\n"
+                     "layernorm\tstsb\tPearson\t0.87\r\nbitfit\trte\tacc\t0.687".encode())  # no final newline
+    found = read_glue_results(glue)
+    assert found.to_dict("list") == {"method": ["layernorm", "layernorm", "bitfit"], "task": ["stsb", "stsb", "rte"],
+                                     "metric": ["spearman", "pearson", "accuracy"], "value": [0.865, 0.87, 0.687]}
+    prefix, scores_out = outputs(tmp_path)
+    make_table3(Table3Config(scores, prefix, scores_out, glue_results=glue))
+    test = read_parquet(scores_out, "scores").query("split == 'test'")
+    assert sorted(zip(test["task"], test["metric"], test["value"])) == [
+        ("rte", "accuracy", 0.687), ("stsb", "pearson", 0.87), ("stsb", "spearman", 0.865)]
+    assert "| LayerNorm | 0.865 | n/a |" in open(f"{prefix}.md").read()  # Table 3 shows the paper metric
+
+
+@pytest.mark.parametrize("data, message", [
+    ("method\ttask\tmetric\tvalue\nlayernorm\tstsb\trmse\t0.5\n",
+     ":2: unknown metric 'rmse' for task 'stsb', whose paper metric is 'spearman'"),
+    ("method\ttask\tmetric\tvalue\nlayernorm\trte\tpearson\t0.5\n",
+     ":2: metric 'pearson' is not scored for rte (its metrics: accuracy; the paper's: accuracy)"),
+    ("method\ttask\tmetric\tvalue\nlayernorm\tcola\tmcc\t0.5\nlayernorm\tcola\tmatthews\t0.6\n",
+     ":3: second value for (layernorm, cola, matthews)"),
+    (b"method\ttask\tvalue\nlayernorm\trte\t0.5\nlayernorm\tst\xffsb\t0.5\n", ":3: not valid UTF-8"),
+])
+def test_glue_results_metric_and_encoding_errors_name_the_line(tmp_path, data, message):
+    glue = tmp_path / "glue.tsv"
+    glue.write_bytes(data if isinstance(data, bytes) else data.encode())
+    with pytest.raises((LnpeftError, ValueError)) as err:
+        read_glue_results(glue)
+    assert str(err.value).startswith(f"{glue}{message}")

@@ -23,6 +23,7 @@ throughput; bitfit/random/fisher fall back to layernorm/full where a number is m
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import math
 from dataclasses import dataclass
@@ -91,6 +92,28 @@ def deep_update(base: dict, overlay: dict) -> dict:
     return out
 
 
+def read_yaml(path: Path) -> object:
+    """A YAML file (UTF-8, a BOM allowed); a bad byte or bad YAML is one ValueError naming file and line."""
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        position = getattr(err, "position", None)  # a ReaderError (a NUL byte ...) has no mark
+        line = mark.line + 1 if mark else text[:position].count("\n") + 1 if position is not None else "?"
+        if isinstance(err, yaml.reader.ReaderError):
+            char = chr(err.character) if isinstance(err.character, int) else err.character
+            problem = f"character {char!r}: {err.reason}"
+        else:
+            problem = " ".join(str(p) for p in (getattr(err, "context", None), getattr(err, "problem", None)) if p)
+        raise ValueError(f"{path}:{line}: not a YAML config ({problem or type(err).__name__})") from None
+
+
 def load_config(paths: list[Path]) -> dict:
     """Schema defaults, then each config file in order (later files win)."""
     config = schema_defaults(yaml.safe_load(SCHEMA.read_text()))
@@ -98,7 +121,7 @@ def load_config(paths: list[Path]) -> dict:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config file not found")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a config file must be a YAML mapping, got {type(data).__name__}")
         config = deep_update(config, data)

@@ -4,16 +4,26 @@ The files are not CSV: quotes are literal text, so a line is split on tabs only 
 CSV-unquoted). Quirks handled here: CoLA train/dev have no header while CoLA test has one; MRPC
 train/dev start with a UTF-8 BOM; MNLI names its splits dev_matched/test_matched...; AX lives in
 `diagnostic/diagnostic.tsv`. Column names come from each file's header, so a file with extra
-columns (STS-B, MNLI) needs no per-file code.
+columns (STS-B, MNLI) needs no per-file code; a column the layout reads may appear only once.
+Indices and label ids are ASCII digits (an index fits int64), STS-B scores finite decimals.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lnpeft.messages import quote
 from lnpeft.tasks import TaskSpec
+
+# ASCII only: int() and float() also read other scripts' digits ("\u0663"), "1_000" and "nan"
+_DIGITS = re.compile(r"[0-9]{1,19}")  # 19 digits hold every int64 (and stay below int()'s digit limit)
+_SCORE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_INT64_MAX = 2**63 - 1
 
 
 class GlueFormatError(ValueError):
@@ -98,9 +108,10 @@ class TsvSplit:
 
 def _lines(path: Path) -> list[str]:
     """Physical lines of a file; BOM removed; split on '\\n' only (texts may hold other breaks)."""
-    raw = path.read_bytes()
+    # the BOM is removed before decoding: utf-8-sig's error offsets skip it, naming a wrong line
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise GlueFormatError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
@@ -114,16 +125,16 @@ def decode_label(raw: str, spec: TaskSpec, where: str) -> float | int:
     """A TSV label to the HF label id (by name or as an id), or a float score for STS-B."""
     value = raw.strip()
     if spec.is_regression:
-        try:
-            return float(value)
-        except ValueError:
-            raise GlueFormatError(f"{where}: score {raw!r} is not a number") from None
+        score = float(value) if _SCORE.fullmatch(value) else math.nan
+        if not math.isfinite(score):  # a NaN score would read as "unlabelled" downstream
+            raise GlueFormatError(f"{where}: score {quote(raw)} is not a number")
+        return score
     if value in spec.label_names:
         return spec.label_names.index(value)
-    if value.isdigit() and int(value) < spec.num_labels:
+    if _DIGITS.fullmatch(value) and int(value) < spec.num_labels:
         return int(value)
     raise GlueFormatError(
-        f"{where}: label {raw!r} is neither a label id 0..{spec.num_labels - 1} nor one of "
+        f"{where}: label {quote(raw)} is neither a label id 0..{spec.num_labels - 1} nor one of "
         f"{list(spec.label_names)}"
     )
 
@@ -147,15 +158,20 @@ def read_split(glue_dir: Path | str, spec: TaskSpec, split: str, *, max_bad_rows
         raise GlueFormatError(f"{path}: empty file")
     first = lines[0].split("\t")
     is_test = split in spec.test_splits
-    if layout.headerless and layout.text[0] not in first and not is_test:
+    needed = [*layout.text, *([layout.label] if not is_test and layout.label else [])]
+    if layout.headerless and not is_test and not all(c in first for c in needed):
         columns, start = list(layout.headerless), 0
     else:
         columns, start = first, 1
     where0 = f"{path}:1"
-    missing = [c for c in (*layout.text, *([layout.label] if not is_test and layout.label else []))
-               if c not in columns]
+    missing = [c for c in needed if c not in columns]
     if missing:
-        raise GlueFormatError(f"{where0}: header {columns} lacks columns {missing} for task {spec.name!r}")
+        raise GlueFormatError(f"{where0}: header {quote(columns, 300)} lacks columns {missing} for task "
+                              f"{spec.name!r}")
+    twice = [c for c in (*needed, layout.index) if c and columns.count(c) > 1]
+    if twice:  # which of the two holds the data is anyone's guess
+        raise GlueFormatError(f"{where0}: header names column {twice[0]!r} {columns.count(twice[0])} times; "
+                              "keep one")
     pos_text = [columns.index(c) for c in layout.text]
     pos_label = columns.index(layout.label) if (layout.label and not is_test) else None
     pos_index = columns.index(layout.index) if layout.index in columns else None
@@ -177,10 +193,11 @@ def read_split(glue_dir: Path | str, spec: TaskSpec, split: str, *, max_bad_rows
                 )
             continue
         if pos_index is not None:
-            try:
-                out.idx.append(int(fields[pos_index]))
-            except ValueError:
-                raise GlueFormatError(f"{where}: index {fields[pos_index]!r} is not an integer") from None
+            raw = fields[pos_index].strip()
+            if not _DIGITS.fullmatch(raw) or int(raw) > _INT64_MAX:  # idx is int64 downstream
+                raise GlueFormatError(f"{where}: index {quote(fields[pos_index])} is not an integer "
+                                      f"in 0..{_INT64_MAX}")
+            out.idx.append(int(raw))
         else:
             out.idx.append(out.rows_read - 1)  # HF convention: 0-based row number
         if out.idx[-1] in first_line:

@@ -1,16 +1,20 @@
 """`lnpeft stats kruskal`: is method A different from method B over the GLUE columns? (Section 3.1)
 
 Input: scores in the long format of results/tables/scores.parquet (`method, task, split, metric,
-value, lr, epoch`), with split `dev` and, when known, `test` rows (results/tables/scores_test.parquet
-adds them). For each of the paper's 9 columns the value on the column's paper metric is taken;
-several rows for one (method, task, split, metric) are seed replicates and their mean enters the
-tests. The two vectors are aligned column by column (only columns both methods have), then:
+value`; `lr`, `epoch` and other columns are not needed), with split `dev` and, when known, `test`
+rows (results/tables/scores_test.parquet adds them); lnpeft.report.scores reads and checks them
+(metric names as Hugging Face `evaluate` writes them included). For each of the paper's 9 columns
+the value on the column's paper metric is taken; several rows for one (method, task, split,
+metric) are seed replicates and their mean enters the tests. The two vectors are aligned column
+by column (only columns both methods have), then:
 - Kruskal-Wallis (scipy.stats.kruskal), the paper's test, on dev (9 values each), test (9) and
   the 18 combined (dev then test);
 - a paired Wilcoxon signed-rank test (scipy.stats.wilcoxon) on the same aligned vectors;
 - per column, with several seeds, a bootstrap 95% CI of the mean of each method and of B - A.
 A part that cannot be computed (no test scores: GLUE test labels are private) is null with a
-`reason`, never a crash.
+`reason`, never a crash. Nothing is left out silently: each part lists the (task, split) columns
+`used` and those `left_out` with the reason, `rows` accounts for every row read, and the CLI
+prints each left-out column.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lnpeft.artifacts import read_parquet, write_json
+from lnpeft.artifacts import write_json
 from lnpeft.cli import LnpeftError
+from lnpeft.report.scores import check_rows, read_scores
 from lnpeft.tasks import PAPER_COLUMNS, column_task
 
 
@@ -44,6 +49,7 @@ class StatsConfig:
 
 
 def paper_metric(column: str) -> str:
+    """The metric of one of the paper's 9 columns (Table 4: matthews for cola, ...)."""
     return column_task(column)[0].metric
 
 
@@ -53,20 +59,68 @@ def replicates(scores: pd.DataFrame, method: str, split: str) -> dict[str, np.nd
     out = {}
     for column in PAPER_COLUMNS:
         values = rows.loc[(rows["task"] == column) & (rows["metric"] == paper_metric(column)), "value"]
-        values = values.dropna().to_numpy(dtype=np.float64)
+        values = values.to_numpy(dtype=np.float64)  # finite: check_rows refuses NaN and inf
         if len(values):
             out[column] = values
     return out
 
 
+def coverage(scores: pd.DataFrame, a: str, b: str, split: str) -> tuple[list[dict], list[dict]]:
+    """(used, left_out) columns of one split: each paper column with the paper-metric seeds of
+    both methods, or the reason it is left out; rows of other GLUE tasks are left out too."""
+    rows = scores[scores["method"].isin([a, b]) & (scores["split"] == split)]
+    used, left_out = [], []
+    for column in PAPER_COLUMNS:
+        metric = paper_metric(column)
+        here = rows[rows["task"] == column]
+        seeds, reasons = {}, []
+        for method in (a, b):
+            mine = here[here["method"] == method]
+            seeds[method] = int((mine["metric"] == metric).sum())
+            if seeds[method]:
+                continue
+            others = sorted(set(mine["metric"]))
+            reasons.append(f"no {method} {metric} value" + (
+                f" (it has {', '.join(others)}: not the paper metric for {column})" if others else ""))
+        if not reasons:
+            used.append({"task": column, "split": split, "metric": metric,
+                         "seeds_a": seeds[a], "seeds_b": seeds[b]})
+        else:
+            if reasons == [f"no {a} {metric} value", f"no {b} {metric} value"]:
+                reasons = [f"no {a} or {b} {metric} value"]
+            left_out.append({"task": column, "split": split, "reason": "; ".join(reasons)})
+    for task in sorted(set(rows["task"]) - set(PAPER_COLUMNS)):
+        reason = ("the paper's MNLI columns are mnli_matched and mnli_mismatched: name the task so"
+                  if task == "mnli" else "not one of the paper's 9 columns")
+        left_out.append({"task": task, "split": split, "reason": reason})
+    return used, left_out
+
+
+def row_counts(scores: pd.DataFrame, a: str, b: str) -> dict[str, int]:
+    """Every row read, by what the statistics did with it."""
+    mine = scores["method"].isin([a, b])
+    column = scores["task"].isin(PAPER_COLUMNS)
+    paper = np.array([t in PAPER_COLUMNS and m == paper_metric(t) for t, m in zip(scores["task"], scores["metric"])],
+                     dtype=bool)
+    return {"read": len(scores), "compared_methods": int(mine.sum()),
+            "paper_metric": int((mine & paper).sum()),
+            "other_metric": int((mine & column & ~paper).sum()),
+            "other_task": int((mine & ~column).sum()), "other_methods": int((~mine).sum())}
+
+
 def _tests(a: list[float], b: list[float]) -> dict:
     """Kruskal-Wallis and paired Wilcoxon on two aligned vectors."""
     result: dict = {}
-    try:
-        kw = stats.kruskal(a, b)
-        result["statistic"], result["pvalue"] = float(kw.statistic), float(kw.pvalue)
-    except ValueError as err:  # e.g. all values identical
-        result["statistic"], result["pvalue"], result["kruskal_reason"] = None, None, str(err)
+    if len(set(a) | set(b)) == 1:
+        # scipy returns NaN here (older versions raise): null with a reason, never NaN in the JSON
+        result["statistic"], result["pvalue"] = None, None
+        result["kruskal_reason"] = "all values are identical: no ranks to compare"
+    else:
+        try:
+            kw = stats.kruskal(a, b)
+            result["statistic"], result["pvalue"] = float(kw.statistic), float(kw.pvalue)
+        except ValueError as err:
+            result["statistic"], result["pvalue"], result["kruskal_reason"] = None, None, str(err)
     diffs = np.subtract(b, a)
     if np.all(diffs == 0):
         result["wilcoxon"] = {"statistic": None, "pvalue": None,
@@ -74,6 +128,8 @@ def _tests(a: list[float], b: list[float]) -> dict:
     else:
         w = stats.wilcoxon(a, b)
         result["wilcoxon"] = {"statistic": float(w.statistic), "pvalue": float(w.pvalue)}
+        if not np.isfinite(w.pvalue):
+            result["wilcoxon"] = {"statistic": None, "pvalue": None, "reason": "scipy.stats.wilcoxon gave NaN"}
     return result
 
 
@@ -133,6 +189,7 @@ def bootstrap_ci(a_vals: dict[str, np.ndarray], b_vals: dict[str, np.ndarray], r
 
 def kruskal_report(scores: pd.DataFrame, config: StatsConfig) -> dict:
     """The JSON object of `lnpeft stats kruskal`."""
+    scores = check_rows(scores, str(config.scores))
     methods = sorted(scores["method"].unique())
     for key, method in (("--a", config.a), ("--b", config.b)):
         if method not in methods:
@@ -142,14 +199,20 @@ def kruskal_report(scores: pd.DataFrame, config: StatsConfig) -> dict:
     test = compare(vals[config.a, "test"], vals[config.b, "test"], "test")
     if test.get("reason") and not vals[config.a, "test"] and not vals[config.b, "test"]:
         test["reason"] += " (GLUE test labels are private: set submission.glue_results to the server's scores)"
+    for part, split in ((dev, "dev"), (test, "test")):
+        part["used"], part["left_out"] = coverage(scores, config.a, config.b, split)
+    combined = combine(dev, test)
+    combined["used"] = [] if combined.get("reason") else dev["used"] + test["used"]
+    combined["left_out"] = dev["left_out"] + test["left_out"]
     report = {
         "test_name": "Kruskal-Wallis H (scipy.stats.kruskal); wilcoxon: paired signed-rank (scipy.stats.wilcoxon)",
         "a_method": config.a,
         "b_method": config.b,
         "scores": str(config.scores),
+        "rows": row_counts(scores, config.a, config.b),
         "dev": dev,
         "test": test,
-        "combined": combine(dev, test),
+        "combined": combined,
     }
     seeds = max((len(v) for part in vals.values() for v in part.values()), default=0)
     if seeds > 1 and config.bootstrap > 0:
@@ -179,10 +242,16 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise LnpeftError(f"--bootstrap {args.bootstrap}: must be >= 0")
     config = StatsConfig(args.scores, args.a, args.b, args.out, args.bootstrap, args.seed)
-    report = kruskal_report(read_parquet(args.scores, "scores"), config)
+    report = kruskal_report(read_scores(args.scores), config)
     write_json(report, args.out)
     for part in ("dev", "test", "combined"):
         p = report[part]
-        shown = f"p = {p['pvalue']:.5f} (n = {len(p['a'])} per method)" if p.get("pvalue") is not None else p.get("reason")
+        shown = (f"p = {p['pvalue']:.5f} (n = {len(p['a'])} per method)" if p.get("pvalue") is not None
+                 else p.get("reason") or p.get("kruskal_reason"))
         print(f"{part}: {shown}")
+    left_out = report["dev"]["left_out"] + report["test"]["left_out"]
+    if left_out:
+        print(f"left out ({len(left_out)} column(s); listed in {args.out}):")
+    for entry in left_out:
+        print(f"  {entry['split']}/{entry['task']}: {entry['reason']}")
     return 0

@@ -2,7 +2,8 @@
 
 Where test scores come from, first that applies:
 1. `--glue-results TSV`: the scores the GLUE server returned for the submission zips. Format
-   (tab-separated, UTF-8, header line required, `#` lines are comments):
+   (tab-separated, UTF-8 with or without a BOM, LF or CRLF, header line required, `#` lines are
+   comments):
 
        method	task	value
        layernorm	qnli	0.910
@@ -11,6 +12,9 @@ Where test scores come from, first that applies:
    `task` is one of the paper's 9 columns (qnli sst2 mnli_matched mnli_mismatched cola mrpc stsb
    rte qqp), `value` is the column's paper metric (Table 4: accuracy, Matthews, F1, Spearman) as a
    fraction: the server shows percentages, divide them by 100 (a value above 1 is rejected).
+   An optional `metric` column (header `method task metric value`) names each value's metric, in
+   any spelling of lnpeft.metric_names (`matthews_correlation`, `spearmanr`, `mcc`, ...); a task's
+   secondary metric (MRPC accuracy, STS-B Pearson) then lands in the test rows too.
 2. labelled local test data: for each (method, task) the best dev run (same choice as the
    submission: lnpeft.report.submission.best_run) is scored on every test split whose parquet
    has labels (GLUE's are unlabelled, so this is usually empty);
@@ -22,6 +26,7 @@ a copy of the input scores (`--scores-out`); scores.parquet itself is never modi
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +36,8 @@ import pandas as pd
 
 from lnpeft.artifacts import atomic_path, read_parquet, write_parquet
 from lnpeft.cli import LnpeftError
+from lnpeft.messages import quote
+from lnpeft.metric_names import resolve_metric
 from lnpeft.metrics import compute_metrics
 from lnpeft.report.submission import best_run
 from lnpeft.tasks import PAPER_COLUMNS, TASKS, column_task, get_task
@@ -57,46 +64,72 @@ class Table3Config:
     """(method, task) -> candidate run dirs, for labelled local test data."""
 
 
+_GLUE_HEADERS = (["method", "task", "value"], ["method", "task", "metric", "value"])
+
+
+def _text_lines(path: Path) -> list[str]:
+    """A small text file's lines: UTF-8 (a BOM allowed), LF or CRLF; bad bytes named by line."""
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # before decoding: keeps error offsets right
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise LnpeftError(f"{path}:{line}: not valid UTF-8 ({err.reason}); save the file as UTF-8") from None
+    return [ln.removesuffix("\r") for ln in text.split("\n")]
+
+
 def read_glue_results(path: Path) -> pd.DataFrame:
-    """The user's GLUE server scores (format in the module docstring); errors name file and line."""
-    if not path.exists():
+    """The user's GLUE server scores (format in the module docstring); errors name file and line.
+
+    Columns method, task, metric (lnpeft's name; the paper metric when the file has no metric
+    column), value.
+    """
+    if not path.is_file():
         raise LnpeftError(f"{path}: no such GLUE results file (config submission.glue_results)")
     rows = []
-    header_seen = False
-    with path.open(encoding="utf-8") as fh:
-        for number, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\n").rstrip("\r")
-            if not line.strip() or line.startswith("#"):
-                continue
-            fields = line.split("\t")
-            where = f"{path}:{number}"
-            if not header_seen:
-                if fields != ["method", "task", "value"]:
-                    raise LnpeftError(f"{where}: header {fields}, expected method<TAB>task<TAB>value")
-                header_seen = True
-                continue
-            if len(fields) != 3:
-                raise LnpeftError(f"{where}: {len(fields)} fields, expected method<TAB>task<TAB>value")
-            method, task, value = fields
-            if task not in PAPER_COLUMNS:
-                raise LnpeftError(f"{where}: task {task!r} is not one of {', '.join(PAPER_COLUMNS)}")
-            try:
-                number_value = float(value)
-            except ValueError:
-                raise LnpeftError(f"{where}: value {value!r} is not a number") from None
-            if not np.isfinite(number_value) or abs(number_value) > 1:
-                raise LnpeftError(
-                    f"{where}: value {value} is not a fraction in [-1, 1]; the GLUE server shows "
-                    "percentages: divide by 100"
-                )
-            rows.append((method, task, number_value, number))
-    if not header_seen:
+    header: list[str] | None = None
+    for number, line in enumerate(_text_lines(path), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        where = f"{path}:{number}"
+        if header is None:
+            if fields not in _GLUE_HEADERS:
+                raise LnpeftError(f"{where}: header {quote(fields, 200)}, expected method<TAB>task<TAB>value "
+                                  "(or method<TAB>task<TAB>metric<TAB>value)")
+            header = fields
+            continue
+        if len(fields) != len(header):
+            raise LnpeftError(f"{where}: {len(fields)} fields, expected {'<TAB>'.join(header)}")
+        row = dict(zip(header, fields))
+        method, task, value = row["method"], row["task"], row["value"]
+        if task not in PAPER_COLUMNS:
+            raise LnpeftError(f"{where}: task {quote(task)} is not one of {', '.join(PAPER_COLUMNS)}")
+        spec = column_task(task)[0]
+        metric = spec.metric
+        if "metric" in row:
+            metric = resolve_metric(row["metric"], where, task, spec.metric)
+            if metric not in (spec.metric, *spec.secondary_metrics):
+                raise LnpeftError(f"{where}: metric {quote(row['metric'])} is not scored for {task} "
+                                  f"(its metrics: {', '.join((spec.metric, *spec.secondary_metrics))}; "
+                                  f"the paper's: {spec.metric})")
+        try:
+            number_value = float(value)
+        except ValueError:
+            raise LnpeftError(f"{where}: value {quote(value)} is not a number") from None
+        if not np.isfinite(number_value) or abs(number_value) > 1:
+            raise LnpeftError(
+                f"{where}: value {number_value:g} is not a fraction in [-1, 1]; the GLUE server shows "
+                "percentages: divide by 100"
+            )
+        rows.append((method, task, metric, number_value, number))
+    if header is None:
         raise LnpeftError(f"{path}: empty; expected a method<TAB>task<TAB>value header and rows")
-    df = pd.DataFrame(rows, columns=["method", "task", "value", "line"])
-    dup = df[df.duplicated(["method", "task"], keep="first")]
+    df = pd.DataFrame(rows, columns=["method", "task", "metric", "value", "line"])
+    dup = df[df.duplicated(["method", "task", "metric"], keep="first")]
     if len(dup):
         r = dup.iloc[0]
-        raise LnpeftError(f"{path}:{r['line']}: second value for ({r['method']}, {r['task']})")
+        raise LnpeftError(f"{path}:{r['line']}: second value for ({r['method']}, {r['task']}, {r['metric']})")
     return df.drop(columns="line")
 
 

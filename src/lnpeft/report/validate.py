@@ -5,7 +5,9 @@ with the header `index<TAB>prediction`, one `index<TAB>prediction` per line, a f
 blank lines; every index an integer, each exactly once; labels from the task's GLUE label set
 (`0`/`1`, or the NLI strings of that task); STS-B a plain decimal in [0, 5]. With --data-dir the
 row count and index set of every file equal the test data's (data/{task}/{split}.parquet).
-Each failure names the file and line. Exit status 1 when anything fails.
+Each failure names the file and line (a BOM or CRLF line endings once per file, at most
+MAX_ERRORS_PER_FILE lines per file, then a count); a damaged zip is a listed problem, not a crash.
+Exit status 1 when anything fails.
 """
 
 from __future__ import annotations
@@ -13,17 +15,25 @@ from __future__ import annotations
 import argparse
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from lnpeft.artifacts import read_parquet
 from lnpeft.cli import LnpeftError
+from lnpeft.messages import quote
 from lnpeft.tasks import SUBMISSION_FILES, TaskSpec
 
 HEADER = "index\tprediction"
-_INDEX = re.compile(r"^\d+$")
-_DECIMAL = re.compile(r"^\d+(\.\d+)?$")  # no sign, exponent, nan or inf
+# ASCII digits only (`\d` also matches other scripts' digits); 19 digits hold every int64 index
+_INDEX = re.compile(r"[0-9]{1,19}")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")  # no sign, exponent, nan or inf
+MAX_ERRORS_PER_FILE = 20
+"""Problems listed per file; the rest are counted (a wrong 400,000-row file is not 400,000 lines)."""
+# what a damaged zip member raises on reading: a bad CRC, bad deflate data, a truncated entry,
+# an unknown compression method, an encryption flag
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError)
 
 
 def allowed_labels(spec: TaskSpec) -> tuple[str, ...] | None:
@@ -41,26 +51,33 @@ def _check_file(name: str, spec: TaskSpec, text: str) -> tuple[list[str], list[i
     indices: list[int] = []
     seen: dict[int, int] = {}
     labels = allowed_labels(spec)
+    if not text:
+        return [f"{name}: empty file; expected the header {HEADER!r} and one row per test example"], []
+    if text.startswith("\ufeff"):
+        errors.append(f"{name}:1: starts with a UTF-8 byte-order mark; save the file without one")
+        text = text[1:]
     if not text.endswith("\n"):
         errors.append(f"{name}: no final newline")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines = lines[:-1]
-    if not lines or lines[0].rstrip("\r") != HEADER:
+    crlf = [number for number, line in enumerate(lines, start=1) if line.endswith("\r")]
+    if crlf:
+        errors.append(f"{name}:{crlf[0]}: CRLF line ending{'s' if len(crlf) > 1 else ''} ({len(crlf)} line(s), "
+                      "first here); use LF")
+        lines = [line.removesuffix("\r") for line in lines]
+    if not lines or lines[0] != HEADER:
         got = lines[0] if lines else ""
-        errors.append(f"{name}:1: header {got!r}, expected {HEADER!r}")
+        errors.append(f"{name}:1: header {quote(got)}, expected {HEADER!r}")
     for number, line in enumerate(lines[1:], start=2):
         where = f"{name}:{number}"
-        if line.endswith("\r"):
-            errors.append(f"{where}: CRLF line ending; use LF")
-            line = line[:-1]
         fields = line.split("\t")
         if len(fields) != 2:
-            errors.append(f"{where}: {len(fields)} fields in {line!r}, expected index<TAB>prediction")
+            errors.append(f"{where}: {len(fields)} fields in {quote(line)}, expected index<TAB>prediction")
             continue
         index, value = fields
-        if not _INDEX.match(index):
-            errors.append(f"{where}: index {index!r} is not a non-negative integer")
+        if not _INDEX.fullmatch(index) or int(index) >= 2**63:
+            errors.append(f"{where}: index {quote(index)} is not a non-negative integer")
         else:
             i = int(index)
             if i in seen:
@@ -69,12 +86,15 @@ def _check_file(name: str, spec: TaskSpec, text: str) -> tuple[list[str], list[i
                 seen[i] = number
                 indices.append(i)
         if labels is None:
-            if not _DECIMAL.match(value):
-                errors.append(f"{where}: STS-B score {value!r} is not a plain decimal number")
+            if not _DECIMAL.fullmatch(value):
+                errors.append(f"{where}: STS-B score {quote(value)} is not a plain decimal number")
             elif not 0.0 <= float(value) <= 5.0:
-                errors.append(f"{where}: STS-B score {value} is outside [0, 5]")
+                errors.append(f"{where}: STS-B score {value if len(value) <= 40 else quote(value)} is outside [0, 5]")
         elif value not in labels:
-            errors.append(f"{where}: label {value!r} is not one of {spec.name}'s {list(labels)}")
+            errors.append(f"{where}: label {quote(value)} is not one of {spec.name}'s {list(labels)}")
+    if len(errors) > MAX_ERRORS_PER_FILE:
+        more = len(errors) - MAX_ERRORS_PER_FILE
+        errors = errors[:MAX_ERRORS_PER_FILE] + [f"{name}: {more} more problem(s) not shown"]
     return errors, indices
 
 
@@ -105,8 +125,8 @@ def validate_zip(path: Path | str, data_dir: Path | str | None = None,
     targets = submission_targets()
     try:
         zf = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as err:
-        return [f"{path}: not a readable zip ({err})"]
+    except _UNREADABLE as err:
+        return [f"{path}: not a readable zip ({type(err).__name__}: {err})"]
     errors: list[str] = []
     with zf:
         names = zf.namelist()
@@ -125,9 +145,16 @@ def validate_zip(path: Path | str, data_dir: Path | str | None = None,
                 continue
             spec, split = targets[name]
             try:
-                text = zf.read(name).decode("utf-8")
+                data = zf.read(name)
+            except _UNREADABLE as err:
+                errors.append(f"{name}: cannot be read from {path} ({type(err).__name__}: {err}); "
+                              "the zip is damaged: write it again")
+                continue
+            try:
+                text = data.decode("utf-8")
             except UnicodeDecodeError as err:
-                errors.append(f"{name}: not UTF-8 ({err})")
+                line = data[: err.start].count(b"\n") + 1
+                errors.append(f"{name}:{line}: not UTF-8 ({err.reason} at byte {err.start})")
                 continue
             file_errors, indices = _check_file(name, spec, text)
             errors.extend(file_errors)
