@@ -56,7 +56,8 @@ def mkl_calls(argv: list[str], threads_env: str = "2") -> list[str]:
 def test_every_mkl_call_runs_with_pinned_threads_and_cnr(stage, tiny_run_inputs, tmp_path):  # noqa: F811
     if stage == "fisher":
         argv = ["fisher", "--model", str(tiny_run_inputs["init"]), "--data", str(tiny_run_inputs["train"]),
-                "--out", str(tmp_path / "f.parquet"), "--batch-size", "8", "--max-length", "32"]
+                "--out", str(tmp_path / "f.parquet"), "--batch-size", "8", "--max-length", "32",
+                "--max-samples", "16"]
     else:  # as finetune_for_drift ran it before: no --threads flag at all
         argv = finetune_argv(tiny_run_inputs, tmp_path / "run", epochs="1")
         argv = argv[:argv.index("--threads")] + argv[argv.index("--threads") + 2:]

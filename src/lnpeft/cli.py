@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate-submission": ("lnpeft.report.validate", "strictly check a GLUE submission zip"),
     "table3": ("lnpeft.report.table3", "Table 3 test scores (GLUE server results or labelled test data)"),
     "estimate": ("lnpeft.estimate", "project the GPU-hours of a config's grid"),
+    "summary": ("lnpeft.report.summary", "dev scores beside each task's trivial baseline, in a few lines"),
 }
 
 
