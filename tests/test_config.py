@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -141,3 +142,82 @@ def test_dry_run_with_a_learning_rate_that_is_not_a_number_names_the_key(tmp_pat
     assert "learning_rates.peft[0]: 'abc' is not a number; allowed: number > 0" in out, out[-3000:]
     assert "fractions.learning_rates[0]: 'abc' is not a number; allowed: number > 0" in out, out[-3000:]
     assert not (tmp_path / "abc" / "results").exists()
+
+
+# regressions of the hostile-input properties (tests/test_hostile_inputs.py): each bad config is
+# one ConfigError line naming the key, never a TypeError, a broken line or an OSError traceback
+
+def _schema_lines(config: dict) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        check_schema(config, SCHEMA_PATH)
+    return [line.strip() for line in str(err.value).split("\n")]
+
+
+def test_int_and_text_unknown_top_level_keys_are_one_problem():
+    config = yaml.safe_load((REPO / "config.yaml").read_text() + "1: 2\nzz: 3\n")  # `1:` is an int key
+    lines = _schema_lines(config)
+    assert lines[0] == f"invalid config (1 problem(s), schema {SCHEMA_PATH}):"
+    assert lines[1].startswith("[1], zz: unknown key (Additional properties are not allowed (1, 'zz' were "
+                               "unexpected)); allowed keys: data, drift, fisher,")
+    assert len(lines) == 2
+
+
+def test_key_with_a_line_break_is_printed_escaped_on_one_line():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["training"]["epochs\nx"] = 1
+    config["data"]["subsample"]["a\u2028b"] = 1  # a line separator str.splitlines() also splits at
+    lines = _schema_lines(config)
+    assert len(lines) == 3 and len(str("\n".join(lines)).splitlines()) == 3, lines
+    assert lines[1].startswith(r"data.subsample['a\u2028b']: unknown key")
+    assert lines[2].startswith(r"training['epochs\nx']: unknown key (Additional properties are not allowed "
+                               r"('epochs\nx' was unexpected)); allowed keys of training: batch_size,")
+
+
+def test_nan_and_inf_numbers_name_the_key():
+    """YAML `.nan`/`.inf` are floats that pass every bound (NaN compares false): refused, once each."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["learning_rates"].update(yaml.safe_load("{full: [.nan], peft: [1.0e-3, .inf]}"))
+    config["training"].update(yaml.safe_load("{warmup_ratio: .NaN, epochs: .nan}"))
+    config["fractions"]["values"] = [float("-inf")]
+    assert coerce_numbers(config, SCHEMA_PATH) == []  # a float NaN is no text to convert: it stays
+    assert math.isnan(config["learning_rates"]["full"][0])
+    assert _schema_lines(config)[1:] == [
+        "fractions.values[0]: -inf is not a finite number; allowed: number > 0 and <= 1 "
+        "(config['fractions']['values'][0])",
+        "learning_rates.full[0]: nan is not a finite number; allowed: number > 0 (config['learning_rates']['full'][0])",
+        "learning_rates.peft[1]: inf is not a finite number; allowed: number > 0 (config['learning_rates']['peft'][1])",
+        "training.epochs: nan is not of type 'integer'; allowed: integer >= 1 (config['training']['epochs'])",
+        # minimum and maximum both pass NaN silently; the one line says why it is refused
+        "training.warmup_ratio: nan is not a finite number; allowed: number >= 0 and <= 1 "
+        "(config['training']['warmup_ratio'])",
+    ]
+
+
+@pytest.mark.parametrize("section, update, message", [
+    ("data", {"source": "tsv", "glue_dir": "g" * 300},
+     "data.glue_dir: '" + "g" * 60 + "'... (300 bytes): cannot check it (File name too long); "
+     "give a shorter path (at most 255 bytes per folder name)"),
+    ("model", {"source": "folder", "location": "/tmp/" + "é" * 128},  # 256 bytes in UTF-8
+     "model.location: '/tmp/" + "é" * 55 + "'... (261 bytes): cannot check it (File name too long); "
+     "give a shorter path (at most 255 bytes per folder name)"),
+])
+def test_path_name_over_255_bytes_names_the_key(section, update, message):
+    from lnpeft.workflow_config import check_config
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config[section].update(update)
+    with pytest.raises(ConfigError) as err:
+        check_config(config)
+    assert str(err.value) == message
+
+
+def test_auto_glue_dir_with_an_overlong_env_folder_names_it(monkeypatch):
+    from lnpeft.workflow_config import check_config
+
+    monkeypatch.setenv("LNPEFT_GLUE_DIR", "e" * 256)
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["data"].update({"source": "tsv", "glue_dir": "auto"})
+    with pytest.raises(ConfigError) as err:
+        check_config(config)
+    assert str(err.value).startswith("data.glue_dir: 'auto' tried $LNPEFT_GLUE_DIR '" + "e" * 60 + "'... "
+                                     "(256 bytes): cannot check it (File name too long); give a shorter path")

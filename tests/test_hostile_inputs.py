@@ -605,14 +605,12 @@ def _paths(node, prefix=()) -> list[tuple]:
 
 CONFIG_PATHS = _paths(BASE_CONFIG)
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=16) | st.sampled_from(
-    ["\x00", "\ufeffbitfit", "bitfit\r", "rte\r\n", "a\tb", '"1e-3"', "", "auto", "x" * 200, "é" * 100])
-# NaN, mixed int/str keys, line breaks in keys and path-like values over 255 bytes are left out
-# here: they are the known workflow_config.py bugs of the xfail tests below (that file belongs to
-# another change)
-KEY_TEXT = TEXT.filter(lambda t: "\n" not in t and "\r" not in t)
-SCALAR = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | TEXT
+    ["\x00", "\ufeffbitfit", "bitfit\r", "rte\r\n", "a\tb", '"1e-3"', "", "auto", "x" * 200, "é" * 100,
+     "x" * 300, "a\nb"])  # over 255 bytes: a name the file system refuses (ENAMETOOLONG)
+KEY = TEXT | st.integers(-3, 3)  # YAML `1: 2` gives an int key, beside text ones
+SCALAR = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | TEXT  # NaN and inf too
 HOSTILE_VALUE = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=3)
-                             | st.dictionaries(KEY_TEXT, inner, max_size=3), max_leaves=6)
+                             | st.dictionaries(KEY, inner, max_size=3), max_leaves=6)
 
 
 def _key_name(path) -> str:
@@ -632,7 +630,7 @@ DICT_PATHS = [()] + [p for p in CONFIG_PATHS if isinstance(_node(BASE_CONFIG, p)
 
 @pytest.mark.parametrize("where", ["replace", "add key"])
 @settings(HOSTILE, max_examples=60)
-@given(data=st.data(), value=HOSTILE_VALUE, new_key=KEY_TEXT)
+@given(data=st.data(), value=HOSTILE_VALUE, new_key=KEY)
 def test_config_checks_pass_or_name_the_key(where, data, value, new_key):
     from lnpeft.workflow_config import ConfigError, check_config, check_schema
 
@@ -691,12 +689,9 @@ def test_found_estimate_config_file_errors_name_file_and_line(tmp_path, capsys, 
     assert re.search(message, err.strip()), err
 
 
-# known bugs of lnpeft/workflow_config.py and the schema, reported for the change that owns them:
-# strict xfails, so fixing one turns its test red and the marker is removed with the fix
+# found by the properties above, fixed in lnpeft/workflow_config.py (they were strict xfails)
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="workflow_config._schema_message sorts mixed "
-                   "int/str unknown keys (TypeError); owned by the workflow_config.py change of issue 14")
-def test_known_bug_int_and_str_unknown_keys_are_one_config_error():
+def test_found_int_and_str_unknown_keys_are_one_config_error():
     from lnpeft.workflow_config import ConfigError, check_schema
 
     config = copy.deepcopy(BASE_CONFIG)
@@ -705,9 +700,7 @@ def test_known_bug_int_and_str_unknown_keys_are_one_config_error():
         check_schema(config, SCHEMA)
 
 
-@pytest.mark.xfail(strict=True, reason="a key with a line break is printed raw: the one-line-per-problem "
-                   "message breaks; owned by the workflow_config.py change of issue 14")
-def test_known_bug_key_with_a_line_break_stays_on_one_line():
+def test_found_key_with_a_line_break_stays_on_one_line():
     from lnpeft.workflow_config import ConfigError, check_schema
 
     config = copy.deepcopy(BASE_CONFIG)
@@ -717,10 +710,8 @@ def test_known_bug_key_with_a_line_break_stays_on_one_line():
     assert len(str(err.value).split("\n")) == 2, str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="NaN passes the schema's number bounds (NaN compares false); owned by "
-                   "the workflow_config.py/schema change of issue 14")
 @pytest.mark.parametrize("key", ["learning_rates.peft", "fractions.values"])
-def test_known_bug_nan_numbers_are_refused(key):
+def test_found_nan_numbers_are_refused(key):
     from lnpeft.workflow_config import ConfigError, check_schema
 
     config = copy.deepcopy(BASE_CONFIG)
@@ -730,9 +721,7 @@ def test_known_bug_nan_numbers_are_refused(key):
         check_schema(config, SCHEMA)
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason="check_config's Path.is_dir() raises ENAMETOOLONG "
-                   "for a name over 255 bytes; owned by the workflow_config.py change of issue 14")
-def test_known_bug_overlong_glue_dir_is_a_config_error():
+def test_found_overlong_glue_dir_is_a_config_error():
     from lnpeft.workflow_config import ConfigError, check_config
 
     config = copy.deepcopy(BASE_CONFIG)

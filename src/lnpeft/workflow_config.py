@@ -6,10 +6,12 @@ or the file system is checked here, before any job runs, with a message naming t
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import math
 import os
 import re
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -31,18 +33,49 @@ def resolve_glue_dir(glue_dir: str | None, base: Path | str = ".") -> str | None
     """`auto` -> $LNPEFT_GLUE_DIR, ./glue_data or ../shared/glue (the first that exists)."""
     if glue_dir != "auto":
         return glue_dir
-    candidates = [os.environ.get("LNPEFT_GLUE_DIR"), *GLUE_DIR_CANDIDATES]
-    for candidate in candidates:
-        if candidate and (Path(base) / candidate).is_dir():
+    candidates = [(os.environ.get("LNPEFT_GLUE_DIR"), "data.glue_dir: 'auto' tried $LNPEFT_GLUE_DIR")]
+    candidates += [(c, "data.glue_dir: 'auto' tried") for c in GLUE_DIR_CANDIDATES]
+    for candidate, label in candidates:
+        if candidate and _is_dir(Path(base) / candidate, label):
             return str(candidate)
     return None
 
 
-def _key(path) -> str:
-    """A config path as the user writes it: learning_rates.peft[0]."""
+def _shown(text: str, limit: int = 60) -> str:
+    """`text` quoted for a message, cut short when long (a 300-byte name would fill the screen)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text.encode(errors='surrogatepass'))} bytes)"
+
+
+def _is_dir(path: Path | str, label: str) -> bool:
+    """Path.is_dir(), or a ConfigError starting with `label` (the key: data.glue_dir:) instead of
+    an OSError: pathlib returns False only for a missing path, while a name over 255 bytes
+    (ENAMETOOLONG) or an unreadable parent folder (EACCES) raise."""
+    try:
+        return Path(path).is_dir()
+    except OSError as err:
+        todo = ("give a shorter path (at most 255 bytes per folder name)" if err.errno == errno.ENAMETOOLONG
+                else "give a folder that exists and can be read")
+        raise ConfigError(f"{label} {_shown(str(path))}: cannot check it ({err.strerror or err}); {todo}") from None
+
+
+def _is_plain(part: object) -> bool:
+    """A key printed bare (training.epochs): printable text, so one problem stays one line."""
+    return isinstance(part, str) and part != "" and part.isprintable()
+
+
+def _key(path: Iterable[object]) -> str:
+    """A config path as the user writes it: learning_rates.peft[0]; a key that is not plain text
+    (an int or None from YAML `1:`/`~:`, a line break, "") in brackets, escaped: training['a\\nb']."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int) and not isinstance(part, bool):  # a list index or YAML `1:`
+            out += f"[{part}]"
+        elif _is_plain(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part!r}]"
     return out or "<top level>"
 
 
@@ -67,7 +100,9 @@ def _schema_message(err) -> str:
     where = "config" + "".join(f"[{p!r}]" for p in err.absolute_path)
     if err.validator == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
-        extra = sorted(set(err.instance) - set(allowed))
+        # YAML keys may be ints, None or bools beside text: numbers first, then by their spelling
+        extra = sorted(set(err.instance) - set(allowed),
+                       key=lambda k: (not _is_number(k), k if _is_number(k) else 0, repr(k)))
         of = f" of {key}" if err.absolute_path else ""
         return (f"{', '.join(_key([*err.absolute_path, e]) for e in extra)}: unknown key ({err.message}); "
                 f"allowed keys{of}: {', '.join(allowed)} ({where})")
@@ -80,6 +115,16 @@ def _schema_message(err) -> str:
         kind = "a number" if "number" in _types(schema) else "a whole number"
         return f"{key}: {err.instance!r} is not {kind}; allowed: {_allowed(schema)} ({where})"
     return f"{key}: {err.message}; allowed: {_allowed(schema)} ({where})"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _one_line(text: str) -> str:
+    """`text` with any line break or other control character escaped (a safety net: keys and
+    values are already printed escaped), so each problem is exactly one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # a decimal number as people write it: 1e-3, 5E-5, .5, 2., +1E+2 (not nan, inf, 0x10 or 1_000)
@@ -107,8 +152,9 @@ def coerce_numbers(config: dict, schema: dict | Path | str) -> list[str]:
     YAML 1.1 (PyYAML, so Snakemake) reads `1e-3` and `5E-5` (no dot) as strings; a number key
     given such a string gets the float (an integer key: the int, where exact), so validation and
     the resolved config Snakemake records see the number. Text that is not a number stays, and
-    check_schema then names the key. `schema` is the JSON schema or its YAML file. Returns the
-    keys converted, as the user writes them (learning_rates.peft[0]).
+    check_schema then names the key; so does a real float NaN or inf (YAML `.nan`), which stays
+    too. `schema` is the JSON schema or its YAML file. Returns the keys converted, as the user
+    writes them (learning_rates.peft[0]).
     """
     if not isinstance(schema, dict):
         import yaml
@@ -155,11 +201,37 @@ def check_schema(config: dict, schema_path: Path | str) -> None:
     import yaml
 
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    validator = _finite_validator(jsonschema.validators.validator_for(schema))(schema)
+    errors = [e for e in validator.iter_errors(config)
+              if not (e.validator in _BOUNDS and isinstance(e.instance, float) and not math.isfinite(e.instance))]
+    errors.sort(key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        lines = "\n  ".join(dict.fromkeys(_schema_message(e) for e in errors))  # type + enum: once
-        raise ConfigError(f"invalid config ({len(errors)} problem(s), schema {schema_path}):\n  {lines}")
+        lines = list(dict.fromkeys(_one_line(_schema_message(e)) for e in errors))  # type + enum: once
+        raise ConfigError(f"invalid config ({len(lines)} problem(s), schema {schema_path}):\n  "
+                          + "\n  ".join(lines))
+
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _finite_validator(cls: type) -> type:
+    """`cls` whose "type" also refuses a float NaN or inf where a number is wanted.
+
+    JSON has neither, but YAML `.nan`/`.inf` gives them, and NaN passes every bound (it compares
+    false): a NaN learning rate would train nothing. The bounds' own errors for the same value
+    are dropped by check_schema, so each bad value is one problem.
+    """
+    import jsonschema
+
+    check_type = cls.VALIDATORS["type"]
+
+    def type_and_finite(validator: object, types: str | list[str], instance: object, schema: dict) -> Iterator:
+        errors = list(check_type(validator, types, instance, schema))
+        if not errors and isinstance(instance, float) and not math.isfinite(instance):
+            errors.append(jsonschema.ValidationError(f"{instance!r} is not a finite number"))
+        yield from errors
+
+    return jsonschema.validators.extend(cls, {"type": type_and_finite})
 
 
 def check_config(config: dict) -> None:
@@ -175,10 +247,10 @@ def check_config(config: dict) -> None:
                 f"(set data.glue_dir to a folder, or 'auto' to search $LNPEFT_GLUE_DIR, "
                 f"{', '.join(GLUE_DIR_CANDIDATES)}); or set data.source: hub"
             )
-        if not Path(resolved).is_dir():
+        if not _is_dir(resolved, "data.glue_dir:"):
             raise ConfigError(f"data.glue_dir: {resolved!r} is not a folder")
     model = config["model"]
-    if model["source"] == "folder" and not Path(model["location"]).is_dir():
+    if model["source"] == "folder" and not _is_dir(model["location"], "model.location:"):
         raise ConfigError(f"model.location: folder {model['location']!r} does not exist (model.source is 'folder'); "
                           "give a save_pretrained folder, or set model.source to hub or package")
     if model["source"] == "package" and importlib.util.find_spec(model["location"].split(".")[0]) is None:
