@@ -23,7 +23,6 @@ throughput; bitfit/random/fisher fall back to layernorm/full where a number is m
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
 import math
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from lnpeft.tasks import OFFICIAL_ROWS, get_task
+from lnpeft.textfile import read_utf8
 from lnpeft.workflow_config import fmt_lr
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -94,12 +94,7 @@ def deep_update(base: dict, overlay: dict) -> dict:
 
 def read_yaml(path: Path) -> object:
     """A YAML file (UTF-8, a BOM allowed); a bad byte or bad YAML is one ValueError naming file and line."""
-    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
+    text = read_utf8(path)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:

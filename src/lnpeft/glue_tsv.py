@@ -10,7 +10,6 @@ Indices and label ids are ASCII digits (an index fits int64), STS-B scores finit
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import math
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from lnpeft.messages import quote
 from lnpeft.tasks import TaskSpec
+from lnpeft.textfile import read_utf8
 
 # ASCII only: int() and float() also read other scripts' digits ("\u0663"), "1_000" and "nan"
 _DIGITS = re.compile(r"[0-9]{1,19}")  # 19 digits hold every int64 (and stay below int()'s digit limit)
@@ -108,13 +108,7 @@ class TsvSplit:
 
 def _lines(path: Path) -> list[str]:
     """Physical lines of a file; BOM removed; split on '\\n' only (texts may hold other breaks)."""
-    # the BOM is removed before decoding: utf-8-sig's error offsets skip it, naming a wrong line
-    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise GlueFormatError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
+    text = read_utf8(path, GlueFormatError)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last row; CoLA dev has none

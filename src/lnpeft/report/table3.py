@@ -26,7 +26,6 @@ a copy of the input scores (`--scores-out`); scores.parquet itself is never modi
 from __future__ import annotations
 
 import argparse
-import codecs
 import csv
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import pandas as pd
 from lnpeft.artifacts import atomic_path, read_parquet, write_parquet
 from lnpeft.cli import LnpeftError
 from lnpeft.messages import quote
+from lnpeft.textfile import read_utf8
 from lnpeft.metric_names import resolve_metric
 from lnpeft.metrics import compute_metrics
 from lnpeft.report.submission import best_run
@@ -69,12 +69,7 @@ _GLUE_HEADERS = (["method", "task", "value"], ["method", "task", "metric", "valu
 
 def _text_lines(path: Path) -> list[str]:
     """A small text file's lines: UTF-8 (a BOM allowed), LF or CRLF; bad bytes named by line."""
-    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # before decoding: keeps error offsets right
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise LnpeftError(f"{path}:{line}: not valid UTF-8 ({err.reason}); save the file as UTF-8") from None
+    text = read_utf8(path, LnpeftError)
     return [ln.removesuffix("\r") for ln in text.split("\n")]
 
 
