@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +247,61 @@ def test_a_missing_column_names_the_file_and_the_column(tmp_path):
     assert "add them (see results/README.md) or rerun the stage" in str(err.value)
 
 
+def test_a_name_wrong_but_for_a_bom_or_whitespace_says_which_to_rename(tmp_path):
+    path = tmp_path / "fisher.parquet"
+    FRAMES["fisher"].rename(columns={"param": "\ufeffparam", "fisher": "fisher\r"}).to_parquet(path)
+    with pytest.raises(ArtifactError) as err:
+        read_parquet(path, "fisher")
+    assert str(err.value).startswith(f"{path}: the fisher artifact needs column(s) ['param', 'fisher'], which "
+                                     "the file lacks (it has ['\\ufeffparam', 'layer', ")
+    assert str(err.value).endswith(
+        "column '\\ufeffparam' starts with a UTF-8 byte-order mark (a CSV read as utf-8 instead of utf-8-sig?): "
+        "rename it to 'param'; column 'fisher\\r' has stray whitespace: rename it to 'fisher'")
+    FRAMES["fisher"].rename(columns={"param": " param"}).drop(columns="index").to_parquet(path)
+    with pytest.raises(ArtifactError, match=r"column ' param' has stray whitespace: rename it to 'param'; add them "
+                                            r"\(see results/README.md\) or rerun the stage"):
+        read_parquet(path, "fisher")
+
+
+@pytest.mark.parametrize("case, twice, refused", [
+    ("masks", "rank", True), ("epochs", "validation/accuracy", True),  # epochs keeps its open columns
+    ("predictions", "note", False),  # a column no reader reads: nothing is ambiguous
+])
+def test_a_column_given_twice_is_refused_where_a_reader_reads_it(tmp_path, case, twice, refused):
+    path = tmp_path / f"{case}.parquet"
+    table = pa.Table.from_pandas(FRAMES[case], preserve_index=False)
+    column = table[twice] if twice in table.column_names else pa.array(["x"] * len(table))
+    while table.column_names.count(twice) < 2:
+        table = table.append_column(twice, column)
+    pq.write_table(table, path)
+    if not refused:
+        pd.testing.assert_frame_equal(read_parquet(path, case), strict(tmp_path, case)[1])
+        return
+    with pytest.raises(ArtifactError, match=rf"^{re.escape(str(path))}: column '{twice}' appears 2 times; "
+                                            "keep one of each and rerun$"):
+        read_parquet(path, case)
+
+
+def test_decimals_read_as_float64_where_each_value_reads_back(tmp_path):
+    path = tmp_path / "fisher.parquet"
+    table = pa.Table.from_pandas(FRAMES["fisher"], preserve_index=False)
+    exact = pa.array([Decimal("1.5"), Decimal("0"), Decimal("0.000000953674316")], pa.decimal128(18, 15))
+    pq.write_table(table.set_column(5, "fisher", exact), path)
+    assert read_parquet(path, "fisher")["fisher"].tolist() == [1.5, 0.0, 9.53674316e-07]
+    digits = pa.array([Decimal("1.5"), None, Decimal("0.1234567890123456789")], pa.decimal128(20, 19))
+    pq.write_table(table.set_column(5, "fisher", digits), path)
+    with pytest.raises(ArtifactError) as err:
+        read_parquet(path, "fisher")
+    assert str(err.value) == (
+        f"{path}: column 'fisher' is decimal128(20, 19), expected double, and converting it would change a value: "
+        "row 2 holds 0.1234567890123456789, which double reads as 0.12345678901234568; round it to 15 significant "
+        "digits (or write the column as double) and rerun")
+    # only float64 columns: a decimal where whole numbers belong is refused as the wrong kind
+    pq.write_table(table.set_column(1, "layer", pa.array([Decimal(0)] * 3, pa.decimal128(3, 0))), path)
+    with pytest.raises(ArtifactError, match=r"column 'layer' is decimal128\(3, 0\), expected int64 \(whole numbers\)"):
+        read_parquet(path, "fisher")
+
+
 @pytest.mark.parametrize("case, column, values, message", [
     ("fisher", "fisher", ["1.5", "0", "2"],
      "column 'fisher' is large_string, expected double (numbers); write the column as numbers"),
@@ -259,6 +315,8 @@ def test_a_missing_column_names_the_file_and_the_column(tmp_path):
      "column 'prediction' is int64, expected double, and converting it would change a value: row 1 holds "
      "9007199254740993, which is beyond 2**53"),
     ("fisher", "component", [1, 2, 3], "column 'component' is int64, expected string (text)"),
+    ("fisher", "component", [b"\xff", b"a", b"b"],
+     "column 'component' is binary (bytes: not UTF-8 text?), expected string (text)"),
     ("scores", "epoch", [True, False], "column 'epoch' is bool, expected int64 (whole numbers)"),
     ("fisher", "fisher", [None, None, None], "column 'fisher' is entirely empty (type null), expected double"),
     ("epochs", "seconds", ["fast", "slow"], "column 'seconds' is large_string, expected double (numbers)"),

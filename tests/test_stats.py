@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ from lnpeft.artifacts import write_parquet
 from lnpeft.cli import main
 from lnpeft.metric_names import ALIASES, MetricNameError, aliases_of, canonical_metric
 from lnpeft.metrics import METRICS
-from lnpeft.report.scores import ScoresError, read_scores
+from lnpeft.report.scores import NEEDED, ScoresError, read_scores
 from lnpeft.report.stats import StatsConfig, kruskal_report
 from lnpeft.tasks import PAPER_COLUMNS, column_task
 
@@ -259,29 +260,44 @@ def test_reader_accepts_what_pandas_and_arrow_write(tmp_path):
                                   "split": ["dev", "dev"], "metric": ["matthews", "matthews"], "value": [0.5, 0.25]}
     ints = read_scores(_write(tmp_path / "i.parquet", _table(value=pa.array([1], pa.int8()))))
     assert ints["value"].tolist() == [1.0] and ints["value"].dtype == np.float64
+    decimals = pa.array([decimal.Decimal("0.865"), decimal.Decimal("12.5")], pa.decimal128(5, 3))
+    two = pa.table({"method": ["bitfit"] * 2, "task": ["rte"] * 2, "split": ["dev"] * 2, "metric": ["acc"] * 2,
+                    "value": decimals})
+    dec = read_scores(_write(tmp_path / "d.parquet", two))
+    assert dec["value"].tolist() == [0.865, 12.5] and dec["value"].dtype == np.float64
+
+
+_LACKS = ("this stage needs scores column(s) ['value'], which the file lacks (it has ['method', 'task', 'split', "
+          "'metric'{}]; needed: ['method', 'task', 'split', 'metric', 'value']); ")
 
 
 @pytest.mark.parametrize("table, message", [
     (_table(**{"value": None, "\ufeffvalue": pa.array([0.7])}),
-     "column '\\ufeffvalue' starts with a UTF-8 byte-order mark (a CSV read as utf-8 instead of utf-8-sig?); "
-     "rename it to 'value'"),
-    (_table(value=None), "lacks column(s) value (columns there: ['method', 'task', 'split', 'metric'])"),
-    (_table(**{"value": None, "value\r": pa.array([0.7])}), "lacks column(s) value (columns there: "
-     "['method', 'task', 'split', 'metric', 'value\\r']); 'value\\r' has stray whitespace"),
+     _LACKS.format(", '\\ufeffvalue'") + "column '\\ufeffvalue' starts with a UTF-8 byte-order mark (a CSV read "
+     "as utf-8 instead of utf-8-sig?): rename it to 'value'; a scores file is parquet with columns"),
+    (_table(value=None), _LACKS.format("") + "add them (see results/README.md) or rerun the stage"),
+    (_table(**{"value": None, "value\r": pa.array([0.7])}),
+     _LACKS.format(", 'value\\r'") + "column 'value\\r' has stray whitespace: rename it to 'value'"),
     (_table(task=pa.array([b"rte\xff"], pa.binary())), "column 'task' is binary (bytes: not UTF-8 text?), "
-     "expected text (string)"),
-    (_table(value=pa.array(["0.7"])), "column 'value' is string, expected a number (float64)"),
+     "expected string (text)"),
+    (_table(value=pa.array(["0.7"])), "column 'value' is string, expected double (numbers)"),
+    (_table(value=pa.array([None], pa.null())), "column 'value' is entirely empty (type null), expected double"),
+    (_table(value=pa.array([decimal.Decimal("0.12345678901234567")], pa.decimal128(20, 17))),
+     "column 'value' is decimal128(20, 17), expected double, and converting it would change a value: row 0 holds "
+     "0.12345678901234567, which double reads as 0.12345678901234566; round it to 15 significant digits"),
+    (_table(lr=pa.array(["1e-3"])), "column 'lr' is string, expected double (numbers)"),  # optional, not ignored
     (_table(value=pa.array([float("nan")])), "row 0: value nan of (bitfit, rte, dev, accuracy) is not a finite "
      "number; give the score or drop the row"),
-    (_table(value=pa.array([None], pa.float64())), "row 0: value None of (bitfit, rte, dev, accuracy)"),
+    # a null reads as NaN (a pandas float column has no null): the same row, the same fix
+    (_table(value=pa.array([None], pa.float64())), "row 0: value nan of (bitfit, rte, dev, accuracy)"),
     (_table(split=pa.array(["validation"])), "row 0: split 'validation' is neither dev nor test"),
     (_table(task=pa.array(["CoLA"])), "row 0: task 'CoLA' is not one of the paper's columns (qnli, sst2, "),
     (_table(method=pa.array([None], pa.string())), "row 0: method is None, expected a name"),
     (_table(metric=pa.array(["acc\x00"])), "row 0: unknown metric 'acc\\x00' for task 'rte'"),
     (_table(method=pa.array([], pa.string()), task=pa.array([], pa.string()), split=pa.array([], pa.string()),
             metric=pa.array([], pa.string()), value=pa.array([], pa.float64())), "no rows"),
-], ids=["bom", "missing", "whitespace-name", "binary", "text-value", "nan", "null-value", "split", "task",
-        "null-name", "nul-byte", "no-rows"])
+], ids=["bom", "missing", "whitespace-name", "binary", "text-value", "null-type-value", "inexact-decimal",
+        "text-lr", "nan", "null-value", "split", "task", "null-name", "nul-byte", "no-rows"])
 def test_reader_errors_name_the_file_and_row(tmp_path, table, message):
     path = _write(tmp_path / "s.parquet", table)
     with pytest.raises((ScoresError, MetricNameError)) as err:
@@ -295,9 +311,13 @@ def test_reader_refuses_duplicated_columns_empty_and_non_parquet_files(tmp_path)
                                names=["method", "task", "split", "metric", "value", "metric"])
     with pytest.raises(ScoresError, match=r"s\.parquet: column 'metric' appears 2 times; keep one"):
         read_scores(_write(tmp_path / "s.parquet", dup))
+    # a column this reader does not read may be there twice: nothing is ambiguous
+    seeds = pa.Table.from_arrays([*_table().columns, pa.array([0]), pa.array([1])], names=[*NEEDED, "seed", "seed"])
+    assert read_scores(_write(tmp_path / "seeds.parquet", seeds))["value"].tolist() == [0.7]
     for name, data in (("empty.parquet", b""), ("csv.parquet", b"method,task\r\nbitfit,rte\r\n")):
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(ScoresError, match=rf"{name}: not a readable parquet file \(.*\); a scores file is "
+        with pytest.raises(ScoresError, match=rf"{name}: not a readable parquet file \(.*\); rerun the stage that "
+                                              "makes it; a scores file is "
                                               "parquet with columns method, task, split, metric, value"):
             read_scores(tmp_path / name)
     with pytest.raises(FileNotFoundError, match="no such scores file"):

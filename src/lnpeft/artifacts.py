@@ -235,9 +235,10 @@ def write_parquet(df: pd.DataFrame, path: Path | str, artifact: str,
 def read_parquet(path: Path | str, artifact: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Read an artifact as the documented frame, whoever wrote it; a clear error names the file.
 
-    The documented columns (or only `columns`, those a stage needs) must be there, in any order,
-    in a type that holds the same values (lnpeft.conform: any text type, integer widths, float32,
-    integers as float64); they come back in the documented types and order. Other columns are
+    The documented columns (or only `columns`, those a stage needs; the other documented ones
+    are then conformed where present) must be there once each, in any order, in a type that
+    holds the same values (lnpeft.conform: any text type, integer widths, float32, integers and
+    decimals as float64); they come back in the documented types and order. Other columns are
     left out (epochs: kept, its metric columns are open). Data labels that are integers come back
     as pandas Int64 (nullable), as the data stage writes them.
     """
@@ -245,7 +246,9 @@ def read_parquet(path: Path | str, artifact: str, columns: Sequence[str] | None 
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such {artifact} artifact; run the stage that makes it")
     try:
-        table = pq.read_table(path)
+        # not pq.read_table: its dataset reader refuses a column given twice before conform can name it
+        with pq.ParquetFile(path) as parquet:
+            table = parquet.read()
     except (pa.ArrowException, OSError) as err:
         raise ArtifactError(f"{path}: not a readable parquet file ({err}); rerun the stage that makes it") from err
     if artifact == "epochs":
@@ -256,16 +259,7 @@ def read_parquet(path: Path | str, artifact: str, columns: Sequence[str] | None 
         unknown = [c for c in columns if c not in schema.names]
         if unknown:
             raise ValueError(f"read_parquet: {unknown} are not {artifact} columns ({schema.names})")
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise ArtifactError(
-                f"{path}: this stage needs {artifact} column(s) {missing}, which the file lacks "
-                f"(it has {table.column_names}); add them (see results/README.md) or rerun the stage "
-                "that makes this file"
-            )
-        # only `columns` are needed; the other documented columns are conformed where present
-        schema = pa.schema([f for f in schema if f.name in columns or f.name in table.column_names])
-    table = conform(table, schema, path, artifact, NULLABLE.get(artifact, ()), keep_extra)
+    table = conform(table, schema, path, artifact, NULLABLE.get(artifact, ()), keep_extra, needed=columns)
     df = table.to_pandas()
     if artifact == "data" and "label" in df and pa.types.is_integer(table.schema.field("label").type):
         df["label"] = df["label"].astype("Int64")
