@@ -293,6 +293,11 @@ def train_runtime(wildcards, attempt):
     return int((15 + epochs * _epoch_seconds(wildcards.task) / 60) * attempt)
 
 
+def drift_batch_size():
+    """drift.batch_size, or training.batch_size when it is null."""
+    return config["drift"].get("batch_size") or config["training"]["batch_size"]
+
+
 def drift_runtime(wildcards, attempt):
     """Minutes for the full fine-tune behind Figure 1."""
     epochs = config["drift"]["epochs"]

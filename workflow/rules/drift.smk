@@ -28,7 +28,7 @@ rule finetune_for_drift:
         seed=SEEDS[0],
         lr=lookup(dpath="drift/learning_rate", within=config),
         epochs=lookup(dpath="drift/epochs", within=config),
-        batch_size=lookup(dpath="training/batch_size", within=config),
+        batch_size=drift_batch_size(),
         eval_batch_size=lookup(dpath="training/eval_batch_size", within=config),
         max_length=lookup(dpath="training/max_length", within=config),
     shell:
