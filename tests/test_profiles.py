@@ -17,6 +17,8 @@ import yaml
 from snakemake.cli import get_profile_dir
 from snakemake.profiles import ProfileConfigFileParser
 
+from lnpeft.workflow_config import method_learning_rates
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "profiles"
 GPU_RULES = {"finetune", "finetune_fisher_subset", "finetune_for_drift", "compute_fisher"}
@@ -140,8 +142,7 @@ def test_conda_env_post_deploy_installs_the_repo(tmp_path: Path) -> None:
 def expected_counts(config: dict) -> dict[str, int]:
     """Jobs per rule that config.yaml implies for `all` (GPU rules and the per-task set-up)."""
     tasks, seeds = len(config["tasks"]), len(config["seeds"])
-    lrs = config["learning_rates"]
-    grid = sum(len(lrs["full"] if m == "full" else lrs["peft"]) for m in config["methods"])
+    grid = sum(len(method_learning_rates(config, m)) for m in config["methods"])
     frac = config["fractions"]
     # data: one job per task, plus WNLI (the submission's 11 files) and AX (predicted by MNLI)
     data_tasks = set(config["tasks"]) | {"wnli"} | ({"ax"} if "mnli" in config["tasks"] else set())

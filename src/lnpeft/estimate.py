@@ -32,7 +32,7 @@ import yaml
 
 from lnpeft.tasks import OFFICIAL_ROWS, get_task
 from lnpeft.textfile import read_utf8
-from lnpeft.workflow_config import fmt_lr
+from lnpeft.workflow_config import fmt_lr, method_learning_rates
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 EVAL_SPEEDUP = 3.0
@@ -251,7 +251,7 @@ def estimate(config: dict, tp: Throughput) -> dict[str, Cost]:
     stages = {name: Cost() for name in ("table2", "fractions", "drift", "fisher")}
     for task in tasks:
         for method in config["methods"]:
-            lrs = config["learning_rates"]["full" if method == "full" else "peft"]
+            lrs = method_learning_rates(config, method)
             for _ in range(len({fmt_lr(x) for x in lrs}) * len(seeds)):
                 stages["table2"].add(run_cost(config, tp, task, method, epochs))
         fr = config.get("fractions", {})

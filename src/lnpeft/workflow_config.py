@@ -24,6 +24,13 @@ class ConfigError(ValueError):
     pass
 
 
+def method_learning_rates(config: dict, method: str) -> list[float]:
+    """A Table 2 method's learning-rate grid: learning_rates.<method> if given, else `full` for full
+    fine-tuning and `peft` for the parameter-efficient methods."""
+    grids = config["learning_rates"]
+    return list(grids.get(method) or grids["full" if method == "full" else "peft"])
+
+
 def fmt_lr(value: float) -> str:
     """A number as it appears in paths: 2e-05, 0.0001, 0.1 (repr-stable, no trailing zeros)."""
     return f"{float(value):g}"

@@ -9,7 +9,14 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from lnpeft.tasks import OFFICIAL_ROWS, get_task
-from lnpeft.workflow_config import check_config, check_schema, coerce_numbers, fmt_lr, resolve_glue_dir
+from lnpeft.workflow_config import (
+    check_config,
+    check_schema,
+    coerce_numbers,
+    fmt_lr,
+    method_learning_rates,
+    resolve_glue_dir,
+)
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 # YAML 1.1 reads 1e-3 (no dot) as text: numbers written so become numbers before any check
@@ -103,9 +110,8 @@ def init_dir(task, seed):
 
 
 def method_lrs(method):
-    """The learning-rate grid of a method (full vs the parameter-efficient ones)."""
-    key = "full" if method == "full" else "peft"
-    return [fmt_lr(lr) for lr in config["learning_rates"][key]]
+    """The learning-rate grid of a method (its own, else full vs the parameter-efficient ones)."""
+    return [fmt_lr(lr) for lr in method_learning_rates(config, method)]
 
 
 def run_dir(task, method, lr, seed):
