@@ -169,6 +169,11 @@ TRAINING_FLAGS = (
 )
 
 
+def drift_batch_size():
+    """drift.batch_size, or training.batch_size when it is null."""
+    return config["drift"].get("batch_size") or config["training"]["batch_size"]
+
+
 def finetune_splits(task):
     """(flag, path) of a run's data: train, every dev split, every test split (MNLI also AX's)."""
     spec = get_task(task)
@@ -297,11 +302,6 @@ def train_runtime(wildcards, attempt):
     """Minutes for one fine-tuning run (15 min of start-up and margin)."""
     epochs = config["training"]["epochs"]
     return int((15 + epochs * _epoch_seconds(wildcards.task) / 60) * attempt)
-
-
-def drift_batch_size():
-    """drift.batch_size, or training.batch_size when it is null."""
-    return config["drift"].get("batch_size") or config["training"]["batch_size"]
 
 
 def drift_runtime(wildcards, attempt):
