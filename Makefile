@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lnpeft-installed
 
-.PHONY: venv demo test test-e2e bench clean-demo
+.PHONY: venv demo reproduce test test-e2e bench clean-demo
 
 # The venv is rebuilt when pyproject.toml changes (the pins live there).
 $(STAMP): pyproject.toml
@@ -23,6 +23,13 @@ DEMO_THREADS := finetune=1 finetune_fisher_subset=1 finetune_for_drift=1 compute
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/snakemake all --profile profiles/local \
 		--configfile configs/demo.yaml --set-threads $(DEMO_THREADS)
+	$(BIN)/lnpeft summary --scores results/tables/scores.parquet --data-dir results/data
+
+# The reproduction at CPU scale (configs/minilm.yaml: 6 tasks, 3 seeds, 292 jobs, about two hours on
+# 2 cores), then its headline; docs/reproduction-minilm.md is written from its results.
+reproduce: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/snakemake all --profile profiles/local \
+		--configfile configs/minilm.yaml --set-threads $(DEMO_THREADS) --keep-going
 	$(BIN)/lnpeft summary --scores results/tables/scores.parquet --data-dir results/data
 
 # The default test suite: unit tests and a tiny end-to-end workflow (minutes).

@@ -21,6 +21,7 @@ from lnpeft.workflow_config import ConfigError, check_schema, coerce_numbers, fm
     ({"tasks": ["rte", "boolq"]}, r"'boolq' is not one of .*\['tasks'\]\[1\]"),
     ({"data.glue_dir": "/nonexistent/glue"}, r"data\.glue_dir: '/nonexistent/glue' is not a folder"),
     ({"stats.a": "full", "methods": ["bitfit", "layernorm"]}, r"stats\.a: method 'full' is not in methods"),
+    ({"fractions.seeds": [0, 5]}, r"fractions\.seeds: seeds \[5\] are not in seeds \[0\]"),
     # a task whose TSV files are missing from data.glue_dir: the missing file is named
     ({"tasks": ["mnli"]}, r"Missing input files for rule prepare_glue_mnli.*MNLI/dev_matched\.tsv"),
 ])

@@ -17,7 +17,7 @@ import yaml
 from snakemake.cli import get_profile_dir
 from snakemake.profiles import ProfileConfigFileParser
 
-from lnpeft.workflow_config import method_learning_rates
+from lnpeft.workflow_config import fraction_seeds, method_learning_rates
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "profiles"
@@ -151,7 +151,7 @@ def expected_counts(config: dict) -> dict[str, int]:
         "cache_checkpoint": 1,
         "init_model": tasks * seeds,
         "finetune": tasks * grid * seeds,
-        "finetune_fisher_subset": tasks * len(frac["schemes"]) * len(frac["values"]) * len(frac["learning_rates"]) * seeds,
+        "finetune_fisher_subset": tasks * len(frac["schemes"]) * len(frac["values"]) * len(frac["learning_rates"]) * len(fraction_seeds(config)),
         "finetune_for_drift": tasks,
         "compute_fisher": tasks,
     }
@@ -258,6 +258,21 @@ def test_paper_dry_run_job_counts_and_gpu_rules(tmp_path: Path) -> None:
     # RTE, 20 epochs: 2490 train rows at 150/s, 277 dev + 3000 test rows at 600/s, + 15 min
     assert minutes["finetune", "rte"] == int(15 + 20 * (2490 / 150 + 3277 / 600) / 60) == 22
     print("\n".join(f"{rule}\t{n}" for rule, n in counts.items()))
+
+
+def test_reproduction_config_dry_run_job_counts(tmp_path: Path) -> None:
+    """configs/minilm.yaml over config.yaml: 3 seeds for Table 2, seed 0 only for the fraction runs."""
+    if not (os.environ.get("LNPEFT_GLUE_DIR") or (REPO.parent / "shared" / "glue").is_dir()):
+        pytest.skip("no local GLUE copy (<repo>/../shared/glue or $LNPEFT_GLUE_DIR)")
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    for key, value in yaml.safe_load((REPO / "configs" / "minilm.yaml").read_text()).items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    counts = job_table(dry_run(tmp_path, "local", REPO / "configs" / "minilm.yaml"))
+    expected = expected_counts(config)
+    assert expected["finetune"] == 6 * 8 * 3 and expected["finetune_fisher_subset"] == 6 * 3 * 4 * 1
+    for rule, n in expected.items():
+        got = sum(c for r, c in counts.items() if r == rule or (rule.endswith("*") and r.startswith(rule[:-1])))
+        assert got == n, (rule, counts)
 
 
 def test_ci_profile_dry_run_has_no_gpu_jobs(tmp_path: Path) -> None:

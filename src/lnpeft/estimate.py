@@ -32,7 +32,7 @@ import yaml
 
 from lnpeft.tasks import OFFICIAL_ROWS, get_task
 from lnpeft.textfile import read_utf8
-from lnpeft.workflow_config import fmt_lr, method_learning_rates
+from lnpeft.workflow_config import fmt_lr, fraction_seeds, method_learning_rates
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 EVAL_SPEEDUP = 3.0
@@ -256,7 +256,7 @@ def estimate(config: dict, tp: Throughput) -> dict[str, Cost]:
                 stages["table2"].add(run_cost(config, tp, task, method, epochs))
         fr = config.get("fractions", {})
         n = (len(fr.get("schemes", [])) * len({fmt_lr(x) for x in fr.get("values", [])})
-             * len({fmt_lr(x) for x in fr.get("learning_rates", [])}) * len(seeds))
+             * len({fmt_lr(x) for x in fr.get("learning_rates", [])}) * len(fraction_seeds(config)))
         for _ in range(n):
             stages["fractions"].add(run_cost(config, tp, task, "fisher", epochs))
         spec = get_task(task)

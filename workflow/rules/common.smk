@@ -14,6 +14,7 @@ from lnpeft.workflow_config import (
     check_schema,
     coerce_numbers,
     fmt_lr,
+    fraction_seeds,
     method_learning_rates,
     resolve_glue_dir,
 )
@@ -35,6 +36,7 @@ FRACTIONS = config["fractions"]
 SCHEMES = list(FRACTIONS["schemes"])
 FRACTION_VALUES = list(FRACTIONS["values"])
 FRACTION_LRS = list(FRACTIONS["learning_rates"])
+FRACTION_SEEDS = fraction_seeds(config)
 CHECKPOINT = f"results/checkpoints/{MODEL}"
 # compute jobs read only results/: no network on compute nodes
 OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
@@ -142,7 +144,7 @@ def fraction_runs(schemes=None):
         for sc in (schemes or SCHEMES)
         for f in FRACTION_VALUES
         for lr in FRACTION_LRS
-        for s in SEEDS
+        for s in FRACTION_SEEDS
     ]
 
 
