@@ -4,14 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lnpeft-installed
 
-.PHONY: venv demo reproduce test test-e2e bench clean-demo
+.PHONY: venv demo reproduce reproduction-doc test test-e2e bench clean-demo
 
 # The venv is rebuilt when pyproject.toml changes (the pins live there).
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "lnpeft needs Python 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,export]'
 	touch $@
 
 venv: $(STAMP)
@@ -31,6 +31,11 @@ reproduce: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/snakemake all --profile profiles/local \
 		--configfile configs/minilm.yaml --set-threads $(DEMO_THREADS) --keep-going
 	$(BIN)/lnpeft summary --scores results/tables/scores.parquet --data-dir results/data
+
+# docs/reproduction-minilm.md and its figures, from the results and Snakemake logs of `make reproduce`.
+reproduction-doc: $(STAMP)
+	$(BIN)/lnpeft writeup --configfile config.yaml --configfile configs/minilm.yaml --results results \
+		--log $(sort $(wildcard .snakemake/log/*.snakemake.log)) --out docs/reproduction-minilm.md
 
 # The default test suite: unit tests and a tiny end-to-end workflow (minutes).
 test: $(STAMP)

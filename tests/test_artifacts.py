@@ -87,6 +87,10 @@ FRAMES: dict[str, pd.DataFrame] = {
     "scores": pd.DataFrame({
         "method": ["bitfit", "layernorm"], "task": ["rte", "stsb"], "split": ["dev", "dev"],
         "metric": ["accuracy", "pearson"], "value": [0.625, 0.875], "lr": [2.0 ** -10, 2.0 ** -8], "epoch": [3, 7]}),
+    "seed_scores": pd.DataFrame({
+        "method": ["layernorm", "layernorm"], "task": ["rte", "rte"], "split": ["dev", "dev"],
+        "metric": ["accuracy", "accuracy"], "seed": [0, 1], "value": [0.625, 0.5], "lr": [2.0 ** -10] * 2,
+        "epoch": [3, 3]}),
     "epochs": pd.DataFrame({
         "epoch": [1, 2], "train_loss": [0.75, 0.5], "seconds": [1.5, 1.25], "tokens": [100, 100],
         "padded_tokens": [120, 128], "trainable": [51_202, 51_202], "lr": [2.0 ** -10, 2.0 ** -10],

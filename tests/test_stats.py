@@ -128,6 +128,26 @@ def test_seed_replicates_are_averaged_and_bootstrapped(tmp_path):
     assert again == report  # seeded bootstrap: reproducible
 
 
+def test_seed_scores_replace_the_dev_means(tmp_path):
+    """`--seed-scores` (scores_seeds.parquet, with its seed column): the dev tests are those of the
+    means in --scores (the paper's p-value), the test rows stay, and the bootstrap sees 3 seeds."""
+    values = {k: v for k, v in PAPER.items() if k[0] != "full"}
+    means = long_scores(values)
+    seeds = long_scores({k: v for k, v in values.items() if k[1] == "dev"}, seeds=3, noise=0.01)
+    seeds = seeds.assign(seed=np.arange(len(seeds)) % 3)
+    write_parquet(means, tmp_path / "scores.parquet", "scores")
+    seeds[["method", "task", "split", "metric", "seed", "value", "lr", "epoch"]].to_parquet(tmp_path / "seeds.parquet")
+    out = tmp_path / "kruskal.json"
+    assert main(["stats", "kruskal", "--scores", str(tmp_path / "scores.parquet"), "--seed-scores",
+                 str(tmp_path / "seeds.parquet"), "--bootstrap", "200", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["dev"]["pvalue"] == pytest.approx(0.56599, abs=5e-6)
+    assert report["test"]["pvalue"] == pytest.approx(0.62703, abs=5e-6)
+    assert report["bootstrap"]["dev"]["rte"]["seeds_b"] == 3
+    assert report["bootstrap"]["dev"]["rte"]["b_mean"] == pytest.approx(0.7401)
+    assert report["bootstrap"]["test"] == {}  # test rows have one value each
+
+
 # ---------------------------------------------------------------- metric names, optional columns
 
 PAPER_P = {"dev": 0.56599, "test": 0.62703, "combined": 0.54773}  # PAPER.md, Section 3.1

@@ -125,3 +125,51 @@ def test_epochs_written_by_pandas_give_the_same_tables(tmp_path):
         df[list(reversed(df.columns))].to_parquet(run / "epochs.parquet")
     assert pq.read_schema(run / "epochs.parquet").field("epoch").type == "int32"
     assert tables("pandas") == strict
+
+
+def test_several_seeds_give_each_seed_and_a_t_interval(tmp_path):
+    """3 seeds: scores_seeds.parquet holds each seed at the chosen (lr, epoch), scores.parquet their
+    mean, and Table 2 the mean +- scipy's 95% t-interval half-width (csv: a _ci95 column)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    args, made = [], {}
+    for method, task in itertools.product(("bitfit", "layernorm"), ("rte", "stsb")):
+        for lr, seed in itertools.product((1e-4, 4e-4), (0, 1, 2)):
+            run, df = fake_run(tmp_path / "runs", task, method, lr, seed, rng)
+            args.append(f"{method}:{task}={run}")
+            made.setdefault((method, task), []).append((lr, seed, df))
+    out = tmp_path / "tables"
+    assert main(["tables", "--runs", *args, "--scores", str(out / "scores.parquet"),
+                 "--seed-scores", str(out / "scores_seeds.parquet"), "--out-prefix", str(out / "table2")]) == 0
+    scores = read_parquet(out / "scores.parquet", "scores")
+    seeds = read_parquet(out / "scores_seeds.parquet", "seed_scores")
+    assert len(seeds) == 3 * len(scores)
+    csv = pd.read_csv(out / "table2.csv").set_index("method")
+    assert list(csv.columns) == ["percent_of_full", "stsb", "rte", "stsb_ci95", "rte_ci95"]
+    md = (out / "table2.md").read_text()
+    assert "mean over 3 seeds ± the half-width of its 95% t-interval" in md
+    for (method, task), frames in made.items():
+        spec = get_task(task)
+        column = f"{spec.dev_splits[0]}/{spec.metric}"
+        lr, epoch = naive_best(frames, column)
+        values = [df.loc[df.epoch == epoch, column].item() for r, _, df in sorted(frames, key=lambda f: f[1])
+                  if r == lr]
+        got = seeds[(seeds.method == method) & (seeds.task == task) & (seeds.metric == spec.metric)]
+        assert got["seed"].tolist() == [0, 1, 2] and got["value"].tolist() == values
+        assert set(got["lr"]) == {lr} and set(got["epoch"]) == {epoch}
+        low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+        assert csv.loc[method, task] == pytest.approx(np.mean(values))
+        assert csv.loc[method, f"{task}_ci95"] == pytest.approx((high - low) / 2)
+        assert f"{np.mean(values):.4f} ± {(high - low) / 2:.4f}" in md
+    assert r"$\pm$" in (out / "table2.tex").read_text()
+
+
+def test_one_seed_keeps_the_plain_table(tmp_path):
+    run, _ = fake_run(tmp_path / "runs", "rte", "layernorm", 1e-4, 0, np.random.default_rng(4))
+    out = tmp_path / "tables"
+    assert main(["tables", "--runs", f"layernorm:rte={run}", "--scores", str(out / "scores.parquet"),
+                 "--seed-scores", str(out / "scores_seeds.parquet"), "--out-prefix", str(out / "table2")]) == 0
+    assert list(pd.read_csv(out / "table2.csv").columns) == ["method", "percent_of_full", "rte"]
+    assert "±" not in (out / "table2.md").read_text()
+    assert len(read_parquet(out / "scores_seeds.parquet", "seed_scores")) == 1

@@ -235,6 +235,95 @@ def test_fraction_runs_and_figures_2_and_5(tiny_run):
 
 
 @needs_glue
+def test_writeup_from_the_tiny_results(tiny_run, tmp_path):
+    """`lnpeft writeup` on the tiny run: Tables 1 and 2 as the workflow wrote them, the four
+    verdicts, byte-identical figure copies, and --check failing once the file is edited."""
+    import pandas as pd
+
+    from lnpeft.artifacts import read_parquet
+
+    results = tiny_run / "results"
+    seeds = read_parquet(results / "tables" / "scores_seeds.parquet", "seed_scores")
+    scores = read_parquet(results / "tables" / "scores.parquet", "scores")
+    assert len(seeds) == len(scores) and set(seeds["seed"]) == {0}  # one seed: the seed is the mean
+    assert seeds["value"].tolist() == scores["value"].tolist()
+    out = tmp_path / "docs" / "repro.md"
+    logs = sorted(str(p) for p in (tiny_run / ".snakemake" / "log").glob("*.snakemake.log"))
+    args = [str(Path(sys.executable).parent / "lnpeft"), "writeup", "--configfile", str(REPO / "config.yaml"),
+            "--configfile", str(tiny_run / "config.yaml"), "--results", str(results), "--log", *logs,
+            "--out", str(out), "--machine", "the test machine"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    for table in ("table1.md", "table2.md"):
+        assert (results / "tables" / table).read_text().strip() in text
+    verdicts = [line for line in text.splitlines() if line.startswith("| (")]
+    assert [v.split(" | ")[1] for v in verdicts][3] == "**not tested**"  # tiny: no run at f = 0.2
+    table1 = pd.read_csv(results / "tables" / "table1.csv")
+    rank = int(table1.loc[table1.component == "output.LayerNorm", "rank"].item())
+    assert f"Table 1 ranks output.LayerNorm {rank} of 8" in verdicts[1]
+    assert ("**holds**" in verdicts[1]) == (rank == 1)
+    assert "on the test machine" in text and "jobs" in text
+    for name in ("curves_learning.png", "fig1_drift.png", "fig2_fractions.png", "fig5_schemes.png"):
+        assert (out.parent / "repro" / name).read_bytes() == (results / "figures" / name).read_bytes()
+        assert f"](repro/{name})" in text
+    assert subprocess.run([*args, "--check"], capture_output=True, text=True, timeout=300).returncode == 0
+    out.write_text(text.replace("**not tested**", "**holds**"))
+    check = subprocess.run([*args, "--check"], capture_output=True, text=True, timeout=300)
+    assert check.returncode != 0 and "is not what" in check.stderr and "+| (d)" in check.stderr
+
+
+@needs_glue
+@pytest.mark.parametrize("task, method", [("rte", "layernorm"), ("stsb", "fisher-individual-f0.5"),
+                                          ("rte", "bitfit"), ("stsb", "full")])
+def test_export_predicts_what_the_run_predicted(tiny_run, tmp_path, task, method):
+    """`lnpeft export`: the merged save_pretrained model, and for LayerNorm-type runs the PEFT
+    adapter loaded with the real peft on the cached checkpoint, predict the run's dev predictions
+    (labels equal; STS-B scores within 1e-5)."""
+    import numpy as np
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lnpeft.artifacts import read_parquet
+    from lnpeft.batching import load_split
+    from lnpeft.finetune import predict
+    from lnpeft.init import head_config
+    from lnpeft.tasks import get_task
+
+    results = tiny_run / "results"
+    (run,) = (results / "runs" / "all-minilm-l6-v2" / task / method).iterdir()
+    out = tmp_path / "export"
+    proc = subprocess.run([str(Path(sys.executable).parent / "lnpeft"), "export", str(run), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    adapter = method == "layernorm" or method.startswith("fisher")
+    assert (out / "adapter").is_dir() == adapter and (out / "model" / "model.safetensors").is_file()
+    spec = get_task(task)
+    expected = read_parquet(run / "predictions.parquet", "predictions")
+    expected = expected[expected["split"] == "validation"].set_index("idx")["prediction"]
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    dev = load_split(results / "data" / task / "validation.parquet", tokenizer, max_length=32)
+    models = {"merged": AutoModelForSequenceClassification.from_pretrained(out / "model")}
+    if adapter:
+        checkpoint = results / "checkpoints" / "all-minilm-l6-v2"
+        base = AutoModelForSequenceClassification.from_pretrained(checkpoint, **head_config(spec))
+        models["adapter"] = PeftModel.from_pretrained(base, out / "adapter")
+    for kind, model in models.items():
+        got = predict(model, dev, 16, torch.device("cpu"), spec.is_regression, amp=False)
+        want = expected.loc[dev.idx].to_numpy()
+        if spec.is_regression:
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=kind)
+        else:
+            assert np.array_equal(got, want), kind
+    if method == "bitfit":  # BitFit trains biases outside LayerNorm: no LN-tuning adapter can hold it
+        again = subprocess.run([str(Path(sys.executable).parent / "lnpeft"), "export", str(run), "--out",
+                                str(tmp_path / "again"), "--adapter"], capture_output=True, text=True, timeout=600)
+        assert again.returncode == 2 and "cannot hold it" in again.stderr
+        assert not (tmp_path / "again").exists()
+
+
+@needs_glue
 def test_second_dry_run_has_nothing_to_do(tiny_run):
     """`all` (every table, figure, the statistics and the zip) is complete after TARGETS."""
     proc = snakemake(tiny_run, tiny_run / "config.yaml", "-n", "all")

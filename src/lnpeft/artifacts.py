@@ -66,6 +66,12 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("method", pa.string()), ("task", pa.string()), ("split", pa.string()),
         ("metric", pa.string()), ("value", pa.float64()), ("lr", pa.float64()), ("epoch", pa.int64()),
     ]),
+    # results/tables/scores_seeds.parquet: the seeds behind scores.parquet, one row per seed at the
+    # (lr, epoch) Table 2 chose from the seeds' mean (Table 2's 95% intervals come from these)
+    "seed_scores": pa.schema([
+        ("method", pa.string()), ("task", pa.string()), ("split", pa.string()), ("metric", pa.string()),
+        ("seed", pa.int64()), ("value", pa.float64()), ("lr", pa.float64()), ("epoch", pa.int64()),
+    ]),
     # results/figures/curves_learning.parquet: the numbers the learning-curve figure plots, per
     # (task, method) at Table 2's lr; quantity `dev` (column {split}/{metric}) or `train_loss`;
     # band `minmax` (2 seeds), `ci95` (>= 3 seeds: t-interval of the mean) or `none` (1 seed)

@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "table3": ("lnpeft.report.table3", "Table 3 test scores (GLUE server results or labelled test data)"),
     "estimate": ("lnpeft.estimate", "project the GPU-hours of a config's grid"),
     "summary": ("lnpeft.report.summary", "dev scores beside each task's trivial baseline, in a few lines"),
+    "export": ("lnpeft.export", "a run as a save_pretrained model and, for LayerNorm runs, a PEFT adapter"),
+    "writeup": ("lnpeft.report.writeup", "a reproduction's write-up (markdown, figures) from its results"),
 }
 
 

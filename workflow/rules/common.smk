@@ -213,7 +213,7 @@ TARGETS = {
     "pretrained": lambda: [f"{CHECKPOINT}/MANIFEST.json"],
     "init": lambda: [f"{init_dir(t, s)}/config.json" for t in TASKS for s in SEEDS],
     "table1": lambda: table(1),
-    "table2": lambda: table(2) + ["results/tables/scores.parquet"],
+    "table2": lambda: table(2) + ["results/tables/scores.parquet", "results/tables/scores_seeds.parquet"],
     "table3": lambda: table(3),
     "fig1": lambda: figure("fig1_drift"),
     "fig2": lambda: figure("fig2_fractions"),

@@ -77,6 +77,7 @@ rule aggregate_scores:
         grid_runs(),
     output:
         scores="results/tables/scores.parquet",
+        seeds="results/tables/scores_seeds.parquet",
         csv=report(
             "results/tables/table2.csv",
             caption="../report/table2.rst",
@@ -98,8 +99,8 @@ rule aggregate_scores:
         prefix=subpath(output.csv, strip_suffix=".csv"),
         model=MODEL,
     shell:
-        "lnpeft tables --runs {params.runs} --scores {output.scores} --out-prefix {params.prefix}"
-        " --model {params.model} > {log} 2>&1"
+        "lnpeft tables --runs {params.runs} --scores {output.scores} --seed-scores {output.seeds}"
+        " --out-prefix {params.prefix} --model {params.model} > {log} 2>&1"
 
 
 rule plot_curves:

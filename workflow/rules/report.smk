@@ -40,7 +40,9 @@ rule make_table3:
 rule compute_stats:
     input:
         # scores with the test rows Table 3 found (GLUE results or labelled test data), if any
-        "results/tables/scores_test.parquet",
+        scores="results/tables/scores_test.parquet",
+        # the seeds behind the dev rows, for the bootstrap intervals
+        seeds="results/tables/scores_seeds.parquet",
     output:
         report(
             "results/stats/kruskal.json",
@@ -63,7 +65,7 @@ rule compute_stats:
         b=lookup(dpath="stats/b", within=config, default="layernorm"),
         bootstrap=lookup(dpath="stats/bootstrap", within=config, default=1000),
     shell:
-        "lnpeft stats kruskal --scores {input} --a {params.a} --b {params.b}"
+        "lnpeft stats kruskal --scores {input.scores} --seed-scores {input.seeds} --a {params.a} --b {params.b}"
         " --bootstrap {params.bootstrap} --out {output} > {log} 2>&1"
 
 

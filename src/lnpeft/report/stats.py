@@ -234,6 +234,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--a", default="bitfit", help="first method (paper: bitfit)")
     parser.add_argument("--b", default="layernorm", help="second method (paper: layernorm)")
     parser.add_argument("--out", type=Path, required=True, help="JSON to write")
+    parser.add_argument("--seed-scores", type=Path, default=None,
+                        help="each seed's dev scores (results/tables/scores_seeds.parquet): they replace the "
+                             "dev rows of --scores, so the bootstrap sees the seeds (the tests use their mean)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for seed CIs")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
@@ -242,7 +245,11 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise LnpeftError(f"--bootstrap {args.bootstrap}: must be >= 0")
     config = StatsConfig(args.scores, args.a, args.b, args.out, args.bootstrap, args.seed)
-    report = kruskal_report(read_scores(args.scores), config)
+    scores = read_scores(args.scores)
+    if args.seed_scores is not None:
+        seeds = read_scores(args.seed_scores)
+        scores = pd.concat([scores[scores["split"] != "dev"], seeds[seeds["split"] == "dev"]], ignore_index=True)
+    report = kruskal_report(scores, config)
     write_json(report, args.out)
     for part in ("dev", "test", "combined"):
         p = report[part]

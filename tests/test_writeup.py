@@ -1,0 +1,117 @@
+"""`lnpeft writeup`: each claim's verdict follows its stated rule, computed from the artifacts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lnpeft.architectures import COMPONENTS
+from lnpeft.report.writeup import convergence, drift_claim, fisher_claim, peft_claim, run_time, subset_claim
+
+
+def drift_frame(largest: str, layers: int = 3) -> pd.DataFrame:
+    """D = 1 for every component but `largest` (D = 2 in every layer but the last, where it is 0.5)."""
+    rows = []
+    for layer in range(layers):
+        for comp in COMPONENTS:
+            d = (2.0 if layer < layers - 1 else 0.5) if comp == largest else 1.0
+            rows.append({"layer": layer, "component": comp, "kind": "all", "n": 10, "D": d})
+            rows.append({"layer": layer, "component": comp, "kind": "weight", "n": 8, "D": 99.0})  # not pooled
+    return pd.DataFrame(rows)
+
+
+def test_drift_claim_counts_tasks_and_layers():
+    drift = {"sst2": drift_frame("output.LayerNorm"), "rte": drift_frame("output.LayerNorm"),
+             "cola": drift_frame("intermediate.dense")}
+    verdict, numbers, table = drift_claim(drift)
+    assert verdict == "holds"  # 2 of 3 tasks
+    assert numbers == ("output.LayerNorm has the largest mean drift on 2 of 3 tasks and is first in 4 of 9 "
+                       "(task, layer) cells")
+    assert table.set_index("task").loc["cola", "rank"] == 8  # tied with 6 others at 1.0: forward order, last
+    assert table.set_index("task").loc["sst2", "ratio"] == pytest.approx(1.5)  # mean 1.5 vs 1.0
+    drift["mrpc"] = drift_frame("output.dense")
+    assert drift_claim(drift)[0] == "does not hold"  # 2 of 4 is not most
+
+
+def test_fisher_claim_reads_table1():
+    table1 = pd.DataFrame({"rank": [1, 2], "component": ["output.LayerNorm", "attention.output.LayerNorm"],
+                           "score": [1.2, 0.8], "sst2": [0.7, 0.3], "stsb": [0.5, 0.5]})
+    verdict, numbers = fisher_claim(table1)
+    assert verdict == "holds"
+    assert numbers == ("Table 1 ranks output.LayerNorm 1 of 2; it holds a mean 0.60 of each task's Fisher "
+                       "and is first on 2 of 2 tasks")
+    flipped = table1.assign(rank=[2, 1])
+    assert fisher_claim(flipped)[0] == "does not hold"
+
+
+def dev(ln: list[float], bitfit: list[float], random: list[float]) -> pd.DataFrame:
+    return pd.DataFrame([ln, bitfit, random], index=["layernorm", "bitfit", "random"], columns=["sst2", "rte"])
+
+
+@pytest.mark.parametrize("ln, bitfit, random, verdict", [
+    ([0.80, 0.60], [0.81, 0.60], [0.70, 0.50], "holds"),          # -0.5 and +10 points
+    ([0.80, 0.60], [0.84, 0.60], [0.70, 0.50], "partly holds"),   # -2 points behind BitFit
+    ([0.80, 0.60], [0.80, 0.60], [0.80, 0.59], "partly holds"),   # random only 0.5 points lower
+    ([0.70, 0.50], [0.80, 0.60], [0.70, 0.50], "does not hold"),
+])
+def test_peft_claim_thresholds(ln, bitfit, random, verdict):
+    percents = pd.Series({"layernorm": 0.024, "bitfit": 0.12})
+    got, numbers = peft_claim(dev(ln, bitfit, random), percents, ["sst2", "rte"])
+    assert got == verdict
+    assert "with 0.20 of BitFit's trainable parameters" in numbers
+
+
+def test_peft_claim_also_reports_the_tasks_that_learn():
+    _, numbers = peft_claim(dev([0.80, 0.50], [0.82, 0.56], [0.70, 0.50]),
+                            pd.Series({"layernorm": 1.0, "bitfit": 5.0}), ["sst2"])
+    assert numbers.endswith("on the 1 tasks where LayerNorm beats the trivial baseline (SST2): -2.0 and +10.0")
+
+
+def test_subset_claim_at_f_0_2():
+    wide = pd.DataFrame({("layernorm", 1.0): [0.80, 0.60], ("individual", 0.2): [0.79, 0.58],
+                         ("cv", 0.2): [0.70, 0.50]}, index=["sst2", "rte"])
+    verdict, numbers = subset_claim(wide, ["sst2"])
+    assert verdict == "holds"  # -1.5 points
+    assert numbers.startswith("individual f = 0.2 - LayerNorm -1.5 points; cv f = 0.2 - LayerNorm -10.0 points")
+    assert numbers.endswith("individual on the tasks where LayerNorm beats the trivial baseline: -1.0")
+    worse = wide.copy()
+    worse[("individual", 0.2)] = [0.70, 0.55]
+    assert subset_claim(worse, [])[0] == "does not hold"
+    assert subset_claim(wide.drop(columns=[("individual", 0.2)]), [])[0] == "not tested"
+
+
+def test_convergence_counts_runs_peaking_at_the_last_epoch():
+    rows = []
+    for method, best, means in (("layernorm", 2, [0.6, 0.7]), ("bitfit", 1, [0.7, 0.6])):
+        for epoch, mean in enumerate(means, start=1):
+            rows.append({"task": "sst2", "method": method, "quantity": "dev", "epoch": epoch, "best_epoch": best,
+                         "mean": mean})
+            rows.append({"task": "sst2", "method": method, "quantity": "train_loss", "epoch": epoch,
+                         "best_epoch": best, "mean": 9.0})
+    text = convergence(pd.DataFrame(rows))
+    assert text.startswith("Table 2's epoch is the last epoch for 1 of 2 (task, method) pairs, and the last "
+                           "epoch changed the seed-mean dev score by +0.0 points on average")
+
+
+def test_run_time_from_the_snakemake_log(tmp_path):
+    log = tmp_path / "run.snakemake.log"
+    log.write_text("Provided cores: 2\n[Tue Dec  1 11:18:48 2026]\nrule a:\nFinished job 1.\n1 of 2 steps\n"
+                   "[Tue Dec  1 13:02:50 2026]\nFinished job 0.\n")
+    bench = tmp_path / "benchmarks" / "finetune" / "m" / "sst2"
+    bench.mkdir(parents=True)
+    for name, s in (("a", 30.5), ("b", 12.0)):
+        (bench / f"{name}.tsv").write_text(f"s\th:m:s\n{s}\t0:00:30\n")
+    text, per_rule = run_time([log], tmp_path / "benchmarks")
+    assert text == ("1 h 44 min wall time from the first to the last job (2026-12-01 11:18 to 13:02), 2 jobs "
+                    "on 2 Snakemake cores")
+    assert per_rule.loc["finetune", "count"] == 2 and per_rule.loc["finetune", "sum"] == pytest.approx(42.5)
+    again = tmp_path / "again.snakemake.log"  # a second run: its span adds, a no-op run adds nothing
+    again.write_text("[Tue Dec  1 14:00:00 2026]\nFinished job 3.\n[Tue Dec  1 14:01:30 2026]\n")
+    noop = tmp_path / "noop.snakemake.log"
+    noop.write_text("Nothing to be done (all requested files are present and up to date).\n")
+    text, _ = run_time([log, again, noop], tmp_path / "benchmarks")
+    assert text == ("1 h 45 min wall time from the first to the last job in 2 Snakemake runs (2026-12-01 11:18 "
+                    "to 14:01), 3 jobs on 2 Snakemake cores")
+    with pytest.raises(Exception, match="no job timestamps"):
+        run_time([noop], tmp_path / "benchmarks")
