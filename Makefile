@@ -35,7 +35,7 @@ reproduce: $(STAMP)
 # docs/reproduction-minilm.md and its figures, from the results and Snakemake logs of `make reproduce`.
 reproduction-doc: $(STAMP)
 	$(BIN)/lnpeft writeup --configfile config.yaml --configfile configs/minilm.yaml --results results \
-		--log $(sort $(wildcard .snakemake/log/*.snakemake.log)) --out docs/reproduction-minilm.md
+		--log $(sort $(wildcard .snakemake/log/*.snakemake.log)) --out docs/reproduction-minilm.md --readme README.md
 
 # The default test suite: unit tests and a tiny end-to-end workflow (minutes).
 test: $(STAMP)

@@ -251,7 +251,8 @@ def test_writeup_from_the_tiny_results(tiny_run, tmp_path):
     logs = sorted(str(p) for p in (tiny_run / ".snakemake" / "log").glob("*.snakemake.log"))
     args = [str(Path(sys.executable).parent / "lnpeft"), "writeup", "--configfile", str(REPO / "config.yaml"),
             "--configfile", str(tiny_run / "config.yaml"), "--results", str(results), "--log", *logs,
-            "--out", str(out), "--machine", "the test machine"]
+            "--out", str(out), "--machine", "the test machine", "--readme", str(tmp_path / "README.md")]
+    (tmp_path / "README.md").write_text("intro\n<!-- BEGIN reproduction -->\nold\n<!-- END reproduction -->\nrest\n")
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
@@ -267,6 +268,12 @@ def test_writeup_from_the_tiny_results(tiny_run, tmp_path):
     for name in ("curves_learning.png", "fig1_drift.png", "fig2_fractions.png", "fig5_schemes.png"):
         assert (out.parent / "repro" / name).read_bytes() == (results / "figures" / name).read_bytes()
         assert f"](repro/{name})" in text
+    readme = (tmp_path / "README.md").read_text()
+    block = readme.split("<!-- BEGIN reproduction -->\n")[1].split("<!-- END reproduction -->")[0]
+    assert block.startswith("[Reproduction at CPU scale: all-minilm-l6-v2 on 2 GLUE tasks](docs/repro.md), 1 seed (")
+    assert [line.rsplit(": ", 1)[1] for line in block.splitlines() if line.startswith("- (")] == \
+        [v.split(" | ")[1] for v in verdicts]
+    assert readme.startswith("intro\n") and readme.endswith("<!-- END reproduction -->\nrest\n")
     assert subprocess.run([*args, "--check"], capture_output=True, text=True, timeout=300).returncode == 0
     out.write_text(text.replace("**not tested**", "**holds**"))
     check = subprocess.run([*args, "--check"], capture_output=True, text=True, timeout=300)

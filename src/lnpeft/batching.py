@@ -5,7 +5,9 @@ Shared by fine-tuning, Fisher and prediction so that every stage sees the same t
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +104,18 @@ def collate(data: Encoded, indices: np.ndarray, pad_to_multiple: int = 8) -> dic
         mask[row, :n] = 1
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
             "labels": torch.from_numpy(data.labels[indices])}
+
+
+@cache
+def _takes_token_types(model_class: type) -> bool:
+    return "token_type_ids" in inspect.signature(model_class.forward).parameters
+
+
+def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                 device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The forward arguments of one batch: ids and mask, plus token types for the families whose
+    forward takes them (BERT, RoBERTa, ELECTRA, DeBERTa; not DistilBERT)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper's model
+    types = "token_type_ids" in batch and _takes_token_types(type(inner))
+    keys = ["input_ids", "attention_mask"] + (["token_type_ids"] if types else [])
+    return {k: batch[k] if device is None else batch[k].to(device) for k in keys}

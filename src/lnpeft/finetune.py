@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lnpeft.artifacts import atomic_dir, atomic_path, write_json, write_parquet
-from lnpeft.batching import Encoded, collate, length_grouped_batches, load_split
+from lnpeft.batching import Encoded, collate, length_grouped_batches, load_split, model_inputs
 from lnpeft.errors import OutOfMemoryError, is_oom
 from lnpeft.init import verify_init
 from lnpeft.methods import METHODS, MethodOptions, TrainableSet, select
@@ -135,9 +135,7 @@ def predict(model, data: Encoded, batch_size: int, device: torch.device, regress
         batch = collate(data, idx)
         try:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(input_ids=batch["input_ids"].to(device),
-                               attention_mask=batch["attention_mask"].to(device),
-                               token_type_ids=batch["token_type_ids"].to(device)).logits.float()
+                logits = model(**model_inputs(model, batch, device)).logits.float()
         except RuntimeError as err:
             if not is_oom(err):
                 raise
@@ -346,8 +344,7 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
             batch = {k: (v.pin_memory() if amp else v).to(device, non_blocking=True) for k, v in batch.items()}
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = fwd(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 token_type_ids=batch["token_type_ids"]).logits
+                    logits = fwd(**model_inputs(model, batch)).logits
                 loss = _loss(logits, batch["labels"], regression)
                 losses[step - 1] = loss.detach()
                 loss.backward()

@@ -27,7 +27,7 @@ import torch
 
 from lnpeft.architectures import COMPONENTS, LAYERNORM_COMPONENT, get_architecture
 from lnpeft.artifacts import read_parquet, write_parquet
-from lnpeft.batching import collate, encode, length_grouped_batches
+from lnpeft.batching import collate, encode, length_grouped_batches, model_inputs
 from lnpeft.errors import OutOfMemoryError, is_oom
 from lnpeft.grad_sample import SquaredGradSampler
 
@@ -96,7 +96,7 @@ def compute_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Ten
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
             try:
-                logits = model(**batch).logits
+                logits = model(**model_inputs(model, batch)).logits
                 sampler.backward(per_sample_loss_sum(logits, labels), batch["attention_mask"])
             except RuntimeError as err:
                 if not is_oom(err):

@@ -79,7 +79,7 @@ def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
 def _head(model: nn.Module, arch: Architecture) -> list[str]:
     head = [n for n, _ in model.named_parameters() if arch.is_head(n)]
     if not head:
-        raise ValueError(f"model has no classification head parameters {arch.head_prefixes}; "
+        raise ValueError(f"model has no classification head parameters (outside {arch.base}.); "
                          "load it with AutoModelForSequenceClassification")
     return head
 

@@ -53,8 +53,16 @@ class SquaredGradSampler:
             raise RuntimeError("no hooked layer ran in the forward pass; nothing to differentiate")
         if len({id(m) for m, _, _ in records}) != len(records):
             # a per-sample gradient would be the sum over calls, squared once: not what kernels do
-            raise RuntimeError("a hooked layer ran more than once in one forward pass (shared "
-                               "weights); squared per-sample gradients are not supported for it")
+            seen, twice = set(), []
+            for m, _, _ in records:
+                if id(m) in seen:
+                    twice.append(next(p for p, mod in self.modules.items() if mod is m))
+                seen.add(id(m))
+            raise RuntimeError(
+                f"{twice[0]} ran more than once in one forward pass (shared weights), so its squared "
+                "per-sample gradients cannot be formed from one backward pass. DeBERTa-v3 does this "
+                "(share_att_key: its key and query projections also project the relative position "
+                "embeddings); the Fisher stage supports DeBERTa with share_att_key false")
         outputs = [out for _, _, out in records]
         if not all(out.requires_grad for out in outputs):
             raise RuntimeError("a hooked layer's output does not require grad; "

@@ -21,7 +21,7 @@ from lnpeft.metrics import compute_metrics
 from lnpeft.report.table3 import COLUMN_LABELS, METHOD_LABELS
 from lnpeft.tasks import PAPER_COLUMNS, TaskSpec, column_task
 
-BEGIN, END = "<!-- BEGIN summary -->", "<!-- END summary -->"
+BEGIN, END = "<!-- BEGIN summary -->", "<!-- END summary -->"  # markers("summary")
 
 
 def trivial_baseline(spec: TaskSpec, labels: np.ndarray) -> float:
@@ -74,15 +74,21 @@ def render(table: pd.DataFrame, title: str) -> str:
     return "\n".join(lines + [""] + [f"- {line}" for line in checks(table)]) + "\n"
 
 
-def embed(path: Path, block: str) -> None:
-    """Replace what stands between the BEGIN/END markers of `path` by `block` (atomically)."""
+def markers(name: str) -> tuple[str, str]:
+    """The BEGIN/END comment lines of a generated block (`summary`, `reproduction`, ...)."""
+    return f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+
+
+def embed(path: Path, block: str, name: str = "summary") -> None:
+    """Replace what stands between the BEGIN/END `name` markers of `path` by `block` (atomically)."""
+    begin, end = markers(name)
     text = Path(path).read_text()
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"{path}: needs one '{BEGIN}' line and, after it, one '{END}' line")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"{path}: needs one '{begin}' line and, after it, one '{end}' line")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
     with atomic_path(Path(path)) as tmp:
-        tmp.write_text(f"{head}{BEGIN}\n{block}{END}{tail}")
+        tmp.write_text(f"{head}{begin}\n{block}{end}{tail}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ from lnpeft.artifacts import atomic_path, read_parquet
 from lnpeft.cli import LnpeftError
 from lnpeft.estimate import load_config
 from lnpeft.report.figures import best_over_lr, run_scores
-from lnpeft.report.summary import dev_table, render
+from lnpeft.report.summary import dev_table, embed, markers, render
 from lnpeft.report.table3 import COLUMN_LABELS, METHOD_LABELS
 from lnpeft.tasks import column_task
 
@@ -244,8 +244,9 @@ def figure_path(out: Path, name: str) -> Path:
 
 
 def build(config: dict, sources: list[Path], results: Path, logs: list[Path], out: Path,
-          host: str) -> tuple[str, list[tuple[Path, Path]]]:
-    """The markdown text and the (source, destination) figure copies."""
+          host: str, link: str | None = None) -> tuple[str, list[tuple[Path, Path]], str]:
+    """The markdown text, the (source, destination) figure copies, and the short block for a
+    README (verdicts and run time, linking to the write-up at `link`)."""
     copies: list[tuple[Path, Path]] = []
 
     def figure(name: str) -> list[str]:
@@ -342,7 +343,11 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
               "## Run time", "", f"{wall}. Job seconds per rule (Snakemake benchmarks):", "",
               "| rule | jobs | seconds |", "|---|---|---|"]
     lines += [f"| {rule} | {int(r['count'])} | {r['sum']:.0f} |" for rule, r in per_rule.iterrows()]
-    return "\n".join(lines) + "\n", copies
+    n_seeds = len(config["seeds"])
+    block = [f"[{lines[0].removeprefix('# ')}]({link or out.name}), {n_seeds} seed{'s' * (n_seeds != 1)} ({wall}), "
+             "judges the paper's four claims at that scale:", "",
+             *(f"- {c}: **{v}**" for c, v, _ in verdicts)]
+    return "\n".join(lines) + "\n", copies, "\n".join(block) + "\n"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -354,18 +359,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/reproduction-minilm.md"),
                         help="the markdown file; figures go to a folder of the same name beside it")
     parser.add_argument("--machine", default=None, help="what the run ran on (default: this machine)")
-    parser.add_argument("--check", action="store_true", help="fail if --out differs from what the results give")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also fill this file's block between <!-- BEGIN reproduction --> and <!-- END reproduction -->")
+    parser.add_argument("--check", action="store_true",
+                        help="fail if --out (and the --readme block) differ from what the results give")
 
 
 def run(args: argparse.Namespace) -> int:
     sources = args.configfile or [Path("config.yaml"), Path("configs/minilm.yaml")]
-    text, copies = build(load_config(sources), sources, args.results, args.log, args.out, args.machine or machine())
+    link = os.path.relpath(args.out, args.readme.parent) if args.readme else None
+    text, copies, block = build(load_config(sources), sources, args.results, args.log, args.out,
+                                args.machine or machine(), link)
     if args.check:
-        old = args.out.read_text() if args.out.is_file() else ""
-        if old != text:
-            diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True), str(args.out), "results"))
-            raise LnpeftError(f"{args.out} is not what {args.results} gives:\n{diff[:4000]}")
-        print(f"writeup: {args.out} matches {args.results}")
+        pairs = [(args.out, args.out.read_text() if args.out.is_file() else "", text)]
+        if args.readme:
+            begin, end = markers("reproduction")
+            readme = args.readme.read_text()
+            current = readme.split(begin, 1)[1].split(end, 1)[0].removeprefix("\n") if begin in readme else ""
+            pairs.append((args.readme, current, block))
+        for path, old, new in pairs:
+            if old != new:
+                diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), str(path), "results"))
+                raise LnpeftError(f"{path} is not what {args.results} gives:\n{diff[:4000]}")
+        print(f"writeup: {args.out}{' and ' + str(args.readme) if args.readme else ''} match {args.results}")
         return 0
     for src, dst in copies:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -373,5 +389,8 @@ def run(args: argparse.Namespace) -> int:
             shutil.copyfile(src, tmp)
     with atomic_path(args.out) as tmp:
         tmp.write_text(text)
-    print(f"writeup: {args.out} and {len(copies)} figures in {figure_path(args.out, '')}")
+    if args.readme:
+        embed(args.readme, block, "reproduction")
+    print(f"writeup: {args.out} and {len(copies)} figures in {figure_path(args.out, '')}"
+          + (f"; its block in {args.readme}" if args.readme else ""))
     return 0
