@@ -226,7 +226,7 @@ def test_curves_lr_choice_means_and_bands(tmp_path, curve_runs):
         assert row["lr"] == float(GOOD_LR[method] if good else CURVE_LRS[method][0]), (task, method)
         assert row["best_epoch"] == (3 if good else 2), (task, method)
         # the same (lr, epoch) as Table 2, and the dev line peaks at Table 2's value there
-        scores, _ = best_scores(method, task, tuple(r for r in curve_runs if f"/{task}/{method}/" in str(r)))
+        scores, _, _ = best_scores(method, task, tuple(r for r in curve_runs if f"/{task}/{method}/" in str(r)))
         first = scores.iloc[0]
         assert (first["lr"], first["epoch"]) == (row["lr"], row["best_epoch"])
         dev = data.query("task == @task and method == @method and quantity == 'dev'")

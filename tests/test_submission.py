@@ -295,8 +295,10 @@ def test_report_rules_in_snakemake(tmp_path):
             write_run(tmp_path / f"results/runs/{model}/{task}/{method}/lr{lr}_seed0", task,
                       [0.5 + 0.01 * i], {"test": (idx, pred)})
             rows.append((method, task, "dev", spec.metric, 0.5 + 0.01 * i + 0.1 * (task == "rte"), float(lr), 1))
-    write_parquet(pd.DataFrame(rows, columns=["method", "task", "split", "metric", "value", "lr", "epoch"]),
-                  tmp_path / "results/tables/scores.parquet", "scores")
+    scores = pd.DataFrame(rows, columns=["method", "task", "split", "metric", "value", "lr", "epoch"])
+    write_parquet(scores, tmp_path / "results/tables/scores.parquet", "scores")
+    write_parquet(scores.assign(seed=0)[["method", "task", "split", "metric", "seed", "value", "lr", "epoch"]],
+                  tmp_path / "results/tables/scores_seeds.parquet", "seed_scores")  # one seed: the same values
     snakemake("table3", "stats", "submission")
     out = tmp_path / f"results/submission/{model}/layernorm.zip"
     assert sorted(read_zip(out)) == ["RTE.tsv", "STS-B.tsv", "WNLI.tsv"]
