@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -86,6 +88,14 @@ def adapter_modules(model, init_meta: dict) -> tuple[list[str], list[str]]:
     return targets, list(dict.fromkeys(_module_of(n) for n in seeded))
 
 
+@contextmanager
+def _quiet_peft():
+    """peft asks every wrapped layer for in/out features, which a LayerNorm has not: it warns, harmlessly."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unsupported layer type", category=UserWarning)
+        yield
+
+
 def build_adapter(merged, checkpoint: Path, spec, init_meta: dict):
     """A PeftModel over a fresh copy of the checkpoint whose adapter holds the merged values."""
     from peft import LNTuningConfig, get_peft_model
@@ -94,7 +104,8 @@ def build_adapter(merged, checkpoint: Path, spec, init_meta: dict):
     targets, to_save = adapter_modules(merged, init_meta)
     base = AutoModelForSequenceClassification.from_pretrained(checkpoint, **head_config(spec))
     config = LNTuningConfig(target_modules=targets, modules_to_save=to_save, task_type="SEQ_CLS")
-    peft_model = get_peft_model(base, config)
+    with _quiet_peft():
+        peft_model = get_peft_model(base, config)
     trained = dict(merged.named_parameters())
     copied = set()
     with torch.no_grad():
@@ -117,7 +128,8 @@ def check_adapter(folder: Path, checkpoint: Path, spec, merged) -> None:
     from transformers import AutoModelForSequenceClassification
 
     base = AutoModelForSequenceClassification.from_pretrained(checkpoint, **head_config(spec))
-    loaded = PeftModel.from_pretrained(base, folder).merge_and_unload().eval()
+    with _quiet_peft():
+        loaded = PeftModel.from_pretrained(base, folder).merge_and_unload().eval()
     want = dict(merged.named_parameters())
     # merge_and_unload keeps the modules_to_save wrappers: read their active copy, skip the original
     got = {n.replace(".modules_to_save.default.", "."): p for n, p in loaded.named_parameters()
