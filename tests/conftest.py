@@ -1,4 +1,5 @@
-"""Shared fixtures: a disk that fills up in the middle of writing an output."""
+"""Shared set-up: MKL's reproducible mode for every test process, and a disk that fills up in the
+middle of writing an output."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ import os
 from pathlib import Path
 
 import pytest
+
+from lnpeft.numerics import set_reproducible_env
+
+# MKL reads MKL_CBWR once, at its first matrix product. `lnpeft.cli` sets it before a stage runs,
+# but a test process has run products long before its in-process cli.main calls: without this, an
+# in-process run (no CNR) and a CLI subprocess (CNR) take different MKL code paths
+# and may differ in the last bit (test_faults' resume-equals-uninterrupted check did, under load).
+set_reproducible_env()
 
 
 class _FillingFile:

@@ -8,12 +8,12 @@ import re
 
 import pytest
 import torch
-from test_fisher import make_examples, padded_batches
+from test_fisher import make_examples, naive_fisher, padded_batches
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from lnpeft.architectures import ARCHITECTURES, COMPONENTS, get_architecture
 from lnpeft.batching import model_inputs
-from lnpeft.fisher import component_modules, compute_fisher, per_sample_loss_sum
+from lnpeft.fisher import component_modules, compute_fisher
 from lnpeft.methods import MethodOptions, count, select
 
 SMALL = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=64,
@@ -84,20 +84,6 @@ def test_method_counts_equal_a_brute_force_count(model_type):
     # the random control draws only inside the encoder layers
     chosen = select(model, "random", MethodOptions(seed=3))
     assert all(n.startswith(layer) or n.startswith(HEAD[model_type]) for n in chosen.names)
-
-
-def naive_fisher(model, examples) -> dict[str, torch.Tensor]:
-    """One example at a time, no padding, loss.backward, .grad ** 2."""
-    arch = get_architecture(model.config.model_type)
-    sums: dict[str, torch.Tensor] = {}
-    for ids, label in examples:
-        model.zero_grad()
-        logits = model(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None]).logits
-        per_sample_loss_sum(logits, torch.tensor([label])).backward()
-        for name, p in model.named_parameters():
-            if arch.parse(name) is not None:
-                sums[name] = sums.get(name, 0) + p.grad.detach().double() ** 2
-    return {k: v / len(examples) for k, v in sums.items()}
 
 
 @pytest.mark.parametrize("model_type", [m for m in CONFIGS if m != "bert"])  # BERT: tests/test_fisher.py

@@ -37,7 +37,7 @@ def tiny_bert(num_labels: int, seed: int = 0) -> BertForSequenceClassification:
 
 def naive_fisher(model: torch.nn.Module, examples: list[tuple[torch.Tensor, float]]) -> dict[str, torch.Tensor]:
     """The reference: one example at a time, no padding, loss.backward, .grad ** 2."""
-    arch = get_architecture("bert")
+    arch = get_architecture(model.config.model_type)
     sums: dict[str, torch.Tensor] = {}
     for ids, label in examples:
         model.zero_grad()
