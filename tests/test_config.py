@@ -18,7 +18,7 @@ from lnpeft.workflow_config import ConfigError, check_schema, coerce_numbers, fm
 @pytest.mark.parametrize("overrides, message", [
     ({"training.epochs": 0}, r"0 is less than the minimum of 1.*\['training'\]\['epochs'\]"),
     ({"training.epochz": 3}, r"Additional properties are not allowed \('epochz' was unexpected\)"),
-    ({"tasks": ["rte", "boolq"]}, r"'boolq' is not one of .*\['tasks'\]\[1\]"),
+    ({"tasks": ["rte", "boolq"]}, r"tasks\[1\]: 'boolq' is neither a GLUE task of the paper .* nor defined under custom_tasks"),
     ({"data.glue_dir": "/nonexistent/glue"}, r"data\.glue_dir: '/nonexistent/glue' is not a folder"),
     ({"stats.a": "full", "methods": ["bitfit", "layernorm"]}, r"stats\.a: method 'full' is not in methods"),
     ({"fractions.seeds": [0, 5]}, r"fractions\.seeds: seeds \[5\] are not in seeds \[0\]"),
@@ -159,7 +159,7 @@ def test_int_and_text_unknown_top_level_keys_are_one_problem():
     lines = _schema_lines(config)
     assert lines[0] == f"invalid config (1 problem(s), schema {SCHEMA_PATH}):"
     assert lines[1].startswith("[1], zz: unknown key (Additional properties are not allowed (1, 'zz' were "
-                               "unexpected)); allowed keys: data, drift, fisher,")
+                               "unexpected)); allowed keys: custom_tasks, data, drift, fisher,")
     assert len(lines) == 2
 
 

@@ -147,14 +147,14 @@ def test_unknown_label_and_unknown_task(tmp_path):
     glue = _rte_folder(tmp_path / "glue", RTE_HEADER + "0\ta\tb\tmaybe\n")
     with pytest.raises(glue_tsv.GlueFormatError, match=r"train\.tsv:2: label 'maybe'"):
         prepare(DataConfig("rte", str(tmp_path / "o"), glue_dir=str(glue)))
-    with pytest.raises(UnknownTaskError, match="unknown GLUE task 'rtee'"):
+    with pytest.raises(UnknownTaskError, match="unknown task 'rtee'; GLUE tasks: "):
         prepare(DataConfig("rtee", str(tmp_path / "o"), glue_dir=str(glue)))
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     glue = _rte_folder(tmp_path / "glue", GOOD_TRAIN)
     assert cli.main(["prepare-data", "--task", "boolq", "--glue-dir", str(glue), "--out", str(tmp_path / "o")]) == 2
-    assert "unknown GLUE task 'boolq'" in capsys.readouterr().err
+    assert "unknown task 'boolq'; GLUE tasks: cola" in capsys.readouterr().err
     (glue / "RTE" / "test.tsv").unlink()
     assert cli.main(["prepare-data", "--task", "rte", "--glue-dir", str(glue), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

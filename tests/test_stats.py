@@ -230,7 +230,7 @@ def test_left_out_columns_are_listed_with_the_reason_and_printed(tmp_path, capsy
         {"task": "cola", "split": "dev",
          "reason": "no layernorm matthews value (it has accuracy: not the paper metric for cola)"},
         {"task": "rte", "split": "dev", "reason": "no bitfit or layernorm accuracy value"},
-        {"task": "wnli", "split": "dev", "reason": "not one of the paper's 9 columns"},
+        {"task": "wnli", "split": "dev", "reason": "neither one of the paper's 9 columns nor a custom task"},
     ]
     assert len(report["test"]["left_out"]) == 9 and report["test"]["used"] == []
     assert report["combined"]["left_out"] == report["dev"]["left_out"] + report["test"]["left_out"]
@@ -242,7 +242,7 @@ def test_left_out_columns_are_listed_with_the_reason_and_printed(tmp_path, capsy
     assert lines[4:7] == [
         "  dev/cola: no layernorm matthews value (it has accuracy: not the paper metric for cola)",
         "  dev/rte: no bitfit or layernorm accuracy value",
-        "  dev/wnli: not one of the paper's 9 columns"]
+        "  dev/wnli: neither one of the paper's 9 columns nor a custom task"]
     assert lines[7] == "  test/qnli: no bitfit or layernorm accuracy value" and len(lines) == 16
 
 

@@ -1,4 +1,5 @@
-"""Stage `data`: one GLUE task, from a glue_data/ TSV folder or the hub, into typed parquet.
+"""Stage `data`: one GLUE task (from a glue_data/ TSV folder or the hub) or custom task (its own
+files, lnpeft.user_tasks) into typed parquet.
 
 `lnpeft prepare-data --task rte --glue-dir glue_data --out results/data/rte` writes
 `results/data/rte/{train,validation,test}.parquet` (columns idx, text_a, text_b, label; label null
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lnpeft import glue_tsv
+from lnpeft import glue_tsv, user_tasks
 from lnpeft.artifacts import write_json, write_parquet
 from lnpeft.tasks import TaskSpec, get_task
 
@@ -157,10 +158,44 @@ def _read_hub(cfg: DataConfig, spec: TaskSpec) -> tuple[dict[str, pd.DataFrame],
     return frames, splits, source
 
 
+def _read_user(cfg: DataConfig, spec: TaskSpec) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+    src = user_tasks.source(spec.name)
+    frames, splits, files = {}, {}, {}
+    for split in spec.splits:
+        part = user_tasks.read_split(spec, src, split)
+        if cfg.empty_text == "error" and part.empty_text:
+            column, where = next(iter(part.empty_text.items()))
+            raise user_tasks.UserTaskError(f"{where[0]}: {column} is empty (data.empty_text is 'error'; "
+                                           "set it to 'report' to keep such rows and count them)")
+        frames[split] = _frame(spec, part.idx, part.text_a, part.text_b, part.label)
+        if not src.hub:
+            path = src.splits[split]
+            files[split] = {"path": path, "sha256": glue_tsv.sha256_file(path),
+                            "format": user_tasks.file_format(path)}
+        splits[split] = {
+            "file": src.splits[split], "rows_read": len(part.idx), "rows_valid": len(part.idx), "skipped": [],
+            "empty_text": {col: {"count": len(rows), "rows": rows[:20]} for col, rows in part.empty_text.items()},
+        }
+        if part.labels_ignored:
+            splits[split]["labels_ignored"] = part.labels_ignored
+            print(f"{spec.name}/{split}: {part.labels_ignored} labels not used (lnpeft predicts the test "
+                  "split; to score labelled rows, make them the dev split)")
+    columns = {"text": list(src.text), "label": src.label, "id": src.id}
+    source = ({"kind": "hub", "hub_path": src.hub, "hub_config": src.hub_config, "splits": src.splits}
+              if src.hub else {"kind": "files", "files": files}) | {"columns": columns}
+    return frames, splits, source
+
+
 def prepare(cfg: DataConfig) -> dict:
     """Read every split of the task, subsample, then write the parquets and the manifest."""
     spec = get_task(cfg.task)
-    frames, splits, source = (_read_tsv if cfg.glue_dir is not None else _read_hub)(cfg, spec)
+    if spec.user_defined:
+        reader = _read_user
+    elif cfg.glue_dir is not None:
+        reader = _read_tsv
+    else:
+        reader = _read_hub
+    frames, splits, source = reader(cfg, spec)
     out = Path(cfg.out)
     kept = {}
     for split, df in frames.items():
@@ -184,10 +219,11 @@ def prepare(cfg: DataConfig) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, help="lnpeft task name (cola, sst2, ..., ax)")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--glue-dir", help="a classic glue_data/ folder of TSV files")
-    src.add_argument("--hub", action="store_true", help="read with datasets.load_dataset")
+    parser.add_argument("--task", required=True,
+                        help="lnpeft task name (cola, sst2, ..., ax, or a custom task of $LNPEFT_TASKS)")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--glue-dir", help="a classic glue_data/ folder of TSV files (GLUE tasks)")
+    src.add_argument("--hub", action="store_true", help="read with datasets.load_dataset (GLUE tasks)")
     parser.add_argument("--hub-path", default=DEFAULT_HUB_PATH,
                         help="hub dataset id or local dataset folder (with --hub)")
     parser.add_argument("--out", required=True, help="output folder (results/data/{task})")
@@ -201,6 +237,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    spec = get_task(args.task)
+    if not spec.user_defined and not args.hub and args.glue_dir is None:
+        raise ValueError(f"prepare-data --task {args.task}: give --glue-dir DIR or --hub for a GLUE task")
+    if spec.user_defined and (args.hub or args.glue_dir):
+        print(f"{args.task}: a custom task reads the files of its definition; --glue-dir/--hub ignored")
     cfg = DataConfig(
         task=args.task, out=args.out, glue_dir=None if args.hub else args.glue_dir,
         hub_path=args.hub_path, max_bad_rows=args.max_bad_rows, empty_text=args.empty_text,

@@ -7,7 +7,8 @@ Stages counted (what `snakemake all` runs that costs accelerator time):
   fisher     one per-sample-gradient pass per task (`fisher.max_samples` rows)
 Each run trains on the task's training rows every epoch, evaluates every dev split every epoch and
 predicts the test splits once (at least once: again whenever the dev score improves). Row counts
-are the official GLUE sizes (lnpeft.tasks.OFFICIAL_ROWS) after `data.subsample`.
+are the official GLUE sizes (lnpeft.tasks.OFFICIAL_ROWS; a custom task's files counted) after
+`data.subsample`.
 
 Two projections side by side:
   ours      torch.compile, length-grouped dynamic padding with length buckets: time is tokens
@@ -30,7 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from lnpeft.tasks import OFFICIAL_ROWS, get_task
+from lnpeft import user_tasks
+from lnpeft.tasks import get_task, task_rows
 from lnpeft.textfile import read_utf8
 from lnpeft.workflow_config import fmt_lr, fraction_seeds, method_learning_rates
 
@@ -120,6 +122,7 @@ def load_config(paths: list[Path]) -> dict:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a config file must be a YAML mapping, got {type(data).__name__}")
         config = deep_update(config, data)
+    user_tasks.define(config.get("custom_tasks") or {})  # their names resolve like GLUE's from here on
     return config
 
 
@@ -199,7 +202,7 @@ def read_throughput(path: Path, shape: str | None = None, fisher_path: Path | No
 
 
 def _rows(config: dict, task: str, split: str) -> int:
-    rows = OFFICIAL_ROWS[task][split]
+    rows = task_rows(task)[split]
     key = "train" if split == "train" else ("test" if split.startswith("test") else "validation")
     cap = (config.get("data", {}).get("subsample") or {}).get(key)
     return min(rows, cap) if cap else rows
@@ -230,10 +233,10 @@ def run_cost(config: dict, tp: Throughput, task: str, method: str, epochs: int,
     """Seconds of one fine-tuning run, ours and baseline."""
     spec = get_task(task)
     max_len = config["training"]["max_length"]
-    width = min(TOKENS[task], max_len)
+    width = min(TOKENS.get(task, max_len), max_len)  # a custom task: padded to max_length
     train = _rows(config, task, spec.train_split) * epochs
     dev = sum(_rows(config, task, s) for s in (spec.dev_splits if dev_splits is None else dev_splits)) * epochs
-    test_tokens = sum(_rows(config, t, s) * min(TOKENS[t], max_len) for t, s in _test_splits(config, task)) \
+    test_tokens = sum(_rows(config, t, s) * min(TOKENS.get(t, max_len), max_len) for t, s in _test_splits(config, task)) \
         if with_test else 0.0
     test = sum(_rows(config, t, s) for t, s in _test_splits(config, task)) if with_test else 0
     # the eager baseline is launch-bound: shorter max_length does not make it faster

@@ -32,6 +32,8 @@ class TaskSpec:
     predicted_by: str | None = None
     """Another task whose model predicts this task's test set (AX is predicted by MNLI)."""
     in_paper: bool = True
+    user_defined: bool = False
+    """Defined in the config's custom_tasks (lnpeft.user_tasks), not a GLUE task."""
 
     @property
     def is_regression(self) -> bool:
@@ -131,14 +133,46 @@ class UnknownTaskError(ValueError):
     pass
 
 
+USER_TASKS: dict[str, TaskSpec] = {}
+"""Custom tasks registered by lnpeft.user_tasks (from $LNPEFT_TASKS or the workflow's config)."""
+
+
+def register(spec: TaskSpec) -> None:
+    """Make a custom task known to every lookup below."""
+    if spec.name in TASKS:
+        raise ValueError(f"custom task {spec.name!r} has a GLUE task's name; give it another name")
+    USER_TASKS[spec.name] = spec
+
+
 def get_task(name: str) -> TaskSpec:
-    """Look a task up by its lnpeft name; a clear error lists the known ones."""
-    try:
+    """Look a task up by its lnpeft name (GLUE, or custom); a clear error lists the known ones."""
+    if name in TASKS:
         return TASKS[name]
+    from lnpeft import user_tasks  # the custom tasks of $LNPEFT_TASKS, read on first need
+
+    user_tasks.load_env()
+    try:
+        return USER_TASKS[name]
     except KeyError:
-        raise UnknownTaskError(
-            f"unknown GLUE task {name!r}; known tasks: {', '.join(TASKS)}"
-        ) from None
+        custom = f"; custom tasks: {', '.join(USER_TASKS)}" if USER_TASKS else (
+            f" (define your own under custom_tasks: in the config, or in a file named by ${user_tasks.ENV})")
+        raise UnknownTaskError(f"unknown task {name!r}; GLUE tasks: {', '.join(TASKS)}{custom}") from None
+
+
+def is_task(name: str) -> bool:
+    try:
+        get_task(name)
+    except UnknownTaskError:
+        return False
+    return True
+
+
+def score_columns() -> tuple[str, ...]:
+    """Score columns of Tables 2-3 and the statistics: the paper's 9, then the custom tasks."""
+    from lnpeft import user_tasks
+
+    user_tasks.load_env()
+    return PAPER_COLUMNS + tuple(USER_TASKS)
 
 
 def column_task(column: str) -> tuple[TaskSpec, str]:
@@ -165,3 +199,14 @@ OFFICIAL_ROWS: dict[str, dict[str, int]] = {
     "ax": {"test": 1104},
 }
 """Rows of each split of the official GLUE release (for resource and cost estimates)."""
+
+
+def task_rows(name: str) -> dict[str, int]:
+    """Rows per split: GLUE's official sizes, or a custom task's files counted."""
+    if name in OFFICIAL_ROWS:
+        return OFFICIAL_ROWS[name]
+    from lnpeft import user_tasks
+
+    get_task(name)  # unknown names get the registry's message
+    return user_tasks.rows(name)
+

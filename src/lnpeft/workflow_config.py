@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import json
 import math
 import os
 import re
@@ -15,7 +16,12 @@ from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
-from lnpeft.tasks import get_task
+from lnpeft import user_tasks
+from lnpeft.artifacts import write_json
+from lnpeft.tasks import PAPER_TASKS
+
+CUSTOM_TASKS_DIR = "results/custom_tasks"
+"""The config's custom_tasks as the workflow's jobs read them ($LNPEFT_TASKS): {name}.json each."""
 
 GLUE_DIR_CANDIDATES = ("glue_data", "../shared/glue")
 
@@ -247,10 +253,42 @@ def _finite_validator(cls: type) -> type:
     return jsonschema.validators.extend(cls, {"type": type_and_finite})
 
 
+def define_custom_tasks(config: dict) -> list[str]:
+    """Register config["custom_tasks"] and read each local task's files now, so a bad definition
+    (missing column, unknown label, empty split) fails before any job; returns their names."""
+    definitions = config.get("custom_tasks") or {}
+    try:
+        specs = user_tasks.define(definitions)
+        for spec in specs:
+            user_tasks.rows(spec.name)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(str(err)) from None
+    return [spec.name for spec in specs]
+
+
+def write_custom_tasks(config: dict, folder: str = CUSTOM_TASKS_DIR) -> str:
+    """Each custom task's definition in a file of its own, written only when it changes (Snakemake
+    sees its mtime: adding a task reruns no other); returns the value for $LNPEFT_TASKS (the files,
+    os.pathsep-separated; "" without custom tasks)."""
+    paths = []
+    for name, definition in (config.get("custom_tasks") or {}).items():
+        target = Path(folder) / f"{name}.json"
+        text = json.dumps({name: definition}, indent=2, sort_keys=True) + "\n"
+        if not target.is_file() or target.read_text() != text:
+            write_json({name: definition}, target)
+        paths.append(str(target))
+    return os.pathsep.join(paths)
+
+
 def check_config(config: dict) -> None:
     """Checks across keys; raises ConfigError naming the key and the allowed values."""
-    for task in config["tasks"]:
-        get_task(task)  # the schema enum already limits names; this keeps one source of truth
+    custom = define_custom_tasks(config)
+    for i, task in enumerate(config["tasks"]):
+        if task not in PAPER_TASKS and task not in custom:
+            raise ConfigError(
+                f"tasks[{i}]: {task!r} is neither a GLUE task of the paper ({', '.join(PAPER_TASKS)}) nor "
+                f"defined under custom_tasks ({', '.join(custom) or 'none defined'})"
+            )
     data = config.get("data", {})
     if data.get("source") == "tsv":
         resolved = resolve_glue_dir(data.get("glue_dir"))

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from lnpeft.tasks import OFFICIAL_ROWS, get_task
+from lnpeft import user_tasks
+from lnpeft.tasks import get_task, task_rows
 from lnpeft.workflow_config import (
+    CUSTOM_TASKS_DIR,
     check_config,
     check_schema,
     coerce_numbers,
@@ -17,6 +19,7 @@ from lnpeft.workflow_config import (
     fraction_seeds,
     method_learning_rates,
     resolve_glue_dir,
+    write_custom_tasks,
 )
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -27,9 +30,19 @@ coerce_numbers(config, SCHEMA)
 check_schema(config, SCHEMA)
 validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)  # cross-key checks the JSON schema cannot express (fails before any job)
+# jobs resolve custom task names from these files (local and cluster jobs alike: it is in envvars)
+os.environ[user_tasks.ENV] = write_custom_tasks(config)
 
 MODEL = config["model"]["name"]
 TASKS = list(config["tasks"])
+CUSTOM = [t for t in TASKS if get_task(t).user_defined]
+GLUE_TASKS = [t for t in TASKS if t not in CUSTOM]  # the GLUE server's stages (submission, Table 3)
+if CUSTOM and config.get("submission", {}).get("methods"):
+    print(
+        f"lnpeft: custom tasks {', '.join(CUSTOM)} are not GLUE tasks: the submission zip and Table 3 "
+        "(GLUE test server) leave them out",
+        file=sys.stderr,
+    )
 SEEDS = list(config["seeds"])
 METHODS = list(config["methods"])
 FRACTIONS = config["fractions"]
@@ -47,6 +60,7 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 
 envvars:
     "PATH",
+    user_tasks.ENV,
 
 
 wildcard_constraints:
@@ -81,17 +95,23 @@ def glue_dir():
 
 
 def get_glue_files(wildcards):
-    """The TSV files a task reads (source tsv), so a changed or missing file is seen by Snakemake."""
+    """The files a task reads (GLUE with source tsv, or a custom task's), so a changed or missing
+    file is seen by Snakemake; a custom task's definition is an input too."""
+    spec = get_task(wildcards.task)
+    if spec.user_defined:
+        return [f"{CUSTOM_TASKS_DIR}/{spec.name}.json", *user_tasks.input_files(spec.name)]
     if config["data"].get("source", "hub") != "tsv":
         return []
     from lnpeft.glue_tsv import split_file
 
-    spec = get_task(wildcards.task)
     return [str(split_file(glue_dir(), spec, s)) for s in spec.splits]
 
 
-def prepare_data_source_flags():
-    """`lnpeft prepare-data` source flags: --glue-dir DIR (tsv) or --hub --hub-path P (hub)."""
+def prepare_data_source_flags(wildcards):
+    """`lnpeft prepare-data` source flags: --glue-dir DIR (tsv) or --hub --hub-path P (hub); none for
+    a custom task (its definition names its files)."""
+    if get_task(wildcards.task).user_defined:
+        return ""
     data = config["data"]
     if data.get("source", "hub") == "tsv":
         return f"--glue-dir {shlex.quote(glue_dir())}"
@@ -214,7 +234,7 @@ TARGETS = {
     "init": lambda: [f"{init_dir(t, s)}/config.json" for t in TASKS for s in SEEDS],
     "table1": lambda: table(1),
     "table2": lambda: table(2) + ["results/tables/scores.parquet", "results/tables/scores_seeds.parquet"],
-    "table3": lambda: table(3),
+    "table3": lambda: table(3) if GLUE_TASKS else [],  # GLUE test-server scores
     "fig1": lambda: figure("fig1_drift"),
     "fig2": lambda: figure("fig2_fractions"),
     "fig3": lambda: figure("fig3_layernorm_fisher"),
@@ -222,7 +242,9 @@ TARGETS = {
     "fig5": lambda: figure("fig5_schemes"),
     "curves": lambda: figure("curves_learning") + ["results/figures/curves_learning.parquet"],
     "stats": lambda: ["results/stats/kruskal.json"],
-    "submission": lambda: [f"results/submission/{MODEL}/{m}.zip" for m in config["submission"]["methods"]],
+    "submission": lambda: (
+        [f"results/submission/{MODEL}/{m}.zip" for m in config["submission"]["methods"]] if GLUE_TASKS else []
+    ),
 }
 
 
@@ -238,13 +260,23 @@ def get_final_output():
 # run per task themselves (the paper metric on the first dev split, as finetune does per epoch).
 
 
-def method_runs(method):
+def method_runs(method, tasks=None):
     """(task, run dir) of every (task, lr, seed) of a method in the Table 2 grid."""
-    return [(t, run_dir(t, method, lr, s)) for t in TASKS for lr in method_lrs(method) for s in SEEDS]
+    return [
+        (t, run_dir(t, method, lr, s))
+        for t in (TASKS if tasks is None else tasks)
+        for lr in method_lrs(method)
+        for s in SEEDS
+    ]
 
 
 def get_method_run_files(wildcards):
-    return [f"{d}/{f}" for _, d in method_runs(wildcards.method) for f in ("epochs.parquet", "predictions.parquet")]
+    """The submission's runs: GLUE tasks only (the test server knows no custom task)."""
+    return [
+        f"{d}/{f}"
+        for _, d in method_runs(wildcards.method, GLUE_TASKS)
+        for f in ("epochs.parquet", "predictions.parquet")
+    ]
 
 
 def test_data(tasks=None):
@@ -254,20 +286,23 @@ def test_data(tasks=None):
 
 def submission_data():
     """Test splits of the configured tasks, WNLI (majority class of train) and AX (MNLI predicts it)."""
-    tasks = list(dict.fromkeys(TASKS + ["wnli"] + (["ax"] if "mnli" in TASKS else [])))
+    tasks = list(dict.fromkeys(GLUE_TASKS + ["wnli"] + (["ax"] if "mnli" in TASKS else [])))
     return test_data(tasks) + [data_path("wnli", "train")]
 
 
 def submission_run_args(wildcards):
-    return " ".join(f"{t}={d}" for t, d in method_runs(wildcards.method))
+    return " ".join(f"{t}={d}" for t, d in method_runs(wildcards.method, GLUE_TASKS))
 
 
-def table3_run_files():
-    return [f"{d}/{f}" for m in METHODS for _, d in method_runs(m) for f in ("epochs.parquet", "predictions.parquet")]
+def table3_run_files(tasks=None):
+    """Every grid run's epochs and predictions (Table 2: every task; Table 3: GLUE_TASKS)."""
+    return [
+        f"{d}/{f}" for m in METHODS for _, d in method_runs(m, tasks) for f in ("epochs.parquet", "predictions.parquet")
+    ]
 
 
-def table3_run_args():
-    return " ".join(f"{m}:{t}={d}" for m in METHODS for t, d in method_runs(m))
+def table3_run_args(tasks=None):
+    return " ".join(f"{m}:{t}={d}" for m in METHODS for t, d in method_runs(m, tasks))
 
 
 def glue_results_file():
@@ -288,7 +323,7 @@ EVAL_PER_S = 600  # evaluation examples per second (forward only)
 
 def _rows(task, split="train"):
     """Rows of a task's split after the configured subsample (official GLUE sizes)."""
-    rows = OFFICIAL_ROWS[task][split]
+    rows = task_rows(task)[split]
     key = "train" if split == "train" else ("test" if split.startswith("test") else "validation")
     cap = config["data"].get("subsample", {}).get(key)
     return min(rows, cap) if cap else rows
@@ -296,7 +331,7 @@ def _rows(task, split="train"):
 
 def _epoch_seconds(task):
     """One epoch: train once, then predict every dev and test split (best epoch kept)."""
-    evals = sum(_rows(task, s) for s in OFFICIAL_ROWS[task] if s != "train")
+    evals = sum(_rows(task, s) for s in task_rows(task) if s != "train")
     return _rows(task) / TRAIN_PER_S + evals / EVAL_PER_S
 
 

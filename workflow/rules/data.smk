@@ -1,6 +1,9 @@
-# Stage data: one GLUE task (a glue_data/ TSV folder or the hub) into results/data/{task}/*.parquet
-# plus MANIFEST.json (src/lnpeft/data.py). Localrules: the hub download needs the login node.
-# Output file sets differ by task (HF split names), so MNLI and AX reuse the rule with their own.
+# Stage data: one GLUE task (a glue_data/ TSV folder or the hub) or custom task (its own files)
+# into results/data/{task}/*.parquet plus MANIFEST.json (src/lnpeft/data.py). Localrules: the hub
+# download needs the login node. Output file sets differ by task (HF split names), so MNLI, AX and
+# custom tasks without a test split reuse the rule with their own.
+
+NO_TEST = [t for t in CUSTOM if not get_task(t).test_splits]
 
 
 rule prepare_glue:
@@ -12,12 +15,12 @@ rule prepare_glue:
     log:
         "results/logs/prepare_glue/{task}.log",
     wildcard_constraints:
-        task=r"(?!(?:mnli|ax)/)[a-z0-9]+",
+        task=rf"(?!(?:{'|'.join(['mnli', 'ax', *NO_TEST])})/)[a-z0-9]+",
     localrule: True
     conda:
         "../../envs/lnpeft.yaml"
     params:
-        source=prepare_data_source_flags(),
+        source=prepare_data_source_flags,
         subsample=prepare_data_subsample_flags(),
         max_bad_rows=lookup(dpath="data/max_bad_rows", within=config, default=0),
         empty_text=lookup(dpath="data/empty_text", within=config, default="report"),
@@ -54,3 +57,13 @@ use rule prepare_glue as prepare_glue_ax with:
         "results/logs/prepare_glue_ax/{task}.log",
     wildcard_constraints:
         task="ax",
+
+
+use rule prepare_glue as prepare_custom_no_test with:
+    output:
+        splits=multiext("results/data/{task}/", "train.parquet", "validation.parquet"),
+        manifest="results/data/{task}/MANIFEST.json",
+    log:
+        "results/logs/prepare_custom_no_test/{task}.log",
+    wildcard_constraints:
+        task="|".join(NO_TEST) or "(?!)",  # (?!) matches nothing: no such task

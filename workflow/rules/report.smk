@@ -5,8 +5,8 @@
 rule make_table3:
     input:
         scores="results/tables/scores.parquet",
-        runs=table3_run_files(),
-        data=test_data(),
+        runs=table3_run_files(GLUE_TASKS),
+        data=test_data(GLUE_TASKS),
         glue_results=lambda wildcards: glue_results_file() or [],
     output:
         csv=report(
@@ -31,7 +31,7 @@ rule make_table3:
     params:
         prefix=lambda wildcards, output: output.csv.removesuffix(".csv"),
         glue=lambda wildcards, input: f"--glue-results {input.glue_results}" if input.glue_results else "",
-        runs=table3_run_args(),
+        runs=table3_run_args(GLUE_TASKS),
     shell:
         "lnpeft table3 --scores {input.scores} {params.glue} --data-dir results/data"
         " --runs {params.runs} --out-prefix {params.prefix} --scores-out {output.scores} > {log} 2>&1"
@@ -39,8 +39,9 @@ rule make_table3:
 
 rule compute_stats:
     input:
-        # scores with the test rows Table 3 found (GLUE results or labelled test data), if any
-        scores="results/tables/scores_test.parquet",
+        # scores with the test rows Table 3 found (GLUE results or labelled test data), if any;
+        # custom tasks alone have no Table 3: their dev scores
+        scores="results/tables/scores_test.parquet" if GLUE_TASKS else "results/tables/scores.parquet",
         # the seeds behind the dev rows, for the bootstrap intervals
         seeds="results/tables/scores_seeds.parquet",
     output:

@@ -24,7 +24,7 @@ import pandas as pd
 from lnpeft.artifacts import ArtifactError, read_parquet
 from lnpeft.messages import quote
 from lnpeft.metric_names import resolve_metric
-from lnpeft.tasks import PAPER_COLUMNS, TASKS, column_task
+from lnpeft.tasks import PAPER_COLUMNS, TASKS, column_task, get_task, is_task
 
 NEEDED: tuple[str, ...] = ("method", "task", "split", "metric", "value")
 TEXT: tuple[str, ...] = NEEDED[:4]
@@ -59,7 +59,7 @@ def _float(value: int | float) -> float:
 
 
 def _expected_metric(task: str) -> str:
-    return column_task(task)[0].metric if task in PAPER_COLUMNS else TASKS[task].metric
+    return column_task(task)[0].metric if task in PAPER_COLUMNS else get_task(task).metric
 
 
 def check_rows(scores: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -78,9 +78,9 @@ def check_rows(scores: pd.DataFrame, source: str) -> pd.DataFrame:
                 raise ScoresError(f"{where}: {column} is {quote(None if null else name)}, expected a name")
             names.append(name.strip())
         method, task, split, metric = names
-        if task not in PAPER_COLUMNS and task not in TASKS:
+        if task not in PAPER_COLUMNS and not is_task(task):
             raise ScoresError(f"{where}: task {quote(task)} is not one of the paper's columns "
-                              f"({', '.join(PAPER_COLUMNS)}) nor a GLUE task ({', '.join(TASKS)})")
+                              f"({', '.join(PAPER_COLUMNS)}) nor a GLUE task ({', '.join(TASKS)}) nor a custom task")
         if split not in SPLITS:
             raise ScoresError(f"{where}: split {quote(split)} is neither dev nor test")
         metric = resolve_metric(metric, where, task, _expected_metric(task))

@@ -4,7 +4,7 @@ Input: scores in the long format of results/tables/scores.parquet (`method, task
 value`; `lr`, `epoch` and other columns are not needed), with split `dev` and, when known, `test`
 rows (results/tables/scores_test.parquet adds them); lnpeft.report.scores reads and checks them
 (metric names as Hugging Face `evaluate` writes them included). For each of the paper's 9 columns
-the value on the column's paper metric is taken; several rows for one (method, task, split,
+(then each custom task, lnpeft.user_tasks, on its own metric) the value on the column's paper metric is taken; several rows for one (method, task, split,
 metric) are seed replicates and their mean enters the tests. The two vectors are aligned column
 by column (only columns both methods have), then:
 - Kruskal-Wallis (scipy.stats.kruskal), the paper's test, on dev (9 values each), test (9) and
@@ -30,7 +30,7 @@ from scipy import stats
 from lnpeft.artifacts import write_json
 from lnpeft.cli import LnpeftError
 from lnpeft.report.scores import check_rows, read_scores
-from lnpeft.tasks import PAPER_COLUMNS, column_task
+from lnpeft.tasks import column_task, score_columns
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def replicates(scores: pd.DataFrame, method: str, split: str) -> dict[str, np.nd
     """Column -> values (one per seed) of a method on a split, on each column's paper metric."""
     rows = scores[(scores["method"] == method) & (scores["split"] == split)]
     out = {}
-    for column in PAPER_COLUMNS:
+    for column in score_columns():
         values = rows.loc[(rows["task"] == column) & (rows["metric"] == paper_metric(column)), "value"]
         values = values.to_numpy(dtype=np.float64)  # finite: check_rows refuses NaN and inf
         if len(values):
@@ -70,7 +70,8 @@ def coverage(scores: pd.DataFrame, a: str, b: str, split: str) -> tuple[list[dic
     both methods, or the reason it is left out; rows of other GLUE tasks are left out too."""
     rows = scores[scores["method"].isin([a, b]) & (scores["split"] == split)]
     used, left_out = [], []
-    for column in PAPER_COLUMNS:
+    columns = score_columns()
+    for column in columns:
         metric = paper_metric(column)
         here = rows[rows["task"] == column]
         seeds, reasons = {}, []
@@ -89,9 +90,9 @@ def coverage(scores: pd.DataFrame, a: str, b: str, split: str) -> tuple[list[dic
             if reasons == [f"no {a} {metric} value", f"no {b} {metric} value"]:
                 reasons = [f"no {a} or {b} {metric} value"]
             left_out.append({"task": column, "split": split, "reason": "; ".join(reasons)})
-    for task in sorted(set(rows["task"]) - set(PAPER_COLUMNS)):
+    for task in sorted(set(rows["task"]) - set(columns)):
         reason = ("the paper's MNLI columns are mnli_matched and mnli_mismatched: name the task so"
-                  if task == "mnli" else "not one of the paper's 9 columns")
+                  if task == "mnli" else "neither one of the paper's 9 columns nor a custom task")
         left_out.append({"task": task, "split": split, "reason": reason})
     return used, left_out
 
@@ -99,8 +100,9 @@ def coverage(scores: pd.DataFrame, a: str, b: str, split: str) -> tuple[list[dic
 def row_counts(scores: pd.DataFrame, a: str, b: str) -> dict[str, int]:
     """Every row read, by what the statistics did with it."""
     mine = scores["method"].isin([a, b])
-    column = scores["task"].isin(PAPER_COLUMNS)
-    paper = np.array([t in PAPER_COLUMNS and m == paper_metric(t) for t, m in zip(scores["task"], scores["metric"])],
+    columns = score_columns()
+    column = scores["task"].isin(columns)
+    paper = np.array([t in columns and m == paper_metric(t) for t, m in zip(scores["task"], scores["metric"])],
                      dtype=bool)
     return {"read": len(scores), "compared_methods": int(mine.sum()),
             "paper_metric": int((mine & paper).sum()),
@@ -136,8 +138,8 @@ def _tests(a: list[float], b: list[float]) -> dict:
 def compare(a_vals: dict[str, np.ndarray], b_vals: dict[str, np.ndarray], label: str,
             suffix: str = "") -> dict:
     """One part (dev or test): aligned vectors of seed means and the two tests."""
-    tasks = [c for c in PAPER_COLUMNS if c in a_vals and c in b_vals]
-    dropped = [c for c in PAPER_COLUMNS if (c in a_vals) != (c in b_vals)]
+    tasks = [c for c in score_columns() if c in a_vals and c in b_vals]
+    dropped = [c for c in score_columns() if (c in a_vals) != (c in b_vals)]
     if len(tasks) < 2:
         reason = (f"no {label} scores" if not a_vals and not b_vals
                   else f"only {len(tasks)} {label} column(s) scored for both methods")
@@ -168,7 +170,7 @@ def bootstrap_ci(a_vals: dict[str, np.ndarray], b_vals: dict[str, np.ndarray], r
     """Per column, percentile 95% CIs of each method's seed mean and of (B - A), when seeds > 1."""
     rng = np.random.default_rng(seed)
     out = {}
-    for column in PAPER_COLUMNS:
+    for column in score_columns():
         if column not in a_vals or column not in b_vals:
             continue
         a, b = a_vals[column], b_vals[column]

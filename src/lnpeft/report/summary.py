@@ -18,8 +18,8 @@ import pandas as pd
 
 from lnpeft.artifacts import atomic_path, read_parquet
 from lnpeft.metrics import compute_metrics
-from lnpeft.report.table3 import COLUMN_LABELS, METHOD_LABELS
-from lnpeft.tasks import PAPER_COLUMNS, TaskSpec, column_task
+from lnpeft.report.table3 import METHOD_LABELS, column_label
+from lnpeft.tasks import TaskSpec, column_task, score_columns
 
 BEGIN, END = "<!-- BEGIN summary -->", "<!-- END summary -->"  # markers("summary")
 
@@ -35,7 +35,7 @@ def trivial_baseline(spec: TaskSpec, labels: np.ndarray) -> float:
 def dev_table(scores: pd.DataFrame, data_dir: Path) -> pd.DataFrame:
     """methods (+ `baseline`) x paper columns present: the dev paper metric of each."""
     dev = scores[scores["split"] == "dev"]
-    columns = [c for c in PAPER_COLUMNS if c in set(dev["task"])]
+    columns = [c for c in score_columns() if c in set(dev["task"])]
     methods = list(dict.fromkeys(dev["method"]))
     table = pd.DataFrame(index=[*methods, "baseline"], columns=columns, dtype=float)
     for column in columns:
@@ -54,7 +54,7 @@ def checks(table: pd.DataFrame, method: str = "layernorm", control: str = "rando
     if method in table.index:
         row, base = table.loc[method], table.loc["baseline"]
         beats = [c for c in table.columns if row[c] > base[c]]
-        detail = ", ".join(f"{COLUMN_LABELS[c]} {row[c]:.3f} vs {base[c]:.3f}" for c in table.columns)
+        detail = ", ".join(f"{column_label(c)} {row[c]:.3f} vs {base[c]:.3f}" for c in table.columns)
         lines.append(f"{'yes' if len(beats) == len(table.columns) else 'no'}: {METHOD_LABELS[method]} beats "
                      f"the trivial baseline on {len(beats)} of {len(table.columns)} tasks ({detail})")
         if control in table.index:
@@ -65,7 +65,7 @@ def checks(table: pd.DataFrame, method: str = "layernorm", control: str = "rando
 
 
 def render(table: pd.DataFrame, title: str) -> str:
-    headers = ["", *(COLUMN_LABELS[c] for c in table.columns), "mean"]
+    headers = ["", *(column_label(c) for c in table.columns), "mean"]
     lines = [title, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for method in table.index:
         label = "trivial baseline" if method == "baseline" else METHOD_LABELS.get(method, method)

@@ -40,12 +40,19 @@ from lnpeft.textfile import read_utf8
 from lnpeft.metric_names import resolve_metric
 from lnpeft.metrics import compute_metrics
 from lnpeft.report.submission import best_run
-from lnpeft.tasks import PAPER_COLUMNS, TASKS, column_task, get_task
+from lnpeft.tasks import PAPER_COLUMNS, column_task, get_task, is_task
 
 COLUMN_LABELS = {
     "qnli": "QNLI", "sst2": "SST2", "mnli_matched": "MNLI-m", "mnli_mismatched": "MNLI-mm",
     "cola": "CoLA", "mrpc": "MRPC", "stsb": "STSB", "rte": "RTE", "qqp": "QQP",
 }
+
+
+def column_label(column: str) -> str:
+    """A score column's table header: the paper's spelling, a custom task's own name."""
+    return COLUMN_LABELS.get(column, column)
+
+
 METHOD_LABELS = {"full": "Full", "bitfit": "BitFit", "layernorm": "LayerNorm", "random": "Random"}
 TEST_COLUMN = {"mnli": {"test_matched": "mnli_matched", "test_mismatched": "mnli_mismatched"}}
 
@@ -187,7 +194,7 @@ def wide_table(scores: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
 
 def write_tables(table: pd.DataFrame, prefix: Path, note: str) -> None:
     """csv (raw), markdown and LaTeX, each written atomically."""
-    headers = ["method"] + [COLUMN_LABELS[c] for c in table.columns]
+    headers = ["method"] + [column_label(c) for c in table.columns]
     body = [[METHOD_LABELS.get(m, m)] + list(table.loc[m]) for m in table.index]
     with atomic_path(Path(f"{prefix}.csv")) as tmp:
         with tmp.open("w", newline="") as fh:
@@ -244,8 +251,8 @@ def parse_runs(items: list[str]) -> dict[tuple[str, str], tuple[Path, ...]]:
     for item in items:
         key, sep, path = item.partition("=")
         method, colon, task = key.partition(":")
-        if not sep or not colon or not method or not path or task not in TASKS:
-            raise LnpeftError(f"--runs {item!r}: expected METHOD:TASK=RUN_DIR with a GLUE task")
+        if not sep or not colon or not method or not path or not is_task(task):
+            raise LnpeftError(f"--runs {item!r}: expected METHOD:TASK=RUN_DIR with a GLUE or custom task")
         runs.setdefault((method, task), []).append(Path(path))
     return {k: tuple(v) for k, v in runs.items()}
 

@@ -23,8 +23,8 @@ import pandas as pd
 from lnpeft.artifacts import atomic_path, read_parquet, write_parquet
 from lnpeft.cli import LnpeftError
 from lnpeft.report.intervals import t_halfwidth
-from lnpeft.report.table3 import COLUMN_LABELS, METHOD_LABELS, parse_runs
-from lnpeft.tasks import PAPER_COLUMNS, column_task, get_task
+from lnpeft.report.table3 import METHOD_LABELS, column_label, parse_runs
+from lnpeft.tasks import column_task, get_task, score_columns
 
 SCORE_COLUMNS = ["method", "task", "split", "metric", "value", "lr", "epoch"]
 SEED_COLUMNS = ["method", "task", "split", "metric", "seed", "value", "lr", "epoch"]
@@ -104,7 +104,7 @@ def build_scores(runs: dict[tuple[str, str], tuple[Path, ...]]
 
 def table2(scores: pd.DataFrame, percents: dict[str, float], methods: list[str]) -> pd.DataFrame:
     """Wide Table 2: methods x ("% of full", paper columns present) with the paper metric."""
-    columns = [c for c in PAPER_COLUMNS if c in set(scores["task"])]
+    columns = [c for c in score_columns() if c in set(scores["task"])]
     table = pd.DataFrame(index=methods, columns=["percent_of_full", *columns], dtype=float)
     for method in methods:
         table.loc[method, "percent_of_full"] = percents.get(method, np.nan)
@@ -156,7 +156,7 @@ def write_table2(table: pd.DataFrame, prefix: Path, model: str | None = None,
             writer.writerow(["method", "percent_of_full", *columns, *(f"{c}_ci95" for c in ci_columns)])
             for m in table.index:
                 writer.writerow([m, *(fmt(v) for v in table.loc[m]), *(fmt(ci.loc[m, c]) for c in ci_columns)])
-    headers = ["", "% of full", *(COLUMN_LABELS[c] for c in columns)]
+    headers = ["", "% of full", *(column_label(c) for c in columns)]
     body = [[METHOD_LABELS.get(m, m), _percent(table.loc[m, "percent_of_full"]),
              *(_cell(table.loc[m, c], ci.loc[m, c]) for c in columns)]
             for m in table.index]

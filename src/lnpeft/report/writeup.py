@@ -41,7 +41,7 @@ from lnpeft.cli import LnpeftError
 from lnpeft.estimate import load_config
 from lnpeft.report.figures import best_over_lr, run_scores
 from lnpeft.report.summary import dev_table, embed, markers, render
-from lnpeft.report.table3 import COLUMN_LABELS, METHOD_LABELS
+from lnpeft.report.table3 import METHOD_LABELS, column_label
 from lnpeft.tasks import column_task
 
 FIGURES = {  # results/figures/ file -> caption; each shown in its section
@@ -117,7 +117,7 @@ def peft_claim(dev: pd.DataFrame, percents: pd.Series, learned: list[str]) -> tu
             f"{ratio:.2f} of BitFit's trainable parameters; LayerNorm - random {points(gap_random)} points")
     if learned and len(learned) < len(columns):
         text += (f"; on the {len(learned)} tasks where LayerNorm beats the trivial baseline "
-                 f"({', '.join(COLUMN_LABELS[c] for c in learned)}): {points(_means(dev, 'layernorm', 'bitfit', learned))}"
+                 f"({', '.join(column_label(c) for c in learned)}): {points(_means(dev, 'layernorm', 'bitfit', learned))}"
                  f" and {points(_means(dev, 'layernorm', 'random', learned))}")
     return verdict, text
 
@@ -184,11 +184,11 @@ def stats_lines(kruskal: dict) -> list[str]:
         wil = (f"; paired Wilcoxon W = {w['statistic']:.1f}, p = {w['pvalue']:.3f}" if w.get("pvalue") is not None
                else f"; paired Wilcoxon not computed ({w.get('reason')})")
         lines.append(f"- {part}: Kruskal-Wallis H = {r['statistic']:.3f}, p = {r['pvalue']:.3f} over "
-                     f"{len(r['tasks'])} columns ({', '.join(COLUMN_LABELS.get(t, t) for t in r['tasks'])}){wil}")
+                     f"{len(r['tasks'])} columns ({', '.join(column_label(t) for t in r['tasks'])}){wil}")
     boot = kruskal.get("bootstrap", {}).get("dev") or {}
     a, b = (METHOD_LABELS.get(kruskal[k], kruskal[k]) for k in ("a_method", "b_method"))
     if boot:
-        cells = [f"{COLUMN_LABELS.get(c, c)} [{points(v['diff_ci95'][0])}, {points(v['diff_ci95'][1])}]"
+        cells = [f"{column_label(c)} [{points(v['diff_ci95'][0])}, {points(v['diff_ci95'][1])}]"
                  for c, v in boot.items()]
         lines.append(f"- dev, per task: 95% bootstrap interval of {b} - {a} over seeds, in points "
                      f"({kruskal['bootstrap']['resamples']} resamples): {'; '.join(cells)}")
@@ -299,7 +299,7 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
         "`lnpeft writeup --check` fails if it is out of date.", "",
         "## Setup", "",
         f"- Model: `{model}` ({config['model']['source']} `{config['model']['location']}`); tasks: "
-        f"{', '.join(COLUMN_LABELS[c] for c in dev.columns)}.",
+        f"{', '.join(column_label(c) for c in dev.columns)}.",
         f"- Data: at most {caps['train']} training and {caps['validation']} dev rows per task (seeded "
         f"subsample, seed {config['data']['seed']}); {t['epochs']} epochs, batch {t['batch_size']}, "
         f"{t['max_length']} tokens.",
