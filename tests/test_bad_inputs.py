@@ -38,7 +38,7 @@ CONFIG_CASES = {
         "warmup_ratio, weight_decay (config['training'])"]),
     "unknown top-level key": ({"fraction": [0.5]}, [
         "fraction: unknown key (Additional properties are not allowed ('fraction' was unexpected)); "
-        "allowed keys: custom_tasks, data, drift, fisher, fractions, learning_rates, methods, model, seeds, stats, "
+        "allowed keys: custom_tasks, data, drift, fisher, fractions, learning_rates, methods, model, resources, seeds, stats, "
         "submission, tasks, training (config)"]),
     # a name that is no task at all is check_config's (tests/test_config.py); the schema checks the form
     "task name with capitals": ({"tasks": ["rte", "RTE-2"]}, [

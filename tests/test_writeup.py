@@ -101,10 +101,10 @@ def test_run_time_from_the_snakemake_log(tmp_path):
     bench = tmp_path / "benchmarks" / "finetune" / "m" / "sst2"
     bench.mkdir(parents=True)
     for name, s in (("a", 30.5), ("b", 12.0)):
-        (bench / f"{name}.tsv").write_text(f"s\th:m:s\n{s}\t0:00:30\n")
+        (bench / f"{name}.tsv").write_text(f"s\th:m:s\tcpu_time\n{s}\t0:00:30\t{s - 10}\n")
     text, per_rule = run_time([log], tmp_path / "benchmarks")
     assert text == ("1 h 44 min wall time from the first to the last job (2026-12-01 11:18 to 13:02), 2 jobs "
-                    "on 2 Snakemake cores")
+                    "on 2 Snakemake cores; the jobs' CPU time sums to 0 min 22 s")
     assert per_rule.loc["finetune", "count"] == 2 and per_rule.loc["finetune", "sum"] == pytest.approx(42.5)
     again = tmp_path / "again.snakemake.log"  # a second run: its span adds, a no-op run adds nothing
     again.write_text("[Tue Dec  1 14:00:00 2026]\nFinished job 3.\n[Tue Dec  1 14:01:30 2026]\n")
@@ -112,6 +112,6 @@ def test_run_time_from_the_snakemake_log(tmp_path):
     noop.write_text("Nothing to be done (all requested files are present and up to date).\n")
     text, _ = run_time([log, again, noop], tmp_path / "benchmarks")
     assert text == ("1 h 45 min wall time from the first to the last job in 2 Snakemake runs (2026-12-01 11:18 "
-                    "to 14:01), 3 jobs on 2 Snakemake cores")
+                    "to 14:01), 3 jobs on 2 Snakemake cores; the jobs' CPU time sums to 0 min 22 s")
     with pytest.raises(Exception, match="no job timestamps"):
         run_time([noop], tmp_path / "benchmarks")

@@ -222,9 +222,11 @@ class Cost:
     eval_examples: float = 0.0
     ours_s: float = 0.0
     baseline_s: float = 0.0
+    asked_s: float = 0.0
+    """The SLURM time limits the workflow requests at attempt 1 (lnpeft.runtime)."""
 
     def add(self, other: Cost) -> None:
-        for k in ("runs", "train_examples", "eval_examples", "ours_s", "baseline_s"):
+        for k in ("runs", "train_examples", "eval_examples", "ours_s", "baseline_s", "asked_s"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
 
@@ -248,7 +250,14 @@ def run_cost(config: dict, tp: Throughput, task: str, method: str, epochs: int,
     return Cost(1, train, dev + test, ours, baseline)
 
 
+def _asked(cost: Cost, minutes: int) -> Cost:
+    cost.asked_s = 60.0 * minutes
+    return cost
+
+
 def estimate(config: dict, tp: Throughput) -> dict[str, Cost]:
+    from lnpeft import runtime  # runtime prices requests with run_cost: imported here, not at the top
+
     tasks, seeds = list(config["tasks"]), list(config["seeds"])
     epochs = config["training"]["epochs"]
     stages = {name: Cost() for name in ("table2", "fractions", "drift", "fisher")}
@@ -256,46 +265,54 @@ def estimate(config: dict, tp: Throughput) -> dict[str, Cost]:
         for method in config["methods"]:
             lrs = method_learning_rates(config, method)
             for _ in range(len({fmt_lr(x) for x in lrs}) * len(seeds)):
-                stages["table2"].add(run_cost(config, tp, task, method, epochs))
+                stages["table2"].add(_asked(run_cost(config, tp, task, method, epochs),
+                                            runtime.train_minutes(config, task, method)))
         fr = config.get("fractions", {})
         n = (len(fr.get("schemes", [])) * len({fmt_lr(x) for x in fr.get("values", [])})
              * len({fmt_lr(x) for x in fr.get("learning_rates", [])}) * len(fraction_seeds(config)))
         for _ in range(n):
-            stages["fractions"].add(run_cost(config, tp, task, "fisher", epochs))
+            stages["fractions"].add(_asked(run_cost(config, tp, task, "fisher", epochs),
+                                           runtime.train_minutes(config, task, "fisher")))
         spec = get_task(task)
-        stages["drift"].add(run_cost(config, tp, task, "full", config["drift"]["epochs"],
-                                     dev_splits=list(spec.dev_splits[:1]), with_test=False))
+        stages["drift"].add(_asked(run_cost(config, tp, task, "full", config["drift"]["epochs"],
+                                            dev_splits=list(spec.dev_splits[:1]), with_test=False),
+                                   runtime.drift_minutes(config, task)))
         cap = config.get("fisher", {}).get("max_samples")
         rows = min(_rows(config, task, "train"), cap or math.inf)
-        stages["fisher"].add(Cost(1, 0, rows, rows / tp.fisher_ours, rows / tp.fisher_baseline))
+        stages["fisher"].add(_asked(Cost(1, 0, rows, rows / tp.fisher_ours, rows / tp.fisher_baseline),
+                                    runtime.fisher_minutes(config, task)))
     return stages
 
 
-def report(stages: dict[str, Cost], tp: Throughput) -> dict:
+def report(stages: dict[str, Cost], tp: Throughput, requests: str = "") -> dict:
+    """The stages and their total as JSON-ready numbers; `requests` says how the time limits were set."""
     total = Cost()
     for cost in stages.values():
         total.add(cost)
     rows = {name: {"runs": c.runs, "train_examples": c.train_examples, "eval_examples": c.eval_examples,
-                   "ours_hours": c.ours_s / 3600, "baseline_hours": c.baseline_s / 3600}
+                   "ours_hours": c.ours_s / 3600, "baseline_hours": c.baseline_s / 3600,
+                   "requested_hours": c.asked_s / 3600}
             for name, c in {**stages, "total": total}.items()}
     return {"throughput": {"source": tp.source, "device": tp.device,
                            "ours_tokens_per_s": tp.ours_tokens_per_s,
                            "baseline_examples_per_s": tp.baseline_examples_per_s,
                            "fisher_ours_samples_per_s": tp.fisher_ours,
                            "fisher_baseline_samples_per_s": tp.fisher_baseline},
-            "stages": rows}
+            "requests": requests, "stages": rows}
 
 
 def format_table(result: dict) -> str:
     tp = result["throughput"]
-    lines = [f"device-hours on {tp['device']} (throughput: {tp['source']})",
-             f"{'stage':<10} {'runs':>6} {'train ex (M)':>13} {'ours h':>10} {'baseline h':>11} {'speed-up':>9}"]
+    lines = [f"device-hours on {tp['device']} (throughput: {tp['source']}); requested: the SLURM time "
+             f"limits at attempt 1 ({result['requests']})",
+             f"{'stage':<10} {'runs':>6} {'train ex (M)':>13} {'ours h':>10} {'baseline h':>11} {'speed-up':>9} "
+             f"{'requested h':>12}"]
     for name, r in result["stages"].items():
         speed = r["baseline_hours"] / r["ours_hours"] if r["ours_hours"] else float("nan")
         if name == "total":
             lines.append("-" * len(lines[1]))
         lines.append(f"{name:<10} {r['runs']:>6} {r['train_examples'] / 1e6:>13.2f} {r['ours_hours']:>10.2f} "
-                     f"{r['baseline_hours']:>11.2f} {speed:>8.2f}x")
+                     f"{r['baseline_hours']:>11.2f} {speed:>8.2f}x {r['requested_hours']:>12.1f}")
     return "\n".join(lines)
 
 
@@ -303,7 +320,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configfile", type=Path, action="append", default=[],
                         help="config file (repeat for overlays, later ones win; default: config.yaml)")
     parser.add_argument("--throughput", type=Path,
-                        help="bench/out/train_step.json measured on the target card (default: issue 7's H200)")
+                        help="bench/out/train_step.json measured on the target card (default: the config's "
+                        "resources.throughput, else issue 7's H200)")
     parser.add_argument("--fisher-throughput", type=Path, help="bench/out/fisher.json of the same card")
     parser.add_argument("--shape", help="model shape in the throughput file (bert-large, minilm, tiny)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -311,12 +329,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.configfile or [Path("config.yaml")])
+    from lnpeft import runtime
+
     if args.throughput is not None:
         tp = read_throughput(args.throughput, args.shape, args.fisher_throughput)
     else:
         if args.fisher_throughput is not None or args.shape is not None:
             raise ValueError("--fisher-throughput and --shape need --throughput")
-        tp = default_throughput()
-    result = report(estimate(config, tp), tp)
+        tp = runtime.measured(config) or default_throughput()  # the config's resources.throughput first
+
+    result = report(estimate(config, tp), tp, runtime.describe(config))
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_table(result))
     return 0

@@ -209,4 +209,3 @@ def task_rows(name: str) -> dict[str, int]:
 
     get_task(name)  # unknown names get the registry's message
     return user_tasks.rows(name)
-

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from lnpeft import user_tasks
-from lnpeft.tasks import get_task, task_rows
+from lnpeft import runtime, user_tasks
+from lnpeft.tasks import get_task
 from lnpeft.workflow_config import (
     CUSTOM_TASKS_DIR,
     check_config,
@@ -312,45 +312,25 @@ def glue_results_file():
 
 # ---------------------------------------------------------------- resources
 # Generic needs only (minutes, MB, GPUs); partitions, accounts and GRES live in profiles/.
-# Runtime scales with the task's size and grows with each retry (`attempt`), so a job killed at
-# its time limit comes back with more time (and resumes from its last epoch checkpoint).
-# Throughputs are for BERT-large-cased, length 128, on an A100-class GPU, rounded down.
-import math
-
-TRAIN_PER_S = 150  # training examples per second (forward and backward)
-EVAL_PER_S = 600  # evaluation examples per second (forward only)
-
-
-def _rows(task, split="train"):
-    """Rows of a task's split after the configured subsample (official GLUE sizes)."""
-    rows = task_rows(task)[split]
-    key = "train" if split == "train" else ("test" if split.startswith("test") else "validation")
-    cap = config["data"].get("subsample", {}).get(key)
-    return min(rows, cap) if cap else rows
-
-
-def _epoch_seconds(task):
-    """One epoch: train once, then predict every dev and test split (best epoch kept)."""
-    evals = sum(_rows(task, s) for s in task_rows(task) if s != "train")
-    return _rows(task) / TRAIN_PER_S + evals / EVAL_PER_S
+# Time limits come from src/lnpeft/runtime.py: measured throughput with a margin when
+# resources.throughput names a bench JSON, else a conservative fixed rate. They grow with each retry
+# (`attempt`), so a job killed at its limit comes back with more time (and resumes from its last
+# epoch checkpoint).
 
 
 def train_runtime(wildcards, attempt):
-    """Minutes for one fine-tuning run (15 min of start-up and margin)."""
-    epochs = config["training"]["epochs"]
-    return int((15 + epochs * _epoch_seconds(wildcards.task) / 60) * attempt)
+    """Minutes for one fine-tuning run (a Fisher-subset run has no method wildcard: `fisher`)."""
+    return runtime.train_minutes(config, wildcards.task, getattr(wildcards, "method", "fisher"), attempt)
 
 
 def drift_runtime(wildcards, attempt):
     """Minutes for the full fine-tune behind Figure 1."""
-    epochs = config["drift"]["epochs"]
-    return int((15 + epochs * _epoch_seconds(wildcards.task) / 60) * attempt)
+    return runtime.drift_minutes(config, wildcards.task, attempt)
 
 
 def fisher_runtime(wildcards, attempt):
-    """Minutes for one pass of per-sample gradients (~100 examples/s)."""
-    rows = min(_rows(wildcards.task), config["fisher"].get("max_samples") or math.inf)
-    return int((10 + rows / 100 / 60) * attempt)
+    """Minutes for one pass of per-sample gradients."""
+    return runtime.fisher_minutes(config, wildcards.task, attempt)
 
 
 def gpu_mem_mb(wildcards, attempt):
