@@ -311,3 +311,12 @@ def test_hub_dataset_folder_gives_the_builtin_rows(tmp_path, monkeypatch):
         pd.testing.assert_frame_equal(ours[split], builtin[split])
     assert manifest["source"]["kind"] == "hub" and manifest["source"]["splits"]["validation"] == "validation"
     assert user_tasks.rows("hubreviews")["train"] == user_tasks.ASSUMED_HUB_ROWS  # not read at workflow start
+
+
+def test_parquet_with_a_repeated_column_is_named(tmp_path):
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"]), pa.array([0])], names=["t", "t", "y"])
+    pq.write_table(table, tmp_path / "train.parquet")
+    definition = {"train": str(tmp_path / "train.parquet"), "dev": str(tmp_path / "train.parquet"), "text": "t",
+                  "label": "y", "label_names": ["n", "y"]}
+    with pytest.raises(ConfigError, match=r"train\.parquet: column 't' appears 2 times; keep one"):
+        define_custom_tasks({"custom_tasks": {"dup": definition}})

@@ -26,7 +26,7 @@ from lnpeft.conform import ArtifactError, conform
 from lnpeft.errors import DiskFullError, disk_full_code
 
 __all__ = ["SCHEMAS", "EPOCH_COLUMNS", "ArtifactError", "atomic_dir", "atomic_path", "naming_full_disk",
-           "read_parquet", "to_table", "write_json", "write_parquet"]
+           "read_parquet", "read_user_table", "to_table", "write_json", "write_parquet"]
 
 SCHEMAS: dict[str, pa.Schema] = {
     # results/data/{task}/{split}.parquet; label null on test splits, int64 (classification)
@@ -270,6 +270,21 @@ def read_parquet(path: Path | str, artifact: str, columns: Sequence[str] | None 
     if artifact == "data" and "label" in df and pa.types.is_integer(table.schema.field("label").type):
         df["label"] = df["label"].astype("Int64")
     return df
+
+
+def read_user_table(path: Path | str) -> pa.Table:
+    """A user's own parquet file (a custom task's rows, not an lnpeft artifact): the whole table in
+    whatever Arrow types it holds; an unreadable file or a column named twice is an error naming it."""
+    path = Path(path)
+    try:
+        with pq.ParquetFile(path) as parquet:  # as read_parquet: a repeated column is named below
+            table = parquet.read()
+    except (pa.ArrowException, OSError) as err:
+        raise ArtifactError(f"{path}: not a readable parquet file ({err})") from err
+    twice = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
+    if twice:
+        raise ArtifactError(f"{path}: column {twice[0]!r} appears {table.column_names.count(twice[0])} times; keep one")
+    return table
 
 
 def _decoded(schema: pa.Schema) -> pa.Schema:

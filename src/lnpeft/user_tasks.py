@@ -278,12 +278,12 @@ def read_rows(path: Path | str) -> tuple[list[str], Iterator[tuple[str, dict]]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if fmt == "parquet":
-        import pyarrow.parquet as pq
+        from lnpeft.artifacts import ArtifactError, read_user_table
 
         try:
-            return _arrow(pq.read_table(path), str(path))
-        except Exception as err:  # noqa: BLE001 - pyarrow's many error types: one message
-            raise UserTaskError(f"{path}: not a readable parquet file ({type(err).__name__}: {err})") from None
+            return _arrow(read_user_table(path), str(path))
+        except ArtifactError as err:
+            raise UserTaskError(str(err)) from None
     if fmt in ("csv", "tsv"):
         return _delimited(path, "," if fmt == "csv" else "\t")
     return _json(path) if fmt == "json" else _json_lines(path, _text(path))
