@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -115,3 +118,22 @@ def test_run_time_from_the_snakemake_log(tmp_path):
                     "to 14:01), 3 jobs on 2 Snakemake cores; the jobs' CPU time sums to 0 min 22 s")
     with pytest.raises(Exception, match="no job timestamps"):
         run_time([noop], tmp_path / "benchmarks")
+
+
+def test_readme_reproduction_block_is_filled_from_the_committed_write_up():
+    """README's block names the four claims' verdicts and links the write-up, which is committed with
+    its figures (both written by `make reproduction-doc` from one run's results)."""
+    from lnpeft.report.summary import markers
+
+    repo = Path(__file__).resolve().parents[1]
+    begin, end = markers("reproduction")
+    block = (repo / "README.md").read_text().split(begin, 1)[1].split(end, 1)[0]
+    verdicts = re.findall(r"^- \(([a-d])\) .*: \*\*(holds|partly holds|does not hold)\*\*$", block, re.M)
+    assert [v[0] for v in verdicts] == ["a", "b", "c", "d"]
+    link = re.search(r"\]\((docs/reproduction-minilm\.md)\)", block)
+    doc = repo / link.group(1)
+    text = doc.read_text()
+    for claim, verdict in verdicts:
+        assert re.search(rf"^\| \({claim}\) .* \| \*\*{verdict}\*\* \|", text, re.M)
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text):
+        assert (doc.parent / image).is_file(), image

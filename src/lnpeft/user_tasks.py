@@ -120,9 +120,9 @@ def parse(name: str, definition: object, where: str | None = None) -> tuple[Task
         if regression != (value in ("pearson", "spearman")):
             kind = "a regression" if regression else "a classification"
             raise UserTaskError(f"{where}.{key}: {value} does not score {kind} task")
-    if metric == "f1" and len(names) != 2:
-        raise UserTaskError(f"{where}.metric: f1 is the binary F1 of label id 1; {len(names)} labels need "
-                            "accuracy or matthews")
+        if value == "f1" and len(names) != 2:
+            raise UserTaskError(f"{where}.{key}: f1 is the binary F1 of label id 1; {len(names)} labels need "
+                                "accuracy or matthews")
     splits = {SPLIT_KEYS[k]: str(definition[k]) for k in SPLIT_KEYS if definition.get(k)}
     spec = TaskSpec(
         name, glue_dir="", text_columns=text, label_names=tuple(names or ()), metric=metric,
