@@ -201,11 +201,12 @@ def read_throughput(path: Path, shape: str | None = None, fisher_path: Path | No
 # ---------------------------------------------------------------- the projection
 
 
-def _rows(config: dict, task: str, split: str) -> int:
-    rows = task_rows(task)[split]
+def rows(config: dict, task: str, split: str = "train") -> int:
+    """Rows of a task's split after the configured subsample (official GLUE sizes, or counted)."""
+    n = task_rows(task)[split]
     key = "train" if split == "train" else ("test" if split.startswith("test") else "validation")
     cap = (config.get("data", {}).get("subsample") or {}).get(key)
-    return min(rows, cap) if cap else rows
+    return min(n, cap) if cap else n
 
 
 def _test_splits(config: dict, task: str) -> list[tuple[str, str]]:
@@ -236,11 +237,11 @@ def run_cost(config: dict, tp: Throughput, task: str, method: str, epochs: int,
     spec = get_task(task)
     max_len = config["training"]["max_length"]
     width = min(TOKENS.get(task, max_len), max_len)  # a custom task: padded to max_length
-    train = _rows(config, task, spec.train_split) * epochs
-    dev = sum(_rows(config, task, s) for s in (spec.dev_splits if dev_splits is None else dev_splits)) * epochs
-    test_tokens = sum(_rows(config, t, s) * min(TOKENS.get(t, max_len), max_len) for t, s in _test_splits(config, task)) \
+    train = rows(config, task, spec.train_split) * epochs
+    dev = sum(rows(config, task, s) for s in (spec.dev_splits if dev_splits is None else dev_splits)) * epochs
+    test_tokens = sum(rows(config, t, s) * min(TOKENS.get(t, max_len), max_len) for t, s in _test_splits(config, task)) \
         if with_test else 0.0
-    test = sum(_rows(config, t, s) for t, s in _test_splits(config, task)) if with_test else 0
+    test = sum(rows(config, t, s) for t, s in _test_splits(config, task)) if with_test else 0
     # the eager baseline is launch-bound: shorter max_length does not make it faster
     slow = min(1.0, 128 / max_len)
     ours = (train * width / tp.ours(method)
@@ -278,8 +279,8 @@ def estimate(config: dict, tp: Throughput) -> dict[str, Cost]:
                                             dev_splits=list(spec.dev_splits[:1]), with_test=False),
                                    runtime.drift_minutes(config, task)))
         cap = config.get("fisher", {}).get("max_samples")
-        rows = min(_rows(config, task, "train"), cap or math.inf)
-        stages["fisher"].add(_asked(Cost(1, 0, rows, rows / tp.fisher_ours, rows / tp.fisher_baseline),
+        n = min(rows(config, task, "train"), cap or math.inf)
+        stages["fisher"].add(_asked(Cost(1, 0, n, n / tp.fisher_ours, n / tp.fisher_baseline),
                                     runtime.fisher_minutes(config, task)))
     return stages
 

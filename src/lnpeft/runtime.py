@@ -15,7 +15,7 @@ import math
 from functools import lru_cache
 from pathlib import Path
 
-from lnpeft.estimate import Throughput, read_throughput, run_cost
+from lnpeft.estimate import Throughput, read_throughput, rows, run_cost
 from lnpeft.tasks import get_task, task_rows
 
 TRAIN_PER_S = 150
@@ -24,14 +24,6 @@ EVAL_PER_S = 600
 """Conservative evaluation examples per second (forward only)."""
 FISHER_PER_S = 100
 """Conservative per-sample-gradient examples per second."""
-
-
-def rows(config: dict, task: str, split: str = "train") -> int:
-    """Rows of a task's split after the configured subsample (official GLUE sizes, or counted)."""
-    n = task_rows(task)[split]
-    key = "train" if split == "train" else ("test" if split.startswith("test") else "validation")
-    cap = (config["data"].get("subsample") or {}).get(key)
-    return min(n, cap) if cap else n
 
 
 def _epoch_seconds(config: dict, task: str) -> float:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lnpeft.messages import quote
-from lnpeft.tasks import TASKS, TaskSpec, register
+from lnpeft.tasks import TASKS, TaskSpec, get_task, register
 
 ENV = "LNPEFT_TASKS"
 SPLIT_KEYS = {"train": "train", "dev": "validation", "test": "test"}
@@ -402,7 +402,7 @@ def read_split(spec: TaskSpec, src: TaskSource, split: str) -> Split:
 def check_readable(name: str) -> dict[str, int] | None:
     """Read every split of a local custom task now (the workflow does, before any job runs);
     returns the rows per split (None for a hub dataset, which is read by its data job only)."""
-    spec, src = _spec(name), source(name)
+    spec, src = get_task(name), source(name)
     if src.hub:
         return None
     return {split: len(read_split(spec, src, split).idx) for split in spec.splits}
@@ -417,11 +417,5 @@ def rows(name: str) -> dict[str, int]:
     """Rows per split of a custom task (read once; ASSUMED_HUB_ROWS for a hub dataset)."""
     if name not in _ROWS:
         counted = check_readable(name)
-        _ROWS[name] = counted or {split: ASSUMED_HUB_ROWS for split in _spec(name).splits}
+        _ROWS[name] = counted or {split: ASSUMED_HUB_ROWS for split in get_task(name).splits}
     return _ROWS[name]
-
-
-def _spec(name: str) -> TaskSpec:
-    from lnpeft.tasks import get_task
-
-    return get_task(name)
