@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from lnpeft.batching import Encoded, bucket_width, collate, length_grouped_batches  # noqa: E402
-from lnpeft.finetune import make_optimizer, prepare_trainable  # noqa: E402
+from lnpeft.packing import in_place  # noqa: E402
+from lnpeft.run_state import make_optimizer  # noqa: E402
 from lnpeft.methods import MethodOptions, select  # noqa: E402
 
 METHODS = ("full", "bitfit", "layernorm", "random", "fisher")
@@ -77,9 +78,9 @@ class Stepper:
         options = MethodOptions(seed=0, fraction=fraction if method == "fisher" else None,
                                 mask=mask_path if method == "fisher" else None)
         self.trainable_set = select(model, method, options)
-        self.partial = prepare_trainable(model, self.trainable_set)
-        self.optimizer = make_optimizer(model, self.trainable_set, self.partial, lr, weight_decay, device)
-        self.opt_params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.params = in_place(model, self.trainable_set)
+        self.optimizer = make_optimizer(self.params.parameters(), lr, weight_decay, device)
+        self.opt_params = self.params.parameters()
         self.model = model
         self.fwd = torch.compile(model, dynamic=True) if compile_ else model
         self.compiled = compile_
@@ -95,7 +96,7 @@ class Stepper:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.opt_params, 1.0)
         self.optimizer.step()
-        self.partial.sync_()
+        self.params.sync()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 

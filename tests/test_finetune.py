@@ -306,8 +306,8 @@ def test_full_disk_mid_save_keeps_the_previous_file(tmp_path, full_disk, monkeyp
 
     path = tmp_path / "run" / kind
     state = {"w": torch.arange(2000, dtype=torch.float32)}
-    save = (lambda s: ft._save_resume({"params": s, "epoch": 1}, path)) if kind == "resume.pt" else \
-        (lambda s: ft._save_safetensors(s, path))
+    save = (lambda s: ft.save_resume({"params": s, "epoch": 1}, path)) if kind == "resume.pt" else \
+        (lambda s: ft.save_safetensors(s, path))
     save(state)
     before = path.read_bytes()
     if kind == "resume.pt":

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
-from lnpeft.finetune import make_optimizer, prepare_trainable
+from lnpeft.packing import in_place
+from lnpeft.run_state import make_optimizer
 from lnpeft.methods import MethodOptions, TrainableSet, select
 from lnpeft.partial_tensors import PartialTensors
 
@@ -78,16 +79,16 @@ class Engine:
 
     def __init__(self, model: nn.Module, trainable: TrainableSet, lr: float, weight_decay: float) -> None:
         self.model = model
-        self.partial = prepare_trainable(model, trainable)
-        self.optimizer = make_optimizer(model, trainable, self.partial, lr, weight_decay, CPU)
-        self.opt_params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.params = in_place(model, trainable)
+        self.optimizer = make_optimizer(self.params.parameters(), lr, weight_decay, CPU)
+        self.opt_params = self.params.parameters()
 
     def step(self, batch: dict) -> float:
         loss = _loss(self.model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.opt_params, 1.0)
         self.optimizer.step()
-        self.partial.sync_()
+        self.params.sync()
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
@@ -123,7 +124,7 @@ def test_entry_gradients_equal_masked_gradients(kind):
     _loss(engine.model, batch).backward()
     scale = max(float(oracle.params[n].grad.abs().max()) for n in trainable.partial)
     assert scale > 0
-    for name, values in engine.partial.values.items():
+    for name, values in engine.params.values.items():
         dense = oracle.params[name].grad.reshape(-1)
         torch.testing.assert_close(values.grad, dense[trainable.partial[name]], rtol=1e-4, atol=1e-6 * scale)
         assert int((dense != 0).sum()) <= len(trainable.partial[name])  # the oracle really is masked
@@ -151,7 +152,7 @@ def test_entry_steps_equal_masked_steps(kind, weight_decay):
         reference = oracle.params[name].detach().reshape(-1)
         mine = engine_params[name].detach().reshape(-1)
         torch.testing.assert_close(mine[idx], reference[idx], rtol=0, atol=1e-3)
-        assert torch.equal(mine[idx], engine.partial.values[name].detach())
+        assert torch.equal(mine[idx], engine.params.values[name].detach())
         moved += int((mine[idx] - original[name].reshape(-1)[idx]).abs().gt(1e-3).sum())
         untrained = torch.ones(reference.numel(), dtype=torch.bool)
         untrained[idx] = False
@@ -224,7 +225,7 @@ def test_compiled_steps_equal_eager_steps_without_graph_breaks():
         if compiled:
             engine.model = torch.compile(engine.model, dynamic=True, fullgraph=True)
         losses = [engine.step(b) for b in _batches(3)]
-        results.append((losses, {n: v.detach().clone() for n, v in engine.partial.values.items()}))
+        results.append((losses, {n: v.detach().clone() for n, v in engine.params.values.items()}))
     (eager_losses, eager_values), (comp_losses, comp_values) = results
     assert comp_losses == pytest.approx(eager_losses, rel=1e-5)
     for name, value in eager_values.items():

