@@ -19,7 +19,7 @@ venv: $(STAMP)
 # The paper's DAG at demo scale (MiniLM, local GLUE copy, CPU, offline), then its headline: Table 2
 # beside each task's trivial baseline. The demo's runs are a minute long: one thread each and
 # jobs side by side beat one job on every core.
-DEMO_THREADS := finetune=1 finetune_fisher_subset=1 finetune_for_drift=1 compute_fisher=1
+DEMO_THREADS := finetune=1 finetune_fisher_subset=1 train_pack=1 finetune_for_drift=1 compute_fisher=1
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/snakemake all --profile profiles/local \
 		--configfile configs/demo.yaml --set-threads $(DEMO_THREADS)

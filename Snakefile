@@ -8,6 +8,7 @@
 #   fisher/{model}/{task}.parquet          Eq. 2 per LayerNorm entry (+ .components.parquet)
 #   masks/{model}/{scheme}/{task}.parquet  Fisher ranks for individual / global / cv subsets
 #   runs/{model}/{task}/{method}/lr{lr}_seed{seed}/   one fine-tuning run (epochs.parquet, ...)
+#   packs/{model}/{task}/lr{lr}_seed{seed}/  packed runs' training folders and each pack's status
 #   tables/, figures/, stats/, submission/ the paper's Tables 1-3, Figures 1-5 (+ learning curves),
 #                                          statistics, GLUE zip
 #   logs/, benchmarks/                     one log and one benchmark per job

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared device check (issue 13): on a lent GPU machine, within about 8 minutes, the
-# gpu-marked tests (the CUDA training recipe against fp32 on CPU) and the training-step and
-# Fisher benchmarks at the BERT-large shape on real GLUE lengths, then `lnpeft estimate` and the
+# gpu-marked tests (the CUDA training recipe, alone and packed, against fp32 on CPU) and the
+# training-step (every method, and a pack of 6 against its runs one by one) and Fisher benchmarks
+# at the BERT-large shape on real GLUE lengths, then `lnpeft estimate` and the
 # paper run's time requests from those numbers. Everything lands in $OUT (JSON and logs).
 #   here:     bash bench/gpu_prepare.sh            (writes .device/: GLUE samples, tokenizer)
 #   device:   run(command="bash bench/gpu_check.sh", carry=[".device"], timeout_s=540)
@@ -18,7 +19,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 [ -d .device/glue ] && export LNPEFT_GLUE_DIR=${LNPEFT_GLUE_DIR:-$PWD/.device/glue}
 [ -d .device/tokenizer ] && export LNPEFT_TOKENIZER=${LNPEFT_TOKENIZER:-$PWD/.device/tokenizer}
 if [ -n "${GPU_CHECK_QUICK:-}" ]; then SIZE=(--quick); FSIZE=(--quick); else
-  SIZE=(--shapes bert-large --methods full,layernorm,bitfit,random --baseline-methods full,layernorm); FSIZE=(--shape bert-large); fi
+  SIZE=(--shapes bert-large --methods full,layernorm,bitfit,random,fisher --baseline-methods full,layernorm --pack 6)
+  FSIZE=(--shape bert-large); fi
 : > "$OUT/status.txt"
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record the status
@@ -37,9 +39,9 @@ print(json.dumps({"python": platform.python_version(), "torch": torch.__version_
                   "cuda": torch.version.cuda, "gpu": smi.stdout.strip() if smi else None}, indent=2))
 PY
 if [ "$DEVICE" = cuda ]; then
-  step gpu_tests 180 $PY -m pytest -m gpu -q -p no:cacheprovider -o addopts="" tests/test_gpu.py
+  step gpu_tests 150 $PY -m pytest -m gpu -q -p no:cacheprovider -o addopts="" tests/test_gpu.py
 fi
-step train_step 240 $PY bench/train_step.py "${SIZE[@]}" --device "$DEVICE" --out "$OUT/train_step.json"
+step train_step 270 $PY bench/train_step.py "${SIZE[@]}" --device "$DEVICE" --out "$OUT/train_step.json"
 step fisher 90 $PY bench/fisher.py "${FSIZE[@]}" --device "$DEVICE" --out "$OUT/fisher.json"
 if [ -s "$OUT/train_step.json" ] && [ -s "$OUT/fisher.json" ]; then
   # the paper run priced, and its SLURM time limits asked, from the numbers just measured

@@ -5,8 +5,8 @@
   python bench/run_all.py --large --full              # + BERT-large on CPU, + the demo workflow
 
 --quick runs the training-step and Fisher benchmarks at the tiny shape, then `lnpeft estimate`
-from the measured throughput; the workflow benchmark runs only with --workflow (the tiny
-scenario) or --full (the demo), since it takes minutes.
+from the measured throughput; the workflow and packing benchmarks run only with --workflow (the
+tiny scenario, 3 packed runs) or --full (the demo, 6 packed runs), since they take minutes.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     import fisher
+    import packing
     import train_step
     import workflow
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     fisher.main(common_flags + (["--large"] if args.large else []) + ["--out", str(args.out / "fisher.json")])
     if args.workflow or args.full:
         workflow.main((["--full"] if args.full else []) + ["--out", str(args.out / "workflow.json")])
+        packing.main(([] if args.full else ["--quick"]) + ["--out", str(args.out / "packing.json")])
 
     # the grid projection from what was just measured (lnpeft estimate, as a user would run it)
     shapes = json.loads((args.out / "train_step.json").read_text())["shapes"]

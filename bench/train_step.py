@@ -21,6 +21,7 @@ methods alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import sys
@@ -35,12 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from lnpeft.batching import Encoded, bucket_width, collate, length_grouped_batches  # noqa: E402
-from lnpeft.packing import in_place  # noqa: E402
-from lnpeft.run_state import make_optimizer  # noqa: E402
 from lnpeft.methods import MethodOptions, select  # noqa: E402
+from lnpeft.packing import in_place, pack, replicate, shared_dropout  # noqa: E402
+from lnpeft.run_state import make_optimizer  # noqa: E402
 
 METHODS = ("full", "bitfit", "layernorm", "random", "fisher")
 TASKS = ("sst2", "rte")
+PACK = (("layernorm", None), ("bitfit", None), ("random", None), ("fisher", 0.1), ("fisher", 0.3), ("fisher", 0.5))
+"""The members of the packed step (`--pack G` takes the first G, cycling): the issue's mixed pack."""
 
 
 def write_fisher_mask(model, path: Path, seed: int = 0) -> Path:
@@ -67,38 +70,44 @@ def write_fisher_mask(model, path: Path, seed: int = 0) -> Path:
 
 
 class Stepper:
-    """One method's training step on a model copy, as lnpeft.finetune runs it (same trainable
-    selection, partly trained tensors' entries, optimizer and clipping; minus the lr schedule, which costs
-    nothing)."""
+    """One training step of a method, or of a pack of runs (method "pack", `pack` members of PACK),
+    on a model copy, as lnpeft.finetune runs it (same trainable selection, partly trained tensors'
+    entries, packed tensors, one optimizer and clipping norm per run; minus the lr schedule, which
+    costs nothing)."""
 
     def __init__(self, base_model, method: str, device: torch.device, compile_: bool,
                  mask_path: Path | None, fraction: float = 0.1, lr: float = 1e-4,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, pack_size: int = 1) -> None:
         model = copy.deepcopy(base_model).to(device).train()
-        options = MethodOptions(seed=0, fraction=fraction if method == "fisher" else None,
-                                mask=mask_path if method == "fisher" else None)
-        self.trainable_set = select(model, method, options)
-        self.params = in_place(model, self.trainable_set)
-        self.optimizer = make_optimizer(self.params.parameters(), lr, weight_decay, device)
-        self.opt_params = self.params.parameters()
+        members = ([PACK[i % len(PACK)] for i in range(pack_size)] if method == "pack"
+                   else [(method, fraction if method == "fisher" else None)])
+        sets = [select(model, m, MethodOptions(seed=0, fraction=f, mask=mask_path if m == "fisher" else None))
+                for m, f in members]
+        self.params = [in_place(model, sets[0])] if len(sets) == 1 else pack(model, sets)
+        self.optimizers = [make_optimizer(p.parameters(), lr, weight_decay, device) for p in self.params]
         self.model = model
         self.fwd = torch.compile(model, dynamic=True) if compile_ else model
         self.compiled = compile_
         self.device = device
         self.amp = device.type == "cuda"
+        # as lnpeft.finetune's default: each member its separate run's dropout masks on CPU
+        self.dropout = (lambda: shared_dropout(len(sets))) if device.type == "cpu" else contextlib.nullcontext
 
     def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        copies = len(self.params)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in replicate(batch, copies).items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp), self.dropout():
             logits = self.fwd(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                               token_type_ids=batch["token_type_ids"]).logits
-        loss = F.cross_entropy(logits.float(), batch["labels"].long())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.opt_params, 1.0)
-        self.optimizer.step()
-        self.params.sync()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        logits = logits.reshape(copies, len(batch["labels"]), -1)
+        losses = torch.stack([F.cross_entropy(logits[g].float(), batch["labels"].long()) for g in range(copies)])
+        losses.sum().backward()
+        for params, optimizer in zip(self.params, self.optimizers):
+            torch.nn.utils.clip_grad_norm_(params.parameters(), 1.0)
+            optimizer.step()
+            params.sync()
+            optimizer.zero_grad(set_to_none=True)
+        return losses.detach()
 
 
 def padding_stats(data: Encoded, batch_size: int, max_length: int) -> dict:
@@ -143,12 +152,17 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
     with tempfile.TemporaryDirectory() as tmp:
         mask_path = write_fisher_mask(base, Path(tmp) / "mask.parquet")
         trainable = {m: base_trainable(base, m, mask_path) for m in {*args.methods, *args.baseline_methods}}
+        trainable["pack"] = sum(base_trainable(base, m, mask_path, f or 0.1) for m, f in pack_members(args.pack))
         for task, data in tasks.items():
             batches = make_batches(data, args.batch_size, args.steps, args.max_length)
             runs = [(m, mode) for mode in batches
                     for m in (args.methods if mode == "grouped" else args.baseline_methods)]
-            peaks = {run: peak_memory(base, run, batches, device, compile_, mask_path) for run in runs}
-            steppers = {(m, mode): Stepper(base, m, device, compile_ and mode == "grouped", mask_path)
+            if args.pack > 1:  # the same grouped batches, each repeated for every member
+                batches["packed"] = batches["grouped"]
+                runs.append(("pack", "packed"))
+            peaks = {run: peak_memory(base, run, batches, device, compile_, mask_path, args.pack) for run in runs}
+            steppers = {(m, mode): Stepper(base, m, device, compile_ and mode != "padded128", mask_path,
+                                           pack_size=args.pack)
                         for m, mode in runs}
             for (m, mode), stepper in steppers.items():
                 # CUDA: the warm-up visits every timed batch once, so each shape's compilation
@@ -170,7 +184,9 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
                 bl = batches[mode]
                 real = sum(int(b["attention_mask"].sum()) for b in bl)
                 padded = sum(b["input_ids"].numel() for b in bl)
-                n_ex = sum(len(b["labels"]) for b in bl)
+                copies = args.pack if mode == "packed" else 1
+                real, padded = real * copies, padded * copies
+                n_ex = sum(len(b["labels"]) for b in bl) * copies
                 step = float(t.mean())  # the mean over the same batches: the time per step of an epoch
                 records.append({
                     "shape": shape, "task": task, "method": method, "mode": mode,
@@ -181,7 +197,8 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
                     "padded_tokens_per_s": padded / len(bl) / step,
                     "padding_fraction": 1 - real / padded, "mean_width": padded / n_ex,
                     "peak_mem_mb": peaks[(method, mode)], "trainable": trainable[method],
-                    "compiled": bool(compile_ and mode == "grouped"),
+                    "compiled": bool(compile_ and mode != "padded128"),
+                    **(pack_record(times, args.pack) if mode == "packed" else {}),
                 })
             ratio = lambda a, b: float(np.median(times[a] / times[b]))  # noqa: E731
             r = {}
@@ -195,8 +212,28 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
                 if (m, "grouped") in times and (m, "padded128") in times:
                     # same examples, so examples/s speed-up = step-time ratio
                     r[f"{m}_grouped_speedup"] = ratio((m, "padded128"), (m, "grouped"))
+            packed = [x for x in records if x["mode"] == "packed" and (x["shape"], x["task"]) == (shape, task)]
+            if packed and "speedup" in packed[0]:
+                r["pack_speedup"] = packed[0]["speedup"]
             ratios[f"{shape}/{task}"] = r
     return records, ratios
+
+
+def pack_members(size: int) -> list[tuple[str, float | None]]:
+    return [PACK[i % len(PACK)] for i in range(size)]
+
+
+def pack_record(times: dict, size: int) -> dict:
+    """The packed step against its members stepped one by one: per batch, the sum of the members'
+    separate step times (a Fisher subset timed at f = 0.1: a step's time does not depend on f) over
+    the pack's step time; the median over batches."""
+    members = [m for m, _ in pack_members(size)]
+    out = {"pack_size": size, "members": [f"{m}" + (f"-f{f:g}" if f else "") for m, f in pack_members(size)]}
+    if all((m, "grouped") in times for m in members):
+        separate = sum(times[(m, "grouped")] for m in members)
+        out |= {"separate_step_s": float(separate.mean()),
+                "speedup": float(np.median(separate / times[("pack", "packed")]))}
+    return out
 
 
 def base_trainable(base, method: str, mask_path: Path, fraction: float = 0.1) -> int:
@@ -206,12 +243,12 @@ def base_trainable(base, method: str, mask_path: Path, fraction: float = 0.1) ->
 
 
 def peak_memory(base, run: tuple[str, str], batches: dict, device: torch.device, compile_: bool,
-                mask_path: Path) -> float:
+                mask_path: Path, pack_size: int = 1) -> float:
     """Peak memory (MiB) of one step on the widest batch with this method's model alone (CUDA);
     on CPU the process's peak RSS so far (it cannot be reset)."""
     method, mode = run
     common.reset_peak(device)
-    stepper = Stepper(base, method, device, compile_ and mode == "grouped", mask_path)
+    stepper = Stepper(base, method, device, compile_ and mode != "padded128", mask_path, pack_size=pack_size)
     widest = max(batches[mode], key=lambda b: b["input_ids"].numel())
     stepper.step(widest)
     stepper.step(widest)  # AdamW's state exists from the first step on
@@ -258,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, help="interleaved rounds (default 2; 1 quick)")
     ap.add_argument("--rows", type=int, default=20000, help="rows sampled per task (padding stats, batches)")
     ap.add_argument("--compile", choices=("auto", "true", "false"), default="auto")
+    ap.add_argument("--pack", type=int, default=6,
+                    help="also a packed step of this many mixed runs (PACK), against its members one by one; 1: none")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -50,7 +51,19 @@ def test_train_step_json(quick_out):
     recs = data["results"]
     # every (task, method, mode) measured once
     keys = {(r["task"], r["method"], r["mode"]) for r in recs}
-    assert len(keys) == len(recs) == 2 * 5 * 2   # tasks x methods x modes
+    assert len(keys) == len(recs) == 2 * 5 * 2 + 2   # tasks x methods x modes, + a pack per task
+    for packed in (r for r in recs if r["mode"] == "packed"):
+        # 6 mixed runs in one step against the same 6 stepped one by one on the same batches
+        assert packed["method"] == "pack" and packed["pack_size"] == 6 and len(packed["members"]) == 6
+        grouped = {r["method"]: r for r in recs if r["task"] == packed["task"] and r["mode"] == "grouped"}
+        assert packed["examples_per_s"] > 0 and packed["speedup"] > 0
+        assert packed["separate_step_s"] == pytest.approx(sum(
+            grouped[m.split("-")[0]]["step_s"] for m in packed["members"]), rel=1e-9)
+        n = 2 * 2 * 32  # tiny: the output LayerNorm entries
+        head = grouped["layernorm"]["trainable"] - n
+        assert grouped["fisher"]["trainable"] == head + math.ceil(0.1 * n)
+        assert packed["trainable"] == sum(grouped[m]["trainable"] for m in ("layernorm", "bitfit", "random")) \
+            + sum(head + math.ceil(f * n) for f in (0.1, 0.3, 0.5))
     for r in recs:
         assert r["examples_per_s"] > 0 and r["tokens_per_s"] > 0 and r["step_s"] > 0
         assert 0 <= r["padding_fraction"] < 1 and r["peak_mem_mb"] > 0
@@ -64,7 +77,7 @@ def test_train_step_json(quick_out):
         p = next(r for r in recs if r["task"] == task and r["mode"] == "padded128" and r["method"] == "full")
         assert g["padding_fraction"] < p["padding_fraction"]
         assert g["tokens_per_s"] / g["examples_per_s"] == pytest.approx(p["tokens_per_s"] / p["examples_per_s"])
-    trainable = {r["method"]: r["trainable"] for r in recs}
+    trainable = {r["method"]: r["trainable"] for r in recs if r["mode"] != "packed"}
     assert trainable["layernorm"] == trainable["random"]  # by design
     assert trainable["fisher"] < trainable["layernorm"] < trainable["bitfit"] < trainable["full"]
     for task, p in data["padding"].items():
@@ -135,6 +148,27 @@ def test_parse_benchmarks(tmp_path):
     (tmp_path / "results" / "benchmarks" / "bad.tsv").write_text(header)
     with pytest.raises(ValueError, match="bad.tsv"):
         workflow.parse_benchmarks(tmp_path)
+
+
+@pytest.mark.slow
+def test_packing_bench_quick(tmp_path):
+    """bench/packing.py --quick: real `lnpeft finetune-pack` of 3 runs against 3 `lnpeft finetune`."""
+    if _glue_dir() is None:
+        pytest.skip("no local GLUE copy")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "LNPEFT_GLUE_DIR": str(_glue_dir())}
+    out = tmp_path / "packing.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "packing.py"), "--quick", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["settings"]["members"] == ["layernorm", "bitfit", "random"]
+    sep, packed = data["results"]["separate"], data["results"]["packed"]
+    for r in (sep, packed):
+        assert r["wall_s"] > 0 and r["cpu_s"] > 0
+        assert r["examples_per_s"] == pytest.approx(3 * 128 / r["wall_s"])
+    assert data["speedup_wall"] == pytest.approx(sep["wall_s"] / packed["wall_s"])
+    assert proc.stdout.startswith("packing 3 runs:")
 
 
 @pytest.mark.slow

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 from lnpeft.cli import main
 from lnpeft.estimate import (DEFAULT_THROUGHPUT, TOKENS, deep_update, default_throughput, estimate,
-                             load_config, read_throughput)
+                             load_config, read_throughput, run_cost)
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
     "tasks": ["rte"], "seeds": [0], "methods": ["layernorm"],
@@ -142,3 +145,31 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
     ts = train_step_json(tmp_path / "ts.json", shape="minilm")
     with pytest.raises(ValueError, match="no results for shape 'bert-large'"):
         read_throughput(ts, shape="bert-large")
+
+
+def test_packs_are_priced_from_a_measured_packing_gain_and_say_so(tmp_path):
+    """A pack is one job; its projected time is its runs' time over the measured gain (none
+    measured: no gain, and the table says it is projected)."""
+    from lnpeft.estimate import describe_packing
+
+    plain = train_step_json(tmp_path / "plain.json", shape="bert-large")
+    data = json.loads(plain.read_text())
+    data["results"] += [{"shape": "bert-large", "task": t, "method": "pack", "mode": "packed", "speedup": s,
+                         "padded_tokens_per_s": 1.0, "examples_per_s": 1.0} for t, s in (("sst2", 1.5), ("rte", 2.5))]
+    (tmp_path / "packed.json").write_text(json.dumps(data))
+    config = load_config([REPO / "config.yaml"])
+    unmeasured, measured = read_throughput(plain), read_throughput(tmp_path / "packed.json")
+    assert (unmeasured.pack_speedup, unmeasured.pack_measured) == (1.0, False)
+    assert (measured.pack_speedup, measured.pack_measured) == (2.0, True)  # the mean over tasks
+    a, b = estimate(config, unmeasured), estimate(config, measured)
+    for stage in ("table2", "fractions"):  # full runs (table2) are never packed: only the packs halve
+        full = sum(run_cost(config, unmeasured, t, "full", 20).ours_s for t in config["tasks"] for _ in range(4))
+        packed = a[stage].ours_s - (full if stage == "table2" else 0)
+        assert b[stage].ours_s == pytest.approx((full if stage == "table2" else 0) + packed / 2)
+    assert (a["table2"].jobs, a["fractions"].jobs) == (32 + 32, 64) and a["table2"].runs == 8 * 16
+    assert sum(c.jobs for c in a.values()) == 144
+    assert "measured" in describe_packing(config, measured) and "x2.00" in describe_packing(config, measured)
+    assert "no gain assumed" in describe_packing(config, unmeasured)
+    config["training"]["pack_size"] = 1
+    assert describe_packing(config, measured).startswith("packing: off")
+    assert sum(c.jobs for c in estimate(config, measured).values()) == 1008

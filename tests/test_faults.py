@@ -7,6 +7,7 @@ Fast checks use a tiny in-test BERT (`tiny_checkpoint`) cached through the real 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -58,7 +59,8 @@ def tiny_config(folder: Path, **overrides) -> Path:
     base = {"model.name": TINY_MODEL, "model.source": "folder", "model.location": str(checkpoint),
             "tasks": ["rte"], "methods": ["bitfit", "layernorm"], "learning_rates.peft": [3.0e-3],
             "data.subsample.train": 64, "data.subsample.validation": 16, "data.subsample.test": 16,
-            "training.epochs": 3, "training.batch_size": 8, "fisher.max_samples": 16}
+            "training.epochs": 3, "training.batch_size": 8, "fisher.max_samples": 16,
+            "training.pack_size": 1}  # one job per run; test_kill_snakemake_mid_pack... packs
     return write_config(folder, {**base, **overrides})
 
 
@@ -266,6 +268,42 @@ def test_kill_snakemake_mid_run_then_rerun_completes_identically(tiny_workflow_r
     assert compare_parquet(tiny_workflow_runs[0] / "results", tmp_path / "results")[0] == []
     dry = snakemake(tmp_path, config, "-n", *TINY_TARGETS)
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+@needs_glue
+@pytest.mark.slow
+def test_kill_snakemake_mid_pack_then_rerun_resumes_it(tiny_workflow_runs, tmp_path):
+    """The same kill with packing on (BitFit and LayerNorm in one pack job): the pack's runs keep
+    their checkpoints in results/packs/, nothing in results/runs/ looks complete, and the rerun
+    resumes the pack and ends where the unpacked workflow does, up to float rounding."""
+    config = tiny_config(tmp_path, **{"training.pack_size": 2})
+    exe = Path(sys.executable).parent / "snakemake"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([str(exe), "-s", str(REPO / "Snakefile"), "--configfile", str(config),
+                             "--cores", "2", *TINY_TARGETS], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staged = tmp_path / "results" / "packs" / TINY_MODEL / "rte" / "lr0.003_seed0"
+    deadline = time.monotonic() + 600
+    while not (staged / "layernorm" / "resume.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert (staged / "layernorm" / "resume.pt").exists() and (staged / "bitfit" / "resume.pt").exists()
+    assert not (tmp_path / TINY_RUN / "epochs.parquet").exists() and not (staged / "grid-p0.json").exists()
+    _readable(tmp_path / "results")
+    assert snakemake(tmp_path, config, "--unlock", *TINY_TARGETS).returncode == 0
+    rerun = snakemake(tmp_path, config, "--profile", str(REPO / "profiles" / "local"), *TINY_TARGETS, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-5000:]
+    log = (tmp_path / "results" / "logs" / "train_pack" / TINY_MODEL / "rte" / "lr0.003_seed0" / "grid-p0.log")
+    assert "rte/layernorm/lr0.003_seed0: resuming after epoch" in log.read_text()
+    status = json.loads((staged / "grid-p0.json").read_text())["runs"]
+    assert [(r["run"], r["status"]) for r in status] == [("rte/bitfit/lr0.003_seed0", "done"),
+                                                         ("rte/layernorm/lr0.003_seed0", "done")]
+    packed, alone = (read_parquet(f / TINY_RUN / "epochs.parquet", "epochs")
+                     for f in (tmp_path, tiny_workflow_runs[0]))
+    keep = [c for c in alone.columns if c not in WALL_CLOCK]
+    pd.testing.assert_frame_equal(alone[keep], packed[keep], rtol=1e-4)
+    assert (tmp_path / TINY_RUN / "state.safetensors").stat().st_ino == (staged / "layernorm" / "state.safetensors").stat().st_ino
 
 
 # ---------------------------------------------------------------- MiniLM end to end (slow)

@@ -234,3 +234,53 @@ def test_two_members_may_not_share_a_folder(minilm, tmp_path):
     b = ft.FinetuneConfig(**{**{f: getattr(b, f) for f in b.__dataclass_fields__}, "out": a.out})
     with pytest.raises(ValueError, match="same --out folder"):
         ft.finetune_pack([a, b])
+
+
+def _pack_cli(data: dict, root: Path, *extra: str) -> list[str]:
+    return ["finetune-pack", "--init", str(data["init"]), "--train", str(data["train"]),
+            "--dev", str(data["dev"]), "--task", "sst2", "--seed", "0", "--epochs", "1",
+            "--batch-size", "16", "--max-length", "32", "--compile", "false", "--threads", "1",
+            "--member", f"method=layernorm,lr=1e-3,out={root}/ln",
+            "--member", f"method=bitfit,lr=1e30,out={root}/nan,max_grad_norm=0", *extra]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from test_finetune import make_init
+
+    d = tmp_path_factory.mktemp("toy_pack")
+    return {"init": make_init(d / "init"), "train": make_split(d / "train.parquet", 64, seed=1),
+            "dev": make_split(d / "validation.parquet", 32, seed=2)}
+
+
+def test_cli_reports_failed_members_in_its_exit_status_and_status_file(toy, tmp_path, capsys):
+    from lnpeft import cli
+
+    assert cli.main(_pack_cli(toy, tmp_path / "a", "--status", str(tmp_path / "a.json"))) == 1
+    status = json.loads((tmp_path / "a.json").read_text())["runs"]
+    assert [(r["run"], r["status"]) for r in status] == [("sst2/layernorm/lr0.001_seed0", "done"),
+                                                         ("sst2/bitfit/lr1e+30_seed0", "failed")]
+    assert "loss is" in status[1]["message"]
+    assert (tmp_path / "a" / "ln" / "epochs.parquet").exists()
+    assert (tmp_path / "a" / "nan" / "failed.json").exists()
+    assert "1 of 2 runs done" in capsys.readouterr().out
+    # the workflow's flag: failures are reported by each run's collect-run job instead
+    assert cli.main(_pack_cli(toy, tmp_path / "b", "--allow-failed-runs")) == 0
+    # a pack of one writes what `lnpeft finetune` writes
+    ft.finetune(ft.FinetuneConfig(init=toy["init"], train=toy["train"], dev=(toy["dev"],), out=tmp_path / "alone",
+                                  task="sst2", method="layernorm", lr=1e-3, seed=0, epochs=1, batch_size=16,
+                                  max_length=32, compile="false", threads=1))
+    assert_same_run(tmp_path / "alone", tmp_path / "b" / "ln")
+
+
+@pytest.mark.parametrize("member,message", [
+    ("method=layernorm,lr=1e-3", "needs out"),
+    ("method=layernorm,lr=fast,out=x", r"lr='fast' is not a number"),
+    ("method=layernorm,rate=1,out=x", r"'rate=1' is not one of key=value"),
+    ("method=layernorm,lr=1,lr=2,out=x", "lr given twice"),
+])
+def test_bad_member_flags_are_named(member, message):
+    from lnpeft.finetune_pack import parse_member
+
+    with pytest.raises(ValueError, match=message):
+        parse_member(member)

@@ -21,7 +21,9 @@ from lnpeft.workflow_config import fraction_seeds, method_learning_rates
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "profiles"
-GPU_RULES = {"finetune", "finetune_fisher_subset", "finetune_for_drift", "compute_fisher"}
+GPU_RULES = {"finetune", "train_pack", "finetune_for_drift", "compute_fisher"}
+"""The GPU rules of a packed config (training.pack_size > 1, config.yaml's default); with pack_size 1
+finetune_fisher_subset takes train_pack's place."""
 
 
 def parse_profile(name: str) -> dict:
@@ -140,21 +142,34 @@ def test_conda_env_post_deploy_installs_the_repo(tmp_path: Path) -> None:
 
 
 def expected_counts(config: dict) -> dict[str, int]:
-    """Jobs per rule that config.yaml implies for `all` (GPU rules and the per-task set-up)."""
+    """Jobs per rule that config.yaml implies for `all` (GPU rules and the per-task set-up), counted
+    from the config values: packs are ceil(runs / pack_size) per (task, seed, lr) and stage."""
     tasks, seeds = len(config["tasks"]), len(config["seeds"])
-    grid = sum(len(method_learning_rates(config, m)) for m in config["methods"])
     frac = config["fractions"]
+    size = config["training"].get("pack_size", 1)
+    peft = [m for m in config["methods"] if m != "full"]
+    lrs = {f"{lr:g}" for m in peft for lr in method_learning_rates(config, m)}
+    grid_packs = sum(math.ceil(sum(f"{lr}" in {f"{x:g}" for x in method_learning_rates(config, m)} for m in peft) / size)
+                     for lr in lrs)
+    fraction_runs = len(frac["schemes"]) * len(frac["values"])
     # data: one job per task, plus WNLI (the submission's 11 files) and AX (predicted by MNLI)
     data_tasks = set(config["tasks"]) | {"wnli"} | ({"ax"} if "mnli" in config["tasks"] else set())
-    return {
+    counts = {
         "prepare_glue*": len(data_tasks),  # prepare_glue, or its MNLI/AX variants
         "cache_checkpoint": 1,
         "init_model": tasks * seeds,
-        "finetune": tasks * grid * seeds,
-        "finetune_fisher_subset": tasks * len(frac["schemes"]) * len(frac["values"]) * len(frac["learning_rates"]) * len(fraction_seeds(config)),
         "finetune_for_drift": tasks,
         "compute_fisher": tasks,
     }
+    full = len(method_learning_rates(config, "full")) if "full" in config["methods"] else 0
+    peft_runs = sum(len(method_learning_rates(config, m)) for m in peft)
+    n_fraction = tasks * fraction_runs * len(frac["learning_rates"]) * len(fraction_seeds(config))
+    if size == 1:
+        return counts | {"finetune": tasks * (full + peft_runs) * seeds, "finetune_fisher_subset": n_fraction}
+    packs = (tasks * seeds * grid_packs
+             + tasks * len(fraction_seeds(config)) * len(frac["learning_rates"]) * math.ceil(fraction_runs / size))
+    return counts | {"finetune": tasks * full * seeds, "train_pack": packs,
+                     "collect_run": tasks * peft_runs * seeds + n_fraction}
 
 
 def dry_run(tmp_path: Path, profile: str, configfile: Path, target: str = "all") -> str:
@@ -193,16 +208,19 @@ def job_resources(log: str, with_wildcards: bool = False) -> list[tuple]:
 
 
 def _local_rules() -> set[str]:
-    """Rules that run on the login node: the Snakefile's `localrules:` and `localrule: True`
-    (a `use rule ... as X with:` inherits it). A dry run does not print which ones they are."""
-    snakefile = (REPO / "Snakefile").read_text()
-    block = re.search(r"^localrules:\n((?:\s+\w+,?\n?)+)", snakefile, flags=re.M).group(1)
-    local = set(re.findall(r"\w+", block))
-    text = "\n".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
-    for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", text, flags=re.M | re.S):
-        if re.search(r"^\s+localrule: True", m.group(2), flags=re.M):
-            local.add(m.group(1))
-    for child, parent in re.findall(r"^use rule (\w+) as (\w+) with:", text, flags=re.M):
+    """Rules that run on the login node: the `localrules:` of the Snakefile and rule files (at any
+    indentation: a rule file may define rules inside `if`), `localrule: True` (a `use rule ... as X
+    with:` inherits it). A dry run does not print which ones they are."""
+    texts = [(REPO / "Snakefile").read_text()] + [p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk")]
+    local = set()
+    for text in texts:
+        for block in re.findall(r"^\s*localrules:\n((?:\s+\w+,?\n?)+)", text, flags=re.M):
+            local |= set(re.findall(r"\w+", block))
+    text = "\n".join(texts[1:])
+    for indent, rule, body in re.findall(r"^( *)rule (\w+):\n(.*?)(?=^\1\S|\Z)", text, flags=re.M | re.S):
+        if re.search(r"^\s+localrule: True", body, flags=re.M):
+            local.add(rule)
+    for child, parent in re.findall(r"^\s*use rule (\w+) as (\w+) with:", text, flags=re.M):
         if child in local:
             local.add(parent)
     return local
@@ -210,7 +228,7 @@ def _local_rules() -> set[str]:
 
 def _workflow_rules() -> set[str]:
     text = "\n".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
-    return set(re.findall(r"^rule (\w+):", text, flags=re.M))
+    return set(re.findall(r"^\s*rule (\w+):", text, flags=re.M))
 
 
 def test_paper_dry_run_job_counts_and_gpu_rules(tmp_path: Path) -> None:
@@ -236,8 +254,9 @@ def test_paper_dry_run_job_counts_and_gpu_rules(tmp_path: Path) -> None:
             runtime.setdefault((rule, wc["task"]), set()).add(int(res["runtime"]))
         else:
             assert res["slurm_partition"] == "YOUR_CPU_PARTITION" and "cpus_per_gpu" not in res
-    # network only on the login node: downloads are the only localrules with a command, and
-    # every SLURM job that loads a model or tokenizer runs with the hub switched off
+    # network only on the login node: downloads (and collect_run, which links files) are the only
+    # localrules with a command, and every SLURM job that loads a model or tokenizer runs with the
+    # hub switched off
     blocks = [b for b in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", log) if re.search(r"^(?:local)?rule ", b, flags=re.M)]
     local_rules, local_with_shell = _local_rules(), set()
     for block in blocks:
@@ -249,7 +268,8 @@ def test_paper_dry_run_job_counts_and_gpu_rules(tmp_path: Path) -> None:
             local_with_shell.add(rule)
         elif re.search(r"\blnpeft (init|finetune|fisher|drift)\b", shell.group(1)):  # they load models
             assert "HF_HUB_OFFLINE=1" in shell.group(1) and "HF_DATASETS_OFFLINE=1" in shell.group(1), block
-    assert local_with_shell == {"prepare_glue", "prepare_glue_mnli", "prepare_glue_ax", "cache_checkpoint"}
+    assert local_with_shell == {"prepare_glue", "prepare_glue_mnli", "prepare_glue_ax", "cache_checkpoint",
+                                "collect_run"}
     # runtimes come from the rules' functions: one per (rule, task), growing with the train set
     assert all(len(v) == 1 for v in runtime.values())
     minutes = {key: v.pop() for key, v in runtime.items()}
@@ -269,7 +289,7 @@ def test_reproduction_config_dry_run_job_counts(tmp_path: Path) -> None:
         config[key] = {**config[key], **value} if isinstance(value, dict) else value
     counts = job_table(dry_run(tmp_path, "local", REPO / "configs" / "minilm.yaml"))
     expected = expected_counts(config)
-    assert expected["finetune"] == 6 * 8 * 3 and expected["finetune_fisher_subset"] == 6 * 3 * 4 * 1
+    assert expected["finetune"] == 6 * 2 * 3 and expected["collect_run"] == 6 * 6 * 3 + 6 * 3 * 4 * 1
     for rule, n in expected.items():
         got = sum(c for r, c in counts.items() if r == rule or (rule.endswith("*") and r.startswith(rule[:-1])))
         assert got == n, (rule, counts)

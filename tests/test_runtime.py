@@ -14,7 +14,7 @@ from test_profiles import REPO, dry_run, job_resources
 from lnpeft import runtime
 from lnpeft.estimate import DEFAULT_THROUGHPUT, TOKENS, default_throughput, estimate, load_config
 
-GPU_RULES = {"finetune", "finetune_fisher_subset", "finetune_for_drift", "compute_fisher"}
+GPU_RULES = {"finetune", "train_pack", "finetune_for_drift", "compute_fisher"}
 
 
 def h200_json(folder):

@@ -232,7 +232,9 @@ def test_dry_run_plans_custom_tasks_and_leaves_them_out_of_the_submission(review
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = job_table(proc.stdout + proc.stderr)
     assert counts["prepare_glue"] == 3 and counts["prepare_custom_no_test"] == 1  # rte, reviews, wnli; notest
-    assert counts["finetune"] == 3 * 4 and counts["compute_fisher"] == 3 and counts["make_submission"] == 1
+    # per task: full alone; BitFit, LayerNorm and random in one pack, the 3 Fisher subsets in another
+    assert counts["finetune"] == 3 and counts["train_pack"] == 3 * 2 and counts["collect_run"] == 3 * 6
+    assert counts["compute_fisher"] == 3 and counts["make_submission"] == 1
     assert "custom tasks reviews, notest are not GLUE tasks" in proc.stderr
     written = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "results" / "custom_tasks").iterdir()}
     assert written["reviews"]["reviews"]["label_names"] == NAMES and written["notest"]["notest"].get("test") is None

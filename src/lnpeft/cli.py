@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("lnpeft.init", "pretrained encoder + seeded classification head for (task, seed)"),
     "params": ("lnpeft.methods", "count total and trainable parameters of a method"),
     "finetune": ("lnpeft.finetune", "one fine-tuning run of (task, method, lr, seed)"),
+    "finetune-pack": ("lnpeft.finetune_pack", "several parameter-efficient runs of one (task, seed) in one job"),
+    "collect-run": ("lnpeft.collect_run", "put one run of a pack at its results/runs/ folder"),
     "drift": ("lnpeft.drift", "per-component change D between two models (paper Eq. 1)"),
     "fisher": ("lnpeft.fisher", "empirical Fisher information at init (paper Eq. 2)"),
     "masks": ("lnpeft.masks", "rank LayerNorm entries by a Fisher mask scheme"),

@@ -137,6 +137,10 @@ class Throughput:
     baseline_examples_per_s: dict[str, float]
     fisher_ours: float
     fisher_baseline: float
+    pack_speedup: float = 1.0
+    """Training time of G runs one by one over that of their pack (bench/train_step.py, mode packed)."""
+    pack_measured: bool = False
+    """False: no packed measurement, so no gain is assumed (the projection is an upper bound)."""
 
     def _get(self, table: dict[str, float], method: str, fallback: dict[str, str]) -> float:
         while method not in table:
@@ -183,6 +187,8 @@ def read_throughput(path: Path, shape: str | None = None, fisher_path: Path | No
         elif r["mode"] == "padded128":
             base.setdefault(r["method"], []).append(r["examples_per_s"])
     mean = lambda v: sum(v) / len(v)  # noqa: E731
+    packed = [r["speedup"] for r in data["results"]
+              if r["shape"] == shape and r["mode"] == "packed" and r.get("speedup") is not None]
     fisher_ours = DEFAULT_THROUGHPUT["fisher"]["ours_samples_per_s"]
     fisher_base = DEFAULT_THROUGHPUT["fisher"]["baseline_samples_per_s"]
     if fisher_path is not None:
@@ -195,7 +201,22 @@ def read_throughput(path: Path, shape: str | None = None, fisher_path: Path | No
     machine = data.get("machine", {})
     device = machine.get("gpu") or f"{machine.get('cpu', 'cpu')} ({machine.get('torch_threads')} threads)"
     return Throughput(f"{path} (shape {shape})", device, {m: mean(v) for m, v in ours.items()},
-                      {m: mean(v) for m, v in base.items()}, fisher_ours, fisher_base)
+                      {m: mean(v) for m, v in base.items()}, fisher_ours, fisher_base,
+                      mean(packed) if packed else 1.0, bool(packed))
+
+
+def describe_packing(config: dict, tp: Throughput) -> str:
+    """How packs are priced, in words: which number is measured and which projected."""
+    from lnpeft.pack_plan import pack_size
+
+    if pack_size(config) <= 1:
+        return "packing: off (training.pack_size 1, one job per run)"
+    if tp.pack_measured:
+        return (f"packing: training.pack_size {pack_size(config)}; a pack trains x{tp.pack_speedup:.2f} faster "
+                f"than its runs one by one, measured ({tp.source})")
+    return (f"packing: training.pack_size {pack_size(config)}; no packed measurement in {tp.source}, so a pack "
+            "is projected at its runs' time one by one (no gain assumed; bench/train_step.py --packed "
+            "measures it), saving only start-up")
 
 
 # ---------------------------------------------------------------- the projection
@@ -219,6 +240,8 @@ def _test_splits(config: dict, task: str) -> list[tuple[str, str]]:
 @dataclass
 class Cost:
     runs: int = 0
+    jobs: int = 0
+    """GPU jobs (a pack is one job for all its runs)."""
     train_examples: float = 0.0
     eval_examples: float = 0.0
     ours_s: float = 0.0
@@ -227,7 +250,7 @@ class Cost:
     """The SLURM time limits the workflow requests at attempt 1 (lnpeft.runtime)."""
 
     def add(self, other: Cost) -> None:
-        for k in ("runs", "train_examples", "eval_examples", "ours_s", "baseline_s", "asked_s"):
+        for k in ("runs", "jobs", "train_examples", "eval_examples", "ours_s", "baseline_s", "asked_s"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
 
@@ -248,22 +271,27 @@ def run_cost(config: dict, tp: Throughput, task: str, method: str, epochs: int,
             + (dev * width + test_tokens) / (EVAL_SPEEDUP * tp.ours("full")))
     baseline = (train / (tp.baseline(method) * slow)
                 + (dev + test) / (EVAL_SPEEDUP * tp.baseline("full") * slow))
-    return Cost(1, train, dev + test, ours, baseline)
+    return Cost(runs=1, train_examples=train, eval_examples=dev + test, ours_s=ours, baseline_s=baseline)
 
 
 def _asked(cost: Cost, minutes: int) -> Cost:
-    cost.asked_s = 60.0 * minutes
+    """One GPU job asking for `minutes`."""
+    cost.asked_s, cost.jobs = 60.0 * minutes, 1
     return cost
 
 
 def estimate(config: dict, tp: Throughput) -> dict[str, Cost]:
     from lnpeft import runtime  # runtime prices requests with run_cost: imported here, not at the top
+    from lnpeft.pack_plan import plan_packs
 
     tasks, seeds = list(config["tasks"]), list(config["seeds"])
     epochs = config["training"]["epochs"]
     stages = {name: Cost() for name in ("table2", "fractions", "drift", "fisher")}
+    packs = plan_packs(config, tasks)
     for task in tasks:
         for method in config["methods"]:
+            if packs and method != "full":
+                continue  # priced with their packs below
             lrs = method_learning_rates(config, method)
             for _ in range(len({fmt_lr(x) for x in lrs}) * len(seeds)):
                 stages["table2"].add(_asked(run_cost(config, tp, task, method, epochs),
@@ -271,7 +299,7 @@ def estimate(config: dict, tp: Throughput) -> dict[str, Cost]:
         fr = config.get("fractions", {})
         n = (len(fr.get("schemes", [])) * len({fmt_lr(x) for x in fr.get("values", [])})
              * len({fmt_lr(x) for x in fr.get("learning_rates", [])}) * len(fraction_seeds(config)))
-        for _ in range(n):
+        for _ in range(0 if packs else n):
             stages["fractions"].add(_asked(run_cost(config, tp, task, "fisher", epochs),
                                            runtime.train_minutes(config, task, "fisher")))
         spec = get_task(task)
@@ -280,17 +308,25 @@ def estimate(config: dict, tp: Throughput) -> dict[str, Cost]:
                                    runtime.drift_minutes(config, task)))
         cap = config.get("fisher", {}).get("max_samples")
         n = min(rows(config, task, "train"), cap or math.inf)
-        stages["fisher"].add(_asked(Cost(1, 0, n, n / tp.fisher_ours, n / tp.fisher_baseline),
+        stages["fisher"].add(_asked(Cost(runs=1, eval_examples=n, ours_s=n / tp.fisher_ours, baseline_s=n / tp.fisher_baseline),
                                     runtime.fisher_minutes(config, task)))
+    for pack in packs:  # one job: its runs' time over the measured packing gain (1 if unmeasured)
+        cost = Cost()
+        for member in pack.members:
+            cost.add(run_cost(config, tp, pack.task, member.method, epochs))
+        cost.ours_s /= tp.pack_speedup
+        methods = [m.method for m in pack.members]
+        stages["table2" if pack.stage == "grid" else "fractions"].add(
+            _asked(cost, runtime.pack_minutes(config, pack.task, methods)))
     return stages
 
 
-def report(stages: dict[str, Cost], tp: Throughput, requests: str = "") -> dict:
+def report(stages: dict[str, Cost], tp: Throughput, requests: str = "", packing: str = "") -> dict:
     """The stages and their total as JSON-ready numbers; `requests` says how the time limits were set."""
     total = Cost()
     for cost in stages.values():
         total.add(cost)
-    rows = {name: {"runs": c.runs, "train_examples": c.train_examples, "eval_examples": c.eval_examples,
+    rows = {name: {"runs": c.runs, "jobs": c.jobs, "train_examples": c.train_examples, "eval_examples": c.eval_examples,
                    "ours_hours": c.ours_s / 3600, "baseline_hours": c.baseline_s / 3600,
                    "requested_hours": c.asked_s / 3600}
             for name, c in {**stages, "total": total}.items()}
@@ -299,20 +335,22 @@ def report(stages: dict[str, Cost], tp: Throughput, requests: str = "") -> dict:
                            "baseline_examples_per_s": tp.baseline_examples_per_s,
                            "fisher_ours_samples_per_s": tp.fisher_ours,
                            "fisher_baseline_samples_per_s": tp.fisher_baseline},
-            "requests": requests, "stages": rows}
+            "pack_speedup": tp.pack_speedup, "pack_speedup_measured": tp.pack_measured,
+            "requests": requests, "packing": packing, "stages": rows}
 
 
 def format_table(result: dict) -> str:
     tp = result["throughput"]
     lines = [f"device-hours on {tp['device']} (throughput: {tp['source']}); requested: the SLURM time "
              f"limits at attempt 1 ({result['requests']})",
-             f"{'stage':<10} {'runs':>6} {'train ex (M)':>13} {'ours h':>10} {'baseline h':>11} {'speed-up':>9} "
+             result.get("packing", ""),
+             f"{'stage':<10} {'runs':>6} {'jobs':>5} {'train ex (M)':>13} {'ours h':>10} {'baseline h':>11} {'speed-up':>9} "
              f"{'requested h':>12}"]
     for name, r in result["stages"].items():
         speed = r["baseline_hours"] / r["ours_hours"] if r["ours_hours"] else float("nan")
         if name == "total":
-            lines.append("-" * len(lines[1]))
-        lines.append(f"{name:<10} {r['runs']:>6} {r['train_examples'] / 1e6:>13.2f} {r['ours_hours']:>10.2f} "
+            lines.append("-" * len(lines[2]))
+        lines.append(f"{name:<10} {r['runs']:>6} {r['jobs']:>5} {r['train_examples'] / 1e6:>13.2f} {r['ours_hours']:>10.2f} "
                      f"{r['baseline_hours']:>11.2f} {speed:>8.2f}x {r['requested_hours']:>12.1f}")
     return "\n".join(lines)
 
@@ -339,6 +377,6 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--fisher-throughput and --shape need --throughput")
         tp = runtime.measured(config) or default_throughput()  # the config's resources.throughput first
 
-    result = report(estimate(config, tp), tp, runtime.describe(config))
+    result = report(estimate(config, tp), tp, runtime.describe(config), describe_packing(config, tp))
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_table(result))
     return 0

@@ -34,6 +34,8 @@ from lnpeft.methods import METHODS, MethodOptions, select
 from lnpeft.metrics import compute_metrics
 from lnpeft.numerics import pin_threads
 from lnpeft.packing import in_place, pack, prepare_trainable, replicate, shared_dropout  # noqa: F401
+from lnpeft.recipe import RECIPES
+from lnpeft.recipe import resolve as resolve_recipe
 from lnpeft.run_state import RESUME_FORMAT, RunState, make_optimizer, save_resume, save_safetensors  # noqa: F401
 from lnpeft.tasks import get_task
 
@@ -66,6 +68,8 @@ class FinetuneConfig:
     """Gradient clipping; 0 turns it off."""
     compile: str = "auto"
     """auto (torch.compile on CUDA only) | true | false."""
+    recipe: str = "auto"
+    """auto | fp32 | gpu (bf16 autocast, fused AdamW, pinned memory): lnpeft.recipe."""
     mask: Path | None = None
     """Fisher subsets: masks parquet (artifacts "masks")."""
     fraction: float | None = None
@@ -83,6 +87,8 @@ class FinetuneConfig:
             raise ValueError("--mask and --fraction go together with --method fisher (and only with it)")
         if self.compile not in ("auto", "true", "false"):
             raise ValueError(f"--compile must be auto, true or false, got {self.compile!r}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
@@ -99,7 +105,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 PACK_SHARED = ("init", "train", "dev", "test", "task", "seed", "epochs", "batch_size", "eval_batch_size",
-               "max_length", "warmup_ratio", "compile", "threads")
+               "max_length", "warmup_ratio", "compile", "recipe", "threads")
 """Options every run of a pack shares: the frozen model, the data, the batch order, the schedule's
 length. Method, learning rate, weight decay, clipping, mask and fraction are each run's own."""
 
@@ -240,7 +246,8 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
     verify_init(cfg0.init)  # a corrupted or changed init fails here, before any training
     threads = pin_threads(cfg0.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = device.type == "cuda"  # bf16 autocast on GPU; exact fp32 on CPU
+    recipe = resolve_recipe(cfg0.recipe, device)  # auto: bf16 autocast, fused AdamW on GPU; exact fp32 on CPU
+    amp = recipe.bf16
     dropout = _dropout_mode(dropout, device)
     label = (f"run {run_name(cfg0)} ({cfg0.out})" if copies == 1
              else f"pack of {copies} runs of {cfg0.task} seed {cfg0.seed} ({', '.join(str(c.out) for c in cfgs)})")
@@ -271,7 +278,8 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
     for cfg, trainable, p in zip(cfgs, trainables, params):
         full_state = ((lambda: {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()})
                       if cfg.method == "full" else None)
-        runs.append(RunState(cfg, run_name(cfg), trainable, p, full_state, steps_per_epoch * cfg.epochs, device))
+        runs.append(RunState(cfg, run_name(cfg), trainable, p, full_state, steps_per_epoch * cfg.epochs, device,
+                             fused=recipe.fused_adamw))
     sync_every = 1 if device.type == "cpu" else 50  # loss reads stall a GPU, not a CPU
     fwd = model
     if cfg0.compile == "true" or (cfg0.compile == "auto" and device.type == "cuda"):
@@ -313,7 +321,7 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
             batch = collate(train, idx)
             tokens += int(batch["attention_mask"].sum())  # counted on the CPU copy: no device sync
             padded += batch["input_ids"].numel()
-            batch = {k: (v.pin_memory() if amp else v).to(device, non_blocking=True)
+            batch = {k: (v.pin_memory() if recipe.pin_memory else v).to(device, non_blocking=True)
                      for k, v in replicate(batch, copies).items()}
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), packed_dropout():
@@ -410,7 +418,8 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
 # ---------------------------------------------------------------- CLI
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, member: bool = False) -> None:
+    """`lnpeft finetune`'s flags; `member`: without the per-run ones (`lnpeft finetune-pack --member`)."""
     d = FinetuneConfig.__dataclass_fields__
     parser.add_argument("--init", required=True, type=Path, help="init folder (save_pretrained + tokenizer)")
     parser.add_argument("--train", required=True, type=Path)
@@ -418,17 +427,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dev split parquet (repeat; the first picks the best epoch)")
     parser.add_argument("--test", type=Path, action="append", default=[], help="test split parquet (repeat)")
     parser.add_argument("--task", required=True)
-    parser.add_argument("--method", required=True, choices=sorted(METHODS))
-    parser.add_argument("--lr", required=True, type=float)
+    if not member:
+        parser.add_argument("--method", required=True, choices=sorted(METHODS))
+        parser.add_argument("--lr", required=True, type=float)
     parser.add_argument("--seed", required=True, type=int)
-    parser.add_argument("--out", required=True, type=Path, help="run directory")
+    if not member:
+        parser.add_argument("--out", required=True, type=Path, help="run directory")
     for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "threads"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=d[name].default)
-    for name in ("warmup_ratio", "weight_decay", "max_grad_norm", "fraction"):
+    for name in ("warmup_ratio", "weight_decay", "max_grad_norm") + (() if member else ("fraction",)):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=d[name].default)
     parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto")
-    parser.add_argument("--mask", type=Path, help="fisher: masks parquet")
-    parser.add_argument("--save-model", type=Path, help="save the final model here (drift)")
+    parser.add_argument("--recipe", choices=RECIPES, default="auto",
+                        help="gpu: bf16 autocast and fused AdamW (also on CPU); fp32; auto: gpu on CUDA, else fp32")
+    if not member:
+        parser.add_argument("--mask", type=Path, help="fisher: masks parquet")
+        parser.add_argument("--save-model", type=Path, help="save the final model here (drift)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -59,9 +59,10 @@ def save_resume(ckpt: dict, path: Path) -> None:
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float,
-                   device: torch.device) -> torch.optim.AdamW:
-    """AdamW over one run's trained tensors and entries (fused on CUDA)."""
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda")
+                   device: torch.device, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over one run's trained tensors and entries (fused: default on CUDA; lnpeft.recipe)."""
+    fused = device.type == "cuda" if fused is None else fused
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
 class RunState:
@@ -69,11 +70,11 @@ class RunState:
 
     def __init__(self, cfg, name: str, trainable: TrainableSet, params: RunParameters,
                  full_state: Callable[[], dict[str, torch.Tensor]] | None, steps: int,
-                 device: torch.device) -> None:
+                 device: torch.device, fused: bool | None = None) -> None:
         self.cfg, self.name, self.trainable, self.params = cfg, name, trainable, params
         self.out = Path(cfg.out)
         self.full_state = full_state  # `full` saves the whole model, not its trained entries
-        self.optimizer = make_optimizer(params.parameters(), cfg.lr, cfg.weight_decay, device)
+        self.optimizer = make_optimizer(params.parameters(), cfg.lr, cfg.weight_decay, device, fused)
         self.opt_params = params.parameters()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_schedule(int(cfg.warmup_ratio * steps), steps))
@@ -120,7 +121,9 @@ class RunState:
     # ---- resume
     def resume(self) -> None:
         """Load resume.pt if this run has one; checks it is a checkpoint of this very run."""
-        if not self.resume_path.exists():
+        if not self.resume_path.exists():  # a fresh start: an earlier run's files are not this run's
+            for name in ("epochs.parquet", "run.json"):
+                (self.out / name).unlink(missing_ok=True)
             return
         ckpt = torch.load(self.resume_path, map_location="cpu", weights_only=False)
         if ckpt.get("format") != RESUME_FORMAT:

@@ -9,6 +9,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from lnpeft import runtime, user_tasks
+from lnpeft.pack_plan import member_index, pack_size, plan_packs
 from lnpeft.tasks import get_task
 from lnpeft.workflow_config import (
     CUSTOM_TASKS_DIR,
@@ -51,6 +52,10 @@ FRACTION_VALUES = list(FRACTIONS["values"])
 FRACTION_LRS = list(FRACTIONS["learning_rates"])
 FRACTION_SEEDS = fraction_seeds(config)
 CHECKPOINT = f"results/checkpoints/{MODEL}"
+# packed training (src/lnpeft/pack_plan.py): which parameter-efficient runs share a GPU job
+PACK_SIZE = pack_size(config)
+PACKS = {(p.task, p.seed, p.lr, p.name): p for p in plan_packs(config, TASKS)}
+PACK_OF = member_index(list(PACKS.values()))
 # compute jobs read only results/: no network on compute nodes
 OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1"
 # Rules call the `lnpeft` console script: put the bin/ of the Python that runs Snakemake (the
@@ -72,6 +77,8 @@ wildcard_constraints:
     fraction=r"[0-9.]+",
     lr=r"[0-9.e+-]+",
     seed=r"\d+",
+    pack=r"(grid|fractions)-p\d+",
+    member=r"bitfit|layernorm|random|fisher-(individual|global|cv)-f[0-9.]+",
 
 
 # ---------------------------------------------------------------- data and checkpoint
@@ -217,6 +224,39 @@ def finetune_split_args(wildcards):
     return " ".join(f"--{flag} {path}" for flag, path in finetune_splits(wildcards.task))
 
 
+def pack_dir(task, lr, seed):
+    """Where a pack job trains its runs (each in a folder of its own) and writes its status file."""
+    return f"results/packs/{MODEL}/{task}/lr{lr}_seed{seed}"
+
+
+def get_pack(wildcards):
+    return PACKS[(wildcards.task, int(wildcards.seed), wildcards.lr, wildcards.pack)]
+
+
+def get_pack_masks(wildcards):
+    """The Fisher masks a pack's Fisher-subset runs rank their entries by."""
+    schemes = dict.fromkeys(m.scheme for m in get_pack(wildcards).members if m.scheme)
+    return [f"results/masks/{MODEL}/{s}/{wildcards.task}.parquet" for s in schemes]
+
+
+def pack_member_args(wildcards):
+    """`--member method=M,lr=LR,out=DIR[,mask=P,fraction=F]` per run of the pack."""
+    folder = pack_dir(wildcards.task, wildcards.lr, wildcards.seed)
+    args = []
+    for m in get_pack(wildcards).members:
+        extra = (
+            f",mask=results/masks/{MODEL}/{m.scheme}/{wildcards.task}.parquet,fraction={m.fraction}" if m.scheme else ""
+        )
+        args.append(f"--member method={m.method},lr={wildcards.lr}{extra},out={folder}/{m.name}")
+    return " ".join(args)
+
+
+def get_member_status(wildcards):
+    """The status file of the pack that trains run `member` (collect_run waits for it)."""
+    pack = PACK_OF[(wildcards.task, int(wildcards.seed), wildcards.lr, wildcards.member)]
+    return f"{pack_dir(wildcards.task, wildcards.lr, wildcards.seed)}/{pack.name}.json"
+
+
 # ---------------------------------------------------------------- named targets
 
 
@@ -321,6 +361,12 @@ def glue_results_file():
 def train_runtime(wildcards, attempt):
     """Minutes for one fine-tuning run (a Fisher-subset run has no method wildcard: `fisher`)."""
     return runtime.train_minutes(config, wildcards.task, getattr(wildcards, "method", "fisher"), attempt)
+
+
+def pack_runtime(wildcards, attempt):
+    """Minutes for a pack: its runs one after another, with one start-up (src/lnpeft/runtime.py)."""
+    methods = [m.method for m in get_pack(wildcards).members]
+    return runtime.pack_minutes(config, wildcards.task, methods, attempt)
 
 
 def drift_runtime(wildcards, attempt):

@@ -4,6 +4,11 @@
 # results/tables/scores.parquet and Table 2 (src/lnpeft/report/tables.py), and the learning
 # curves of the Table 2 runs (src/lnpeft/report/curves.py). A killed run resumes from its last
 # completed epoch (resume.pt in the run folder).
+#
+# With training.pack_size > 1 the parameter-efficient runs train in packs (src/lnpeft/pack_plan.py):
+# train_pack trains a pack's runs in one job, each in its own folder under results/packs/, and
+# collect_run (one local job per run) puts each at its results/runs/ path, or fails with the
+# message of a run whose loss turned non-finite. Full fine-tuning stays one job per run.
 
 
 rule finetune:
@@ -20,6 +25,8 @@ rule finetune:
         "results/logs/finetune/{model}/{task}/{method}/lr{lr}_seed{seed}.log",
     benchmark:
         "results/benchmarks/finetune/{model}/{task}/{method}/lr{lr}_seed{seed}.tsv"
+    wildcard_constraints:
+        method="full" if PACK_SIZE > 1 else "full|bitfit|layernorm|random",
     conda:
         "../../envs/lnpeft.yaml"
     threads: 4
@@ -38,38 +45,96 @@ rule finetune:
         f" {TRAINING_FLAGS} --out {{params.out}} > {{log}} 2>&1"
 
 
-rule finetune_fisher_subset:
-    input:
-        init=lambda w: f"{init_dir(w.task, w.seed)}/config.json",
-        weights=lambda w: f"{init_dir(w.task, w.seed)}/model.safetensors",
-        data=get_finetune_data,
-        mask="results/masks/{model}/{scheme}/{task}.parquet",
-    output:
-        epochs="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/epochs.parquet",
-        predictions="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/predictions.parquet",
-        state="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/state.safetensors",
-        run="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/run.json",
-    log:
-        "results/logs/finetune_fisher_subset/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}.log",
-    benchmark:
-        "results/benchmarks/finetune_fisher_subset/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}.tsv"
-    conda:
-        "../../envs/lnpeft.yaml"
-    threads: 4
-    resources:
-        mem_mb=gpu_mem_mb,
-        runtime=train_runtime,
-        gpu=1,
-    params:
-        **training_params(),
-        init=subpath(input.init, parent=True),
-        out=subpath(output.epochs, parent=True),
-        splits=finetune_split_args,
-    shell:
-        f"{OFFLINE} lnpeft finetune --init {{params.init}} {{params.splits}}"
-        " --task {wildcards.task} --method fisher --mask {input.mask} --fraction {wildcards.fraction}"
-        " --lr {wildcards.lr} --seed {wildcards.seed}"
-        f" {TRAINING_FLAGS} --out {{params.out}} > {{log}} 2>&1"
+if PACK_SIZE == 1:
+
+    rule finetune_fisher_subset:
+        input:
+            init=lambda w: f"{init_dir(w.task, w.seed)}/config.json",
+            weights=lambda w: f"{init_dir(w.task, w.seed)}/model.safetensors",
+            data=get_finetune_data,
+            mask="results/masks/{model}/{scheme}/{task}.parquet",
+        output:
+            epochs="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/epochs.parquet",
+            predictions="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/predictions.parquet",
+            state="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/state.safetensors",
+            run="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/run.json",
+        log:
+            "results/logs/finetune_fisher_subset/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}.log",
+        benchmark:
+            "results/benchmarks/finetune_fisher_subset/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}.tsv"
+        conda:
+            "../../envs/lnpeft.yaml"
+        threads: 4
+        resources:
+            mem_mb=gpu_mem_mb,
+            runtime=train_runtime,
+            gpu=1,
+        params:
+            **training_params(),
+            init=subpath(input.init, parent=True),
+            out=subpath(output.epochs, parent=True),
+            splits=finetune_split_args,
+        shell:
+            f"{OFFLINE} lnpeft finetune --init {{params.init}} {{params.splits}}"
+            " --task {wildcards.task} --method fisher --mask {input.mask} --fraction {wildcards.fraction}"
+            " --lr {wildcards.lr} --seed {wildcards.seed}"
+            f" {TRAINING_FLAGS} --out {{params.out}} > {{log}} 2>&1"
+
+else:
+
+    rule train_pack:
+        input:
+            init=lambda w: f"{init_dir(w.task, w.seed)}/config.json",
+            weights=lambda w: f"{init_dir(w.task, w.seed)}/model.safetensors",
+            data=get_finetune_data,
+            masks=get_pack_masks,
+        output:
+            status="results/packs/{model}/{task}/lr{lr}_seed{seed}/{pack}.json",
+        log:
+            "results/logs/train_pack/{model}/{task}/lr{lr}_seed{seed}/{pack}.log",
+        benchmark:
+            "results/benchmarks/train_pack/{model}/{task}/lr{lr}_seed{seed}/{pack}.tsv"
+        conda:
+            "../../envs/lnpeft.yaml"
+        threads: 4
+        resources:
+            mem_mb=gpu_mem_mb,
+            runtime=pack_runtime,
+            gpu=1,
+        params:
+            **training_params(),
+            init=subpath(input.init, parent=True),
+            splits=finetune_split_args,
+            members=pack_member_args,
+        shell:
+            f"{OFFLINE} lnpeft finetune-pack --init {{params.init}} {{params.splits}}"
+            " --task {wildcards.task} --seed {wildcards.seed} {params.members}"
+            f" {TRAINING_FLAGS} --status {{output.status}} --allow-failed-runs > {{log}} 2>&1"
+
+    rule collect_run:
+        input:
+            status=get_member_status,
+        output:
+            epochs="results/runs/{model}/{task}/{member}/lr{lr}_seed{seed}/epochs.parquet",
+            predictions="results/runs/{model}/{task}/{member}/lr{lr}_seed{seed}/predictions.parquet",
+            state="results/runs/{model}/{task}/{member}/lr{lr}_seed{seed}/state.safetensors",
+            run="results/runs/{model}/{task}/{member}/lr{lr}_seed{seed}/run.json",
+        log:
+            "results/logs/collect_run/{model}/{task}/{member}/lr{lr}_seed{seed}.log",
+        conda:
+            "../../envs/lnpeft.yaml"
+        threads: 1
+        resources:
+            mem_mb=500,
+            runtime=5,
+        params:
+            staged=lambda w: f"{pack_dir(w.task, w.lr, w.seed)}/{w.member}",
+            out=subpath(output.epochs, parent=True),
+        shell:
+            "lnpeft collect-run --staged {params.staged} --out {params.out} > {log} 2>&1"
+
+    localrules:
+        collect_run,
 
 
 rule aggregate_scores:
