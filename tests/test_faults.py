@@ -230,23 +230,29 @@ def _readable(results: Path) -> list[str]:
     return sorted(str(p.relative_to(results)) for p in results.rglob("*.parquet"))
 
 
+def kill_snakemake_when(folder: Path, config: Path, marker: Path, timeout: float = 600) -> None:
+    """Run Snakemake on the tiny targets and SIGKILL it and every job it started (a lost node) as
+    soon as `marker` exists."""
+    exe = Path(sys.executable).parent / "snakemake"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([str(exe), "-s", str(REPO / "Snakefile"), "--configfile", str(config),
+                             "--cores", "2", *TINY_TARGETS], cwd=folder, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
 @needs_glue
 @pytest.mark.slow
 def test_kill_snakemake_mid_run_then_rerun_completes_identically(tiny_workflow_runs, tmp_path):
     """SIGKILL Snakemake and its jobs (a lost node) while the fine-tuning job is in epoch 2+:
     no output is half-written, the rerun resumes the run and ends where an uninterrupted run does."""
     config = tiny_config(tmp_path, **{"training.epochs": 3})
-    exe = Path(sys.executable).parent / "snakemake"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([str(exe), "-s", str(REPO / "Snakefile"), "--configfile", str(config),
-                             "--cores", "2", *TINY_TARGETS], cwd=tmp_path, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     resume = tmp_path / TINY_RUN / "resume.pt"
-    deadline = time.monotonic() + 600
-    while not resume.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and every job it started
-    proc.wait(timeout=60)
+    kill_snakemake_when(tmp_path, config, resume)
     assert resume.exists() and not (tmp_path / TINY_RUN / "epochs.parquet").exists(), "not killed mid-run"
     _readable(tmp_path / "results")
 
@@ -277,17 +283,8 @@ def test_kill_snakemake_mid_pack_then_rerun_resumes_it(tiny_workflow_runs, tmp_p
     their checkpoints in results/packs/, nothing in results/runs/ looks complete, and the rerun
     resumes the pack and ends where the unpacked workflow does, up to float rounding."""
     config = tiny_config(tmp_path, **{"training.pack_size": 2})
-    exe = Path(sys.executable).parent / "snakemake"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([str(exe), "-s", str(REPO / "Snakefile"), "--configfile", str(config),
-                             "--cores", "2", *TINY_TARGETS], cwd=tmp_path, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     staged = tmp_path / "results" / "packs" / TINY_MODEL / "rte" / "lr0.003_seed0"
-    deadline = time.monotonic() + 600
-    while not (staged / "layernorm" / "resume.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    kill_snakemake_when(tmp_path, config, staged / "layernorm" / "resume.pt")
     assert (staged / "layernorm" / "resume.pt").exists() and (staged / "bitfit" / "resume.pt").exists()
     assert not (tmp_path / TINY_RUN / "epochs.parquet").exists() and not (staged / "grid-p0.json").exists()
     _readable(tmp_path / "results")

@@ -134,6 +134,22 @@ def assert_same_run(a: Path, b: Path, exact: bool = False) -> None:
     assert (ra["best_epoch"], ra["trainable"], ra["total"]) == (rb["best_epoch"], rb["trainable"], rb["total"])
 
 
+def killed_at_optimizer_step(monkeypatch, n: int, train) -> None:
+    """Run `train` and kill it (KeyboardInterrupt) at the n-th AdamW step of any run."""
+    calls, original = {"n": 0}, torch.optim.AdamW.step
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+
+
 @pytest.mark.parametrize("member", range(len(FINITE)), ids=[f"{m}-{f or ''}-lr{lr:g}" for m, lr, f, _ in FINITE])
 def test_each_member_equals_its_separate_run(separate, packed, member):
     run_dir = Path(packed["cfgs"][member].out)
@@ -174,19 +190,8 @@ def test_resume_after_kill_mid_epoch_gives_the_same_outputs(minilm, packed, tmp_
     """Killed in epoch 2 after 3 of 6 members took a step; the resumed pack equals the unkilled one.
     The non-finite member (no checkpoint) trains epoch 1 again alone, the others rejoin in epoch 2."""
     cfgs = configs(minilm, tmp_path)
-    calls, original = {"n": 0}, torch.optim.AdamW.step
     kill_at = 2 * len(MEMBERS) + 10 * len(FINITE) + 4 * len(FINITE) + 4  # epoch 2, step 5, member 4
-
-    def dying_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == kill_at:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        ft.finetune_pack(cfgs)
-    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    killed_at_optimizer_step(monkeypatch, kill_at, lambda: ft.finetune_pack(cfgs))
     for cfg in cfgs[:-1]:
         out = Path(cfg.out)
         assert (out / "resume.pt").exists() and not (out / "epochs.parquet").exists()
@@ -201,18 +206,7 @@ def test_resume_after_kill_mid_epoch_gives_the_same_outputs(minilm, packed, tmp_
 def test_a_pack_member_resumes_alone(minilm, separate, tmp_path, monkeypatch):
     """resume.pt has one layout: a run killed inside a pack finishes as a run alone."""
     cfgs = configs(minilm, tmp_path, FINITE[:3])
-    calls, original = {"n": 0}, torch.optim.AdamW.step
-
-    def dying_step(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 12 * 3 + 2:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        ft.finetune_pack(cfgs)
-    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    killed_at_optimizer_step(monkeypatch, 12 * 3 + 2, lambda: ft.finetune_pack(cfgs))  # epoch 2, step 1
     ft.finetune(cfgs[1])
     assert_same_run(Path(separate["cfgs"][1].out), Path(cfgs[1].out))
 

@@ -116,7 +116,11 @@ def split_name(path: Path) -> str:
 
 
 def run_name(cfg: FinetuneConfig) -> str:
-    method = cfg.method if cfg.fraction is None else f"{cfg.method}-f{cfg.fraction:g}"
+    """sst2/layernorm/lr0.001_seed0; a Fisher subset is named after its mask's folder, which in
+    the workflow is its scheme (results/masks/{model}/{scheme}/{task}.parquet): fisher-global-f0.1."""
+    method = cfg.method
+    if cfg.mask is not None and cfg.fraction is not None:
+        method = f"{cfg.method}-{Path(cfg.mask).parent.name}-f{cfg.fraction:g}"
     return f"{cfg.task}/{method}/lr{cfg.lr:g}_seed{cfg.seed}"
 
 

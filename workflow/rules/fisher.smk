@@ -17,6 +17,7 @@ rule compute_fisher:
         "results/benchmarks/compute_fisher/{model}/{task}.tsv"
     conda:
         "../../envs/lnpeft.yaml"
+    priority: 1  # it unblocks the Fisher-subset runs, the longest jobs: schedule it first
     threads: 4
     resources:
         mem_mb=gpu_mem_mb,

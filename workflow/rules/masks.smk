@@ -13,6 +13,7 @@ rule rank_masks:
         "results/logs/rank_masks/{model}/{scheme}/{task}.log",
     conda:
         "../../envs/lnpeft.yaml"
+    priority: 1  # it unblocks the Fisher-subset runs, the longest jobs: schedule it first
     threads: 1
     resources:
         mem_mb=2000,
