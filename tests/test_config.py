@@ -131,7 +131,9 @@ def test_dry_run_reads_1e_3_as_the_number(tmp_path):
     assert plain_jobs == dotted_jobs
     assert any("/layernorm/lr0.001_seed0/epochs.parquet" in line for line in plain_jobs), plain_jobs
     assert any("/fisher-individual-f0.5/lr0.001_seed0/" in line for line in plain_jobs), plain_jobs
-    assert sum("lnpeft finetune" in line and "--lr 0.001 " in line for line in plain_jobs) >= 6
+    # the packed runs of lr 0.001: BitFit, LayerNorm, random in one pack, the Fisher subsets in another
+    assert sum("lnpeft finetune-pack" in line and "lr0.001_seed0" in line for line in plain_jobs) >= 2
+    assert sum("lnpeft finetune-pack" in line and ",lr=0.001," in line for line in plain_jobs) >= 2
     assert not (tmp_path / "plain" / "results").exists()
 
 

@@ -66,8 +66,10 @@ def test_slurm_profile_production_settings() -> None:
     assert defaults["slurm_partition"] == "YOUR_CPU_PARTITION"
     assert "gpu" not in defaults
     per_rule = set_resources(prof)
-    assert {rule for rule, res in per_rule.items() if int(res.get("gpu", 0)) > 0} == GPU_RULES
-    for rule in GPU_RULES:
+    # the GPU rules of both DAGs: packed, and one job per run (training.pack_size 1)
+    gpu_rules = GPU_RULES | {"finetune_fisher_subset"}
+    assert {rule for rule, res in per_rule.items() if int(res.get("gpu", 0)) > 0} == gpu_rules
+    for rule in gpu_rules:
         assert per_rule[rule]["gpu"] == "1"
         assert per_rule[rule]["slurm_partition"] == "YOUR_GPU_PARTITION"
         # runtime and mem_mb stay with the rules, whose functions grow with `attempt`
@@ -214,7 +216,7 @@ def _local_rules() -> set[str]:
     texts = [(REPO / "Snakefile").read_text()] + [p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk")]
     local = set()
     for text in texts:
-        for block in re.findall(r"^\s*localrules:\n((?:\s+\w+,?\n?)+)", text, flags=re.M):
+        for block in re.findall(r"^[ \t]*localrules:\n((?:[ \t]+\w+,?\n)+)", text, flags=re.M):
             local |= set(re.findall(r"\w+", block))
     text = "\n".join(texts[1:])
     for indent, rule, body in re.findall(r"^( *)rule (\w+):\n(.*?)(?=^\1\S|\Z)", text, flags=re.M | re.S):
@@ -246,12 +248,13 @@ def test_paper_dry_run_job_counts_and_gpu_rules(tmp_path: Path) -> None:
     gpu_jobs = Counter(rule for rule, res, _ in jobs if int(res.get("gpu", 0)) > 0)
     assert set(gpu_jobs) == GPU_RULES
     assert all(gpu_jobs[r] == counts[r] for r in GPU_RULES)  # every job of a GPU rule, none else
-    runtime: dict[tuple[str, str], set[int]] = {}
+    runtime: dict[tuple[str, ...], set[int]] = {}
     for rule, res, wc in jobs:
         if rule in GPU_RULES:
             assert res["slurm_partition"] == "YOUR_GPU_PARTITION" and res["cpus_per_gpu"] == "4"
             assert int(res["mem_mb"]) == 32000  # gpu_mem_mb at attempt 1
-            runtime.setdefault((rule, wc["task"]), set()).add(int(res["runtime"]))
+            key = (rule, wc["task"]) + ((wc["pack"],) if rule == "train_pack" else ())  # packs differ in size
+            runtime.setdefault(key, set()).add(int(res["runtime"]))
         else:
             assert res["slurm_partition"] == "YOUR_CPU_PARTITION" and "cpus_per_gpu" not in res
     # network only on the login node: downloads (and collect_run, which links files) are the only
@@ -270,13 +273,19 @@ def test_paper_dry_run_job_counts_and_gpu_rules(tmp_path: Path) -> None:
             assert "HF_HUB_OFFLINE=1" in shell.group(1) and "HF_DATASETS_OFFLINE=1" in shell.group(1), block
     assert local_with_shell == {"prepare_glue", "prepare_glue_mnli", "prepare_glue_ax", "cache_checkpoint",
                                 "collect_run"}
-    # runtimes come from the rules' functions: one per (rule, task), growing with the train set
+    # runtimes come from the rules' functions: one per (rule, task[, pack]), growing with the train set
     assert all(len(v) == 1 for v in runtime.values())
     minutes = {key: v.pop() for key, v in runtime.items()}
     for rule in GPU_RULES:
-        assert minutes[rule, "mnli"] > minutes[rule, "sst2"] > minutes[rule, "rte"] >= 10
-    # RTE, 20 epochs: 2490 train rows at 150/s, 277 dev + 3000 test rows at 600/s, + 15 min
-    assert minutes["finetune", "rte"] == int(15 + 20 * (2490 / 150 + 3277 / 600) / 60) == 22
+        at = (lambda task: (rule, task, "grid-p0")) if rule == "train_pack" else (lambda task: (rule, task))
+        assert minutes[at("mnli")] > minutes[at("sst2")] > minutes[at("rte")] >= 10
+    # RTE, 20 epochs: 2490 train rows at 150/s, 277 dev + 3000 test rows at 600/s, + 15 min; a pack
+    # of 3 runs: 3 such runs with one start-up, of 14 or 13 Fisher subsets: 14 or 13
+    epoch_min = 20 * (2490 / 150 + 3277 / 600) / 60
+    assert minutes["finetune", "rte"] == int(15 + epoch_min) == 22
+    assert minutes["train_pack", "rte", "grid-p0"] == int(15 + 3 * epoch_min) == 37
+    assert minutes["train_pack", "rte", "fractions-p0"] == int(15 + 14 * epoch_min)
+    assert minutes["train_pack", "rte", "fractions-p1"] == int(15 + 13 * epoch_min)
     print("\n".join(f"{rule}\t{n}" for rule, n in counts.items()))
 
 

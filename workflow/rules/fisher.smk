@@ -15,9 +15,9 @@ rule compute_fisher:
         "results/logs/compute_fisher/{model}/{task}.log",
     benchmark:
         "results/benchmarks/compute_fisher/{model}/{task}.tsv"
+    priority: 1  # it unblocks the Fisher-subset runs, the longest jobs: schedule it first
     conda:
         "../../envs/lnpeft.yaml"
-    priority: 1  # it unblocks the Fisher-subset runs, the longest jobs: schedule it first
     threads: 4
     resources:
         mem_mb=gpu_mem_mb,

@@ -11,9 +11,9 @@ rule rank_masks:
         "results/masks/{model}/{scheme}/{task}.parquet",
     log:
         "results/logs/rank_masks/{model}/{scheme}/{task}.log",
+    priority: 1  # it unblocks the Fisher-subset runs, the longest jobs: schedule it first
     conda:
         "../../envs/lnpeft.yaml"
-    priority: 1  # it unblocks the Fisher-subset runs, the longest jobs: schedule it first
     threads: 1
     resources:
         mem_mb=2000,
