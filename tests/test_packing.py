@@ -278,3 +278,21 @@ def test_bad_member_flags_are_named(member, message):
 
     with pytest.raises(ValueError, match=message):
         parse_member(member)
+
+
+def test_a_module_applied_to_a_tensor_the_batch_shares_is_a_clear_error():
+    """DeBERTa-v2 runs its relative position embeddings (no batch dimension) through trained
+    modules: packed runs cannot each have their own of those, so a pack refuses, naming one."""
+    from test_architectures import tiny
+
+    model = tiny("deberta-v2")
+    packing.pack(model, [select(model, "layernorm"), select(model, "bitfit")])
+    ids = torch.randint(5, 60, (3, 9))
+    with packing.batch_rows(6), pytest.raises(TypeError, match=r"deberta\.encoder\.\S+ is applied to a tensor "
+                                              r"of \d+ rows, not to the 6 rows .* set training\.pack_size: 1"):
+        model(input_ids=ids.repeat(2, 1), attention_mask=torch.ones(6, 9, dtype=torch.long))
+    # BERT: every trained module sees the packed batch's rows
+    bert = AutoModelForSequenceClassification.from_config(tiny("bert").config)
+    packing.pack(bert, [select(bert, "layernorm"), select(bert, "bitfit")])
+    with packing.batch_rows(6):
+        assert bert(input_ids=ids.repeat(2, 1)).logits.shape == (6, 2)

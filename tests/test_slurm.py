@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "workflow" / "tiny" / "config.yaml"
 LOCAL_SLURM = REPO / "tests" / "slurm" / "local-slurm.sh"
 # What the SLURM run builds: named targets and files of the tiny config; extend as stages land.
-# One Fisher and one fine-tuning run put GPU rules (run on CPU by the CI profile) through sbatch.
+# One Fisher and one packed fine-tuning run put GPU rules (run on CPU by the CI profile) through
+# sbatch; the run's collect_run is a localrule.
 TARGETS = [
     "data",
     "pretrained",
@@ -137,7 +138,8 @@ def test_tiny_workflow_on_local_slurm_equals_local_run(prerequisites: None, tmp_
     assert "Falling back to 'sacct'" not in log  # the CI profile's squeue status checks held
     ran = re.findall(r"^rule (\w+):", run.stdout + run.stderr, flags=re.M)
     assert len(submitted) == len(ran), f"{len(ran)} non-local jobs, {len(submitted)} sbatch jobs"
-    assert {"init_model", "compute_fisher", "finetune"} <= set(ran)  # GPU rules too (on CPU here)
+    # GPU rules too (on CPU here): the LayerNorm run trains in a pack (config.yaml's pack_size)
+    assert {"init_model", "compute_fisher", "train_pack"} <= set(ran)
 
     # same outputs as the local run: every file, parquet compared as tables, the rest exactly
     expected, got = _results(local), _results(cluster)

@@ -33,7 +33,7 @@ from lnpeft.init import verify_init
 from lnpeft.methods import METHODS, MethodOptions, select
 from lnpeft.metrics import compute_metrics
 from lnpeft.numerics import pin_threads
-from lnpeft.packing import in_place, pack, prepare_trainable, replicate, shared_dropout  # noqa: F401
+from lnpeft.packing import batch_rows, in_place, pack, prepare_trainable, replicate, shared_dropout  # noqa: F401
 from lnpeft.recipe import RECIPES
 from lnpeft.recipe import resolve as resolve_recipe
 from lnpeft.run_state import RESUME_FORMAT, RunState, make_optimizer, save_resume, save_safetensors  # noqa: F401
@@ -169,7 +169,7 @@ def predict(model, data: Encoded, batch_size: int, device: torch.device, regress
     for idx in length_grouped_batches(data.lengths, batch_size, seed=None):
         batch = replicate(collate(data, idx), copies)
         try:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), batch_rows(copies * len(idx)):
                 logits = model(**model_inputs(model, batch, device)).logits.float()
         except RuntimeError as err:
             if not is_oom(err):
@@ -328,7 +328,8 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
             batch = {k: (v.pin_memory() if recipe.pin_memory else v).to(device, non_blocking=True)
                      for k, v in replicate(batch, copies).items()}
             try:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), packed_dropout():
+                with (torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), packed_dropout(),
+                      batch_rows(copies * len(idx))):
                     logits = fwd(**model_inputs(model, batch)).logits
                 logits = logits.reshape(copies, len(idx), -1)  # member g: rows g*B..(g+1)*B
                 member_losses = torch.stack([_loss(logits[g], batch["labels"], regression)

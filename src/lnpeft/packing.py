@@ -76,6 +76,30 @@ def in_place(model: nn.Module, trainable: TrainableSet) -> RunParameters:
                          {n: i.clone() for n, i in trainable.partial.items()}, partial.values, partial.sync_)
 
 
+_ROWS: list[int | None] = [None]
+"""Rows of the packed batch being run (`batch_rows`); None outside the training loop's passes."""
+
+
+@contextlib.contextmanager
+def batch_rows(rows: int) -> Iterator[None]:
+    """Within the block, a packed module whose input does not have the packed batch's `rows` rows
+    fails (`_check_rows`) instead of giving runs the wrong rows."""
+    previous, _ROWS[0] = _ROWS[0], rows
+    try:
+        yield
+    finally:
+        _ROWS[0] = previous
+
+
+def _check_rows(prefix: str, x: torch.Tensor) -> None:
+    rows = _ROWS[0]
+    if rows is not None and x.shape[0] != rows:
+        raise TypeError(
+            f"{prefix} is applied to a tensor of {x.shape[0]} rows, not to the {rows} rows of the packed "
+            "batch (a tensor the batch shares, such as DeBERTa's relative position embeddings): packed "
+            "runs cannot each have their own " + prefix + "; set training.pack_size: 1 for this model")
+
+
 def _effective(run: RunParameters, name: str, base: torch.Tensor) -> torch.Tensor:
     """The tensor `name` as run `run` sees it (differentiable in the run's own values)."""
     if name in run.whole:
@@ -96,6 +120,7 @@ def _packed_linear(module: nn.Linear, prefix: str, runs: list[RunParameters]):
             sparse[g] = (idx // module.in_features, idx % module.in_features, idx)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        _check_rows(prefix, x)
         xs = x.reshape(len(runs), -1, x.shape[-1])  # (G, rows of one member, in)
         if whole_weight:  # the head: every member its own matrix, one batched product
             weights = torch.stack([_effective(r, w_name, module.weight) for r in runs])
@@ -120,6 +145,7 @@ def _packed_layernorm(module: nn.LayerNorm, prefix: str, runs: list[RunParameter
     w_name, b_name = f"{prefix}.weight", f"{prefix}.bias"
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        _check_rows(prefix, x)
         xhat = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
         xs = xhat.reshape(len(runs), -1, xhat.shape[-1])
         gamma = torch.stack([_effective(r, w_name, module.weight) for r in runs]).unsqueeze(1)
