@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from train_step import Stepper  # noqa: E402
 
-from lnpeft.architectures import LAYERNORM_COMPONENT, get_architecture  # noqa: E402
+from lnpeft.architectures import for_config  # noqa: E402
 from lnpeft.batching import Encoded, collate, length_grouped_batches  # noqa: E402
 from lnpeft.fisher import component_modules, per_sample_loss_sum  # noqa: E402
 from lnpeft.grad_sample import SquaredGradSampler  # noqa: E402
@@ -35,9 +35,9 @@ def scope_modules(model, scope: str) -> dict[str, torch.nn.Module]:
     modules = component_modules(model)
     if scope == "all":
         return modules
-    arch = get_architecture(model.config.model_type)
-    # the output LayerNorm only, not attention.output.LayerNorm (both end in "output.LayerNorm")
-    return {k: m for k, m in modules.items() if arch.parse(f"{k}.weight")[1] == LAYERNORM_COMPONENT}
+    arch = for_config(model.config)
+    # the LayerNorm set only (the paper's: not attention.output.LayerNorm, though both end in "output.LayerNorm")
+    return {k: m for k, m in modules.items() if arch.is_layernorm(f"{k}.weight")}
 
 
 def batched_fisher(model, batches: list[dict], modules: dict, device: torch.device) -> tuple[dict, float]:

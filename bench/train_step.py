@@ -51,10 +51,10 @@ def write_fisher_mask(model, path: Path, seed: int = 0) -> Path:
     on which entries are chosen, only on how many and where)."""
     import pandas as pd
 
-    from lnpeft.architectures import get_architecture
+    from lnpeft.architectures import for_config
     from lnpeft.artifacts import write_parquet
 
-    arch = get_architecture(model.config.model_type)
+    arch = for_config(model.config)
     frames = []
     for name, p in model.named_parameters():
         if arch.is_layernorm(name):

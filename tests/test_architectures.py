@@ -11,7 +11,7 @@ import torch
 from test_fisher import make_examples, naive_fisher, padded_batches
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from lnpeft.architectures import ARCHITECTURES, COMPONENTS, get_architecture
+from lnpeft.architectures import ARCHITECTURES, COMPONENTS, for_config, get_architecture
 from lnpeft.batching import model_inputs
 from lnpeft.fisher import component_modules, compute_fisher
 from lnpeft.methods import MethodOptions, count, select
@@ -26,15 +26,21 @@ CONFIGS = {
     "deberta-v2": {**SMALL, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "max_relative_positions": 16},
     "distilbert": dict(dim=16, n_layers=2, n_heads=2, hidden_dim=32, vocab_size=64, max_position_embeddings=64,
                        initializer_range=0.3),
+    # special tokens inside the tiny vocabulary; global attention in layer 0, a 4-token window in layer 1
+    "modernbert": {**SMALL, "pad_token_id": 0, "bos_token_id": 1, "cls_token_id": 1, "eos_token_id": 2,
+                   "sep_token_id": 2, "local_attention": 4, "global_attn_every_n_layers": 2},
 }
 # written out by hand per family, independently of lnpeft.architectures
 OUTPUT_LN = {"distilbert": "output_layer_norm"}
-LAYER = {"distilbert": "transformer.layer"}
+LAYER = {"distilbert": "transformer.layer", "modernbert": "layers"}
 HEAD = {"bert": ("classifier.",), "roberta": ("classifier.",), "xlm-roberta": ("classifier.",),
         "electra": ("classifier.",), "deberta-v2": ("pooler.", "classifier."),
-        "distilbert": ("pre_classifier.", "classifier.")}
+        "distilbert": ("pre_classifier.", "classifier."), "modernbert": ("head.", "classifier.")}
 PREFIX = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "electra": "electra",
-          "deberta-v2": "deberta", "distilbert": "distilbert"}
+          "deberta-v2": "deberta", "distilbert": "distilbert", "modernbert": "model"}
+# ModernBERT (pre-LN, 2 layers): the norms that hand each layer's stream on, and no biases at all
+MODERNBERT_OUTPUT_LN = ("model.layers.1.attn_norm.weight", "model.final_norm.weight")
+KINDS = {"modernbert": ("weight",)}
 
 
 def tiny(model_type: str, num_labels: int = 2, seed: int = 0):
@@ -42,9 +48,10 @@ def tiny(model_type: str, num_labels: int = 2, seed: int = 0):
     config = AutoConfig.for_model(model_type, num_labels=num_labels, **CONFIGS[model_type])
     model = AutoModelForSequenceClassification.from_config(config)
     with torch.no_grad():  # pretrained-like norms (not exactly 1/0), so weight and bias entries differ
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or "layer_norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                for p in module.parameters():
+                    p.add_(0.1 * torch.randn_like(p))
     return model.eval()
 
 
@@ -55,13 +62,34 @@ def test_every_row_has_a_tiny_model_here():
 @pytest.mark.parametrize("model_type", CONFIGS)
 def test_row_names_the_models_base_and_its_eight_components(model_type):
     model = tiny(model_type)
-    arch = get_architecture(model.config.model_type)
+    arch = for_config(model.config)
     assert arch.base == model.base_model_prefix == PREFIX[model_type]
-    parsed = {arch.parse(n) for n, _ in model.named_parameters()} - {None}
-    assert parsed == {(layer, c, k) for layer in range(2) for c in COMPONENTS for k in ("weight", "bias")}
+    pieces = [p for n, _ in model.named_parameters() for p in arch.pieces(n)]
+    kinds = KINDS.get(model_type, ("weight", "bias"))
+    assert sorted(p[:3] for p in pieces) == sorted((layer, c, k) for layer in range(2) for c in COMPONENTS
+                                                   for k in kinds)  # each exactly once
     names = {n for n, _ in model.named_parameters()}
-    for layer, component, kind in parsed:
+    for layer, component, kind, _, _ in pieces:
         assert arch.param_name(layer, component, kind) in names
+
+
+def test_modernbert_pieces_are_written_out_by_hand():
+    """Fused Wqkv: query, key, value are its row thirds; pre-LN: layer i's output LayerNorm is
+    layer i+1's attn_norm, the last layer's is final_norm; layer 0's attn_norm has no weights."""
+    model = tiny("modernbert")
+    arch = for_config(model.config)
+    qkv = arch.pieces("model.layers.1.attn.Wqkv.weight")
+    assert [(p.component, p.part, p.parts) for p in qkv] == [
+        ("attention.self.query", 0, 3), ("attention.self.key", 1, 3), ("attention.self.value", 2, 3)]
+    weight = dict(model.named_parameters())["model.layers.1.attn.Wqkv.weight"]
+    assert torch.equal(qkv[1].take(weight), weight[16:32])
+    assert arch.parse("model.layers.1.attn_norm.weight") == (0, "output.LayerNorm", "weight")
+    assert arch.parse("model.final_norm.weight") == (1, "output.LayerNorm", "weight")
+    assert arch.parse("model.layers.0.mlp_norm.weight") == (0, "attention.output.LayerNorm", "weight")
+    assert arch.pieces("model.embeddings.norm.weight") == [] and arch.pieces("head.norm.weight") == []
+    assert isinstance(model.model.layers[0].attn_norm, torch.nn.Identity)
+    with pytest.raises(ValueError, match="layer count is unknown"):
+        get_architecture("modernbert").pieces("model.final_norm.weight")
 
 
 @pytest.mark.parametrize("model_type", CONFIGS)
@@ -74,16 +102,25 @@ def test_method_counts_equal_a_brute_force_count(model_type):
     ln_suffix = OUTPUT_LN.get(model_type, "output.LayerNorm")
     layer = f"{PREFIX[model_type]}.{LAYER.get(model_type, 'encoder.layer')}."
     ln_re = re.compile(rf"^{re.escape(layer)}\d+\.{re.escape(ln_suffix)}\.(weight|bias)$")
-    ln = sum(p.numel() for n, p in params.items() if ln_re.match(n))
-    assert ln == 2 * 2 * 16
+    if model_type == "modernbert":
+        ln = sum(params[n].numel() for n in MODERNBERT_OUTPUT_LN)
+        assert ln == 2 * 16
+    else:
+        ln = sum(p.numel() for n, p in params.items() if ln_re.match(n))
+        assert ln == 2 * 2 * 16
     biases = sum(p.numel() for n, p in params.items() if n.endswith(".bias") and not n.startswith(HEAD[model_type]))
-    expected = {"full": sum(p.numel() for p in params.values()), "layernorm": ln + head,
-                "bitfit": biases + head, "random": ln + head}
+    expected = {"full": sum(p.numel() for p in params.values()), "layernorm": ln + head, "random": ln + head}
+    if biases:
+        expected["bitfit"] = biases + head
+    else:  # a bias-free model: BitFit would train the head alone, so it is an error
+        with pytest.raises(ValueError, match="'bitfit' selects nothing.*no biases outside its head"):
+            count(model, "bitfit")
     for method, n in expected.items():
         assert count(model, method)["trainable"] == n, method
-    # the random control draws only inside the encoder layers
+    # the random control draws only inside the encoder (a pre-LN final norm included)
     chosen = select(model, "random", MethodOptions(seed=3))
-    assert all(n.startswith(layer) or n.startswith(HEAD[model_type]) for n in chosen.names)
+    assert all(n.startswith(layer) or n.startswith(HEAD[model_type]) or n == f"{PREFIX[model_type]}.final_norm.weight"
+               for n in chosen.names)
 
 
 @pytest.mark.parametrize("model_type", [m for m in CONFIGS if m != "bert"])  # BERT: tests/test_fisher.py
@@ -94,7 +131,8 @@ def test_batched_fisher_equals_per_sample_loop(model_type, num_labels):
     reference = naive_fisher(model, examples)
     batched, n = compute_fisher(model, padded_batches(examples, batch_size=4))
     assert n == len(examples) and set(batched) == set(reference)
-    assert len(component_modules(model)) == 2 * len(COMPONENTS)
+    # one module per component; ModernBERT: Wqkv holds three, layer 0 has no attn_norm, plus final_norm
+    assert len(component_modules(model)) == (12 if model_type == "modernbert" else 2 * len(COMPONENTS))
     for name, ref in reference.items():
         got = batched[name]
         if ref.abs().max() < 1e-12:  # key biases: softmax ignores a shift shared by all keys
@@ -112,11 +150,99 @@ def test_token_types_only_for_families_that_take_them():
     assert distil(**model_inputs(distil, batch)).logits.shape == (1, 2)
 
 
-def test_deberta_v3_shared_projections_are_a_clear_fisher_error(monkeypatch):
-    """share_att_key (DeBERTa-v3): key/query projections run twice per forward; the error names one."""
-    monkeypatch.setitem(CONFIGS, "deberta-v2", {**CONFIGS["deberta-v2"], "share_att_key": True})
-    model = tiny("deberta-v2")
-    examples = [(ids.clamp(max=63), y) for ids, y in make_examples(2)]
-    with pytest.raises(RuntimeError, match=r"deberta\.encoder\.layer\.\d\.attention\.self\.(key|query)_proj ran "
-                                           r"more than once .* share_att_key false"):
-        compute_fisher(model, padded_batches(examples, batch_size=4))
+@pytest.mark.parametrize("num_labels", [2, 1], ids=["classification", "regression"])
+def test_deberta_v3_shared_projections_fisher_equals_the_loop(monkeypatch, num_labels):
+    """share_att_key (DeBERTa-v3): key and query projections also run on the relative position
+    embeddings, which the batch shares; their per-sample gradients still equal the loop's."""
+    import lnpeft.grad_sample.shared as shared
+
+    monkeypatch.setitem(CONFIGS, "deberta-v2", {**CONFIGS["deberta-v2"], "share_att_key": True,
+                                                "position_buckets": 8})
+    monkeypatch.setattr(shared, "CHUNK", 3)  # batches of 4: a full and a partial vmapped chunk
+    model = tiny("deberta-v2", num_labels)
+    assert model.config.share_att_key
+    examples = [(ids.clamp(max=63), y) for ids, y in make_examples(num_labels)]
+    reference = naive_fisher(model, examples)
+    batched, n = compute_fisher(model, padded_batches(examples, batch_size=4))
+    assert n == len(examples) and set(batched) == set(reference)
+    for name, ref in reference.items():
+        if ref.abs().max() < 1e-12:
+            assert batched[name].abs().max() < 1e-12, name
+            continue
+        torch.testing.assert_close(batched[name], ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()), msg=name)
+
+
+def test_fused_rows_drift_and_fisher_per_component():
+    """Query, key and value of ModernBERT's Wqkv are measured on their own row thirds."""
+    from lnpeft.drift import compute_drift
+    from lnpeft.fisher import fisher_tables
+
+    model = tiny("modernbert")
+    arch = for_config(model.config)
+    pre = {n: p.detach().clone() for n, p in model.named_parameters()}
+    post = {n: v.clone() for n, v in pre.items()}
+    post["model.layers.1.attn.Wqkv.weight"][16:32] += 0.5  # layer 1's key rows only
+    post["model.final_norm.weight"] -= 0.25  # layer 1's output LayerNorm (pre-LN mapping)
+    drift = compute_drift(arch, pre, post).set_index(["layer", "component", "kind"])["D"]
+    moved = drift[drift > 0]
+    assert sorted(moved.index) == [(1, "attention.self.key", "all"), (1, "attention.self.key", "weight"),
+                                   (1, "output.LayerNorm", "all"), (1, "output.LayerNorm", "weight")]
+    assert moved.loc[(1, "attention.self.key", "weight")] == pytest.approx(0.5)
+    assert moved.loc[(1, "output.LayerNorm", "weight")] == pytest.approx(0.25)
+    assert len(drift) == 2 * 8 * 2  # weight and all per (layer, component): no biases
+    # Fisher: a component's mean is that of its rows of the tensor's per-entry Fisher
+    fisher = {n: torch.rand_like(p, dtype=torch.float64) for n, p in model.named_parameters() if arch.pieces(n)}
+    entries, comps = fisher_tables(model, fisher)
+    comps = comps.set_index(["layer", "component", "kind"])
+    wqkv = fisher["model.layers.0.attn.Wqkv.weight"]
+    for i, component in enumerate(("attention.self.query", "attention.self.key", "attention.self.value")):
+        assert comps.loc[(0, component, "weight"), "fisher"] == pytest.approx(float(wqkv[16 * i:16 * (i + 1)].mean()))
+        assert comps.loc[(0, component, "weight"), "n"] == 16 * 16
+    assert list(entries["param"].unique()) == list(MODERNBERT_OUTPUT_LN)
+    assert entries.groupby("param")["layer"].first().to_dict() == {MODERNBERT_OUTPUT_LN[0]: 0, MODERNBERT_OUTPUT_LN[1]: 1}
+
+
+@pytest.mark.parametrize("flags", [{}, {"attention_bias": True}, {"mlp_bias": True}, {"norm_bias": True}])
+def test_bias_switches_in_config_json_agree_with_the_model(monkeypatch, flags):
+    """has_encoder_biases reads config.json alone (the workflow's start-up check); the model decides."""
+    from lnpeft.architectures import has_encoder_biases
+
+    monkeypatch.setitem(CONFIGS, "modernbert", {**CONFIGS["modernbert"], **flags})
+    model = tiny("modernbert")
+    try:
+        select(model, "bitfit")
+        selects = True
+    except ValueError:
+        selects = False
+    assert has_encoder_biases(model.config.to_diff_dict()) is selects is bool(flags)
+    assert has_encoder_biases(tiny("bert").config.to_diff_dict())
+
+
+@pytest.mark.parametrize("model_type", ["bert", "modernbert"])
+def test_a_layernorm_set_of_both_norms_is_read_from_config_json(tmp_path, model_type):
+    """init --layernorm records the set in config.json; methods, Fisher entries and the random
+    control's size all follow it, counted here by module type."""
+    from lnpeft.architectures import LAYERNORM_CONFIG_KEY
+    from lnpeft.fisher import fisher_tables
+
+    model = tiny(model_type)
+    setattr(model.config, LAYERNORM_CONFIG_KEY, ["output.LayerNorm", "attention.output.LayerNorm"])
+    model.save_pretrained(tmp_path)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    head = HEAD[model_type]
+    norms = [f"{m}.{k}" for m, mod in model.named_modules() if isinstance(mod, torch.nn.LayerNorm)
+             and not m.startswith(head) and "embeddings" not in m for k in ("weight", "bias")
+             if getattr(mod, k, None) is not None]
+    params = dict(model.named_parameters())
+    n_head = sum(p.numel() for n, p in params.items() if n.startswith(head))
+    n_norms = sum(params[n].numel() for n in norms)
+    # BERT: 2 layers x 2 norms x (weight, bias); ModernBERT: 2 mlp_norm, 1 attn_norm, final_norm, weights only
+    assert n_norms == {"bert": 2 * 2 * 2 * 16, "modernbert": 4 * 16}[model_type]
+    assert count(model, "layernorm")["trainable"] == count(model, "random")["trainable"] == n_norms + n_head
+    fisher = {n: torch.rand_like(p, dtype=torch.float64) for n, p in params.items() if for_config(model.config).pieces(n)}
+    entries, _ = fisher_tables(model, fisher)
+    assert len(entries) == n_norms
+    assert set(entries["component"]) == {"output.LayerNorm", "attention.output.LayerNorm"}
+    setattr(model.config, LAYERNORM_CONFIG_KEY, ["intermediate.dense"])
+    with pytest.raises(ValueError, match="lnpeft_layernorm: the LayerNorm set must be .* got \\['intermediate.dense'\\]"):
+        select(model, "layernorm")

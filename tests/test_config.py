@@ -224,3 +224,29 @@ def test_auto_glue_dir_with_an_overlong_env_folder_names_it(monkeypatch):
         check_config(config)
     assert str(err.value).startswith("data.glue_dir: 'auto' tried $LNPEFT_GLUE_DIR '" + "e" * 60 + "'... "
                                      "(256 bytes): cannot check it (File name too long); give a shorter path")
+
+
+@needs_glue
+def test_bitfit_on_a_bias_free_model_and_the_layernorm_set_at_start(tmp_path):
+    """A tiny ModernBERT folder (no biases): BitFit is refused when the workflow starts, naming the
+    key and the folder, and nothing is written; model.layernorm reaches every init job."""
+    from test_families_workflow import save_tiny_encoder
+
+    save_tiny_encoder(tmp_path / "encoder", "modernbert")
+    model = {"model.name": "tiny-modernbert", "model.source": "folder", "model.location": str(tmp_path / "encoder")}
+    proc = snakemake(tmp_path, write_config(tmp_path, model), "-n", "init")
+    assert proc.returncode != 0
+    assert re.search(r"methods: 'bitfit' selects nothing: the modernbert model in \S+encoder/config\.json has no "
+                     r"biases outside its head; remove bitfit", proc.stdout + proc.stderr), proc.stderr[-3000:]
+    assert not (tmp_path / "results").exists()
+    both = ["output.LayerNorm", "attention.output.LayerNorm"]
+    config = write_config(tmp_path, {**model, "methods": ["full", "layernorm", "random"], "stats.a": "random",
+                                     "model.layernorm": both})
+    proc = snakemake(tmp_path, config, "-n", "-p", "init")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    inits = re.findall(r"lnpeft init .*", proc.stdout)
+    assert len(inits) == 2, proc.stdout[-3000:]
+    assert all("--layernorm output.LayerNorm attention.output.LayerNorm >" in line for line in inits), inits
+    bad = write_config(tmp_path, {**model, "methods": ["full"], "model.layernorm": ["intermediate.dense"]})
+    proc = snakemake(tmp_path, bad, "-n", "init")
+    assert proc.returncode != 0 and "'intermediate.dense' is not one of" in proc.stdout + proc.stderr

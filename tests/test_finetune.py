@@ -223,6 +223,20 @@ def test_resume_after_kill_mid_epoch_gives_identical_epochs(toy, tmp_path, monke
     again = ft.finetune(config(toy, tmp_path / "other", **{**kw, "threads": 2}))
     assert list(again["epoch"]) == [1, 2, 3]
     pd.testing.assert_frame_equal(reference.drop(columns="seconds").iloc[:1], again.drop(columns="seconds").iloc[:1])
+    # a checkpoint of an older version, without an option added since (recipe), resumes when the
+    # option is at its default, and is refused when it is not
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(config(toy, tmp_path / "older", **kw))
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    ckpt = torch.load(tmp_path / "older" / "resume.pt", weights_only=False)
+    assert ckpt["config"].pop("recipe") == "auto"
+    torch.save(ckpt, tmp_path / "older" / "resume.pt")
+    with pytest.raises(ValueError, match=r"other options \(recipe\)"):
+        ft.finetune(config(toy, tmp_path / "older", **{**kw, "recipe": "gpu"}))
+    older = ft.finetune(config(toy, tmp_path / "older", **kw))
+    pd.testing.assert_frame_equal(reference.drop(columns="seconds"), older.drop(columns="seconds"))
 
 
 def test_nan_loss_names_run_and_step(toy, tmp_path):

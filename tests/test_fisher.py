@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from lnpeft.architectures import COMPONENTS, get_architecture
+from lnpeft.architectures import COMPONENTS, for_config, get_architecture
 from lnpeft.artifacts import read_parquet, write_parquet
 from lnpeft.cli import main
 from lnpeft.fisher import compute_fisher, per_sample_loss_sum
@@ -37,14 +37,14 @@ def tiny_bert(num_labels: int, seed: int = 0) -> BertForSequenceClassification:
 
 def naive_fisher(model: torch.nn.Module, examples: list[tuple[torch.Tensor, float]]) -> dict[str, torch.Tensor]:
     """The reference: one example at a time, no padding, loss.backward, .grad ** 2."""
-    arch = get_architecture(model.config.model_type)
+    arch = for_config(model.config)
     sums: dict[str, torch.Tensor] = {}
     for ids, label in examples:
         model.zero_grad()
         logits = model(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None]).logits
         per_sample_loss_sum(logits, torch.tensor([label])).backward()
         for name, p in model.named_parameters():
-            if arch.parse(name) is not None:
+            if arch.pieces(name):
                 sums[name] = sums.get(name, 0) + p.grad.detach().double() ** 2
     return {k: v / len(examples) for k, v in sums.items()}
 

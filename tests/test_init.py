@@ -95,3 +95,24 @@ def test_corrupted_checkpoint_is_refused(checkpoints, tmp_path):
     with pytest.raises(CheckpointError, match="model.safetensors: sha256 differs"):
         make_init(InitConfig(str(ck), "rte", 0, str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_layernorm_set_is_recorded_only_when_it_is_not_the_papers(checkpoints, tmp_path):
+    from lnpeft.architectures import LAYERNORM_CONFIG_KEY, for_config
+    from lnpeft.methods import count
+
+    ck = checkpoints["pooled"]
+    make_init(InitConfig(str(ck), "rte", 0, str(tmp_path / "paper")))
+    assert LAYERNORM_CONFIG_KEY not in json.loads((tmp_path / "paper" / "config.json").read_text())
+    both = ("attention.output.LayerNorm", "output.LayerNorm")
+    assert cli.main(["init", "--checkpoint", str(ck), "--task", "rte", "--seed", "0", "--out", str(tmp_path / "both"),
+                     "--layernorm", "output.LayerNorm", "attention.output.LayerNorm"]) == 0
+    assert json.loads((tmp_path / "both" / "config.json").read_text())[LAYERNORM_CONFIG_KEY] == list(both)
+    paper, mixed = (AutoModelForSequenceClassification.from_pretrained(tmp_path / d) for d in ("paper", "both"))
+    assert for_config(mixed.config).layernorm == both
+    # the weights are the same bytes; only the trained set grows by the attention-output norms
+    assert (tmp_path / "paper" / "model.safetensors").read_bytes() == (tmp_path / "both" / "model.safetensors").read_bytes()
+    ln_attention = sum(p.numel() for n, p in paper.named_parameters() if "attention.output.LayerNorm" in n)
+    assert count(mixed, "layernorm")["trainable"] == count(paper, "layernorm")["trainable"] + ln_attention > 0
+    with pytest.raises(ValueError, match="--layernorm: the LayerNorm set must be a non-empty list"):
+        make_init(InitConfig(str(ck), "rte", 0, str(tmp_path / "bad"), ("output.dense",)))

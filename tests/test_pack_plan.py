@@ -125,3 +125,21 @@ def test_schema_rejects_pack_size_zero(tmp_path):
     config["training"]["pack_size"] = 0
     with pytest.raises(ValueError, match="pack_size"):
         check_schema(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def test_a_run_path_outside_the_packs_is_a_clear_error(tmp_path):
+    """Packed, a parameter-efficient run exists only as a member of a planned pack: asking for
+    another learning rate by hand names the run and the two ways out, instead of a bare KeyError."""
+    from test_workflow import needs_glue, snakemake, write_config
+
+    if needs_glue.args[0]:
+        pytest.skip(needs_glue.kwargs["reason"])
+    config = write_config(tmp_path, {"training.pack_size": 4})
+    target = "results/runs/all-minilm-l6-v2/rte/layernorm/lr0.5_seed0/epochs.parquet"
+    proc = snakemake(tmp_path, config, "-n", target)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "run layernorm of rte lr 0.5 seed 0 is not among the runs that the config's packs train" in out, out[-3000:]
+    assert "set training.pack_size: 1" in out and "KeyError" not in out
+    planned = "results/runs/all-minilm-l6-v2/rte/layernorm/lr0.003_seed0/epochs.parquet"
+    assert snakemake(tmp_path, config, "-n", planned).returncode == 0

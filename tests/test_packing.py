@@ -296,3 +296,38 @@ def test_a_module_applied_to_a_tensor_the_batch_shares_is_a_clear_error():
     packing.pack(bert, [select(bert, "layernorm"), select(bert, "bitfit")])
     with packing.batch_rows(6):
         assert bert(input_ids=ids.repeat(2, 1)).logits.shape == (6, 2)
+
+
+def test_a_modernbert_pack_gives_each_member_its_separate_forward():
+    """ModernBERT: norms without a bias, a fused Wqkv, a sliding-window layer and padding. Each
+    member's rows of a packed forward equal the forward of the model holding that member's values."""
+    import copy
+
+    from test_architectures import tiny
+
+    from lnpeft.methods import MethodOptions
+
+    model = tiny("modernbert")
+    reference = copy.deepcopy(model)
+    runs = packing.pack(model, [select(model, "layernorm"), select(model, "random", MethodOptions(seed=1))])
+    torch.manual_seed(4)
+    with torch.no_grad():  # every member its own values, away from the frozen ones
+        for run in runs:
+            for p in [*run.whole.values(), *run.values.values()]:
+                p.add_(0.2 * torch.randn_like(p))
+    ids = torch.randint(5, 60, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[0, 6:] = 0
+    with packing.batch_rows(6):
+        logits = model(input_ids=ids.repeat(2, 1), attention_mask=mask.repeat(2, 1)).logits
+    assert not torch.allclose(logits[:3], logits[3:])  # the members really differ
+    for g, run in enumerate(runs):
+        alone = copy.deepcopy(reference)
+        params = dict(alone.named_parameters())
+        with torch.no_grad():
+            for name, value in run.whole.items():
+                params[name].copy_(value)
+            for name, value in run.values.items():
+                params[name].view(-1)[run.indices[name]] = value
+        torch.testing.assert_close(logits[3 * g:3 * g + 3], alone(input_ids=ids, attention_mask=mask).logits,
+                                   rtol=1e-5, atol=1e-6)

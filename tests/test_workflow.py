@@ -280,13 +280,9 @@ def test_writeup_from_the_tiny_results(tiny_run, tmp_path):
     assert check.returncode != 0 and "is not what" in check.stderr and "+| (d)" in check.stderr
 
 
-@needs_glue
-@pytest.mark.parametrize("task, method", [("rte", "layernorm"), ("stsb", "fisher-individual-f0.5"),
-                                          ("rte", "bitfit"), ("stsb", "full")])
-def test_export_predicts_what_the_run_predicted(tiny_run, tmp_path, task, method):
-    """`lnpeft export`: the merged save_pretrained model, and for LayerNorm-type runs the PEFT
-    adapter loaded with the real peft on the cached checkpoint, predict the run's dev predictions
-    (labels equal; STS-B scores within 1e-5)."""
+def assert_export_predicts(results: Path, model_name: str, task: str, method: str, tmp_path: Path) -> Path:
+    """Export the run, then check the merged model (and the adapter on the cached checkpoint, for
+    LayerNorm-type runs) predicts the run's dev predictions; returns the run folder."""
     import numpy as np
     import torch
     from peft import PeftModel
@@ -298,8 +294,7 @@ def test_export_predicts_what_the_run_predicted(tiny_run, tmp_path, task, method
     from lnpeft.init import head_config
     from lnpeft.tasks import get_task
 
-    results = tiny_run / "results"
-    (run,) = (results / "runs" / "all-minilm-l6-v2" / task / method).iterdir()
+    (run,) = (results / "runs" / model_name / task / method).iterdir()
     out = tmp_path / "export"
     proc = subprocess.run([str(Path(sys.executable).parent / "lnpeft"), "export", str(run), "--out", str(out)],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -313,8 +308,8 @@ def test_export_predicts_what_the_run_predicted(tiny_run, tmp_path, task, method
     dev = load_split(results / "data" / task / "validation.parquet", tokenizer, max_length=32)
     models = {"merged": AutoModelForSequenceClassification.from_pretrained(out / "model")}
     if adapter:
-        checkpoint = results / "checkpoints" / "all-minilm-l6-v2"
-        base = AutoModelForSequenceClassification.from_pretrained(checkpoint, **head_config(spec))
+        base = AutoModelForSequenceClassification.from_pretrained(results / "checkpoints" / model_name,
+                                                                  **head_config(spec))
         models["adapter"] = PeftModel.from_pretrained(base, out / "adapter")
     for kind, model in models.items():
         got = predict(model, dev, 16, torch.device("cpu"), spec.is_regression, amp=False)
@@ -323,6 +318,17 @@ def test_export_predicts_what_the_run_predicted(tiny_run, tmp_path, task, method
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=kind)
         else:
             assert np.array_equal(got, want), kind
+    return run
+
+
+@needs_glue
+@pytest.mark.parametrize("task, method", [("rte", "layernorm"), ("stsb", "fisher-individual-f0.5"),
+                                          ("rte", "bitfit"), ("stsb", "full")])
+def test_export_predicts_what_the_run_predicted(tiny_run, tmp_path, task, method):
+    """`lnpeft export`: the merged save_pretrained model, and for LayerNorm-type runs the PEFT
+    adapter loaded with the real peft on the cached checkpoint, predict the run's dev predictions
+    (labels equal; STS-B scores within 1e-5)."""
+    run = assert_export_predicts(tiny_run / "results", "all-minilm-l6-v2", task, method, tmp_path)
     if method == "bitfit":  # BitFit trains biases outside LayerNorm: no LN-tuning adapter can hold it
         again = subprocess.run([str(Path(sys.executable).parent / "lnpeft"), "export", str(run), "--out",
                                 str(tmp_path / "again"), "--adapter"], capture_output=True, text=True, timeout=600)

@@ -15,43 +15,46 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lnpeft.architectures import COMPONENTS, get_architecture
+from lnpeft.architectures import COMPONENTS, Architecture, for_config, get_architecture
 from lnpeft.artifacts import write_parquet
 
 KINDS = ("weight", "bias", "all")
 
 
-def load_parameters(folder: Path | str) -> tuple[str, dict[str, torch.Tensor]]:
-    """(model_type, name -> tensor) of a save_pretrained sequence-classification folder."""
+def load_parameters(folder: Path | str) -> tuple[Architecture, dict[str, torch.Tensor]]:
+    """(the bound architecture row, name -> tensor) of a save_pretrained sequence-classification folder."""
     from transformers import AutoModelForSequenceClassification
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder}: not a save_pretrained folder (no config.json)")
     model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
-    return model.config.model_type, {n: p.detach() for n, p in model.named_parameters()}
+    return for_config(model.config), {n: p.detach() for n, p in model.named_parameters()}
 
 
-def compute_drift(model_type: str, pre: dict[str, torch.Tensor], post: dict[str, torch.Tensor]) -> pd.DataFrame:
-    """The drift table (artifact `drift`) of two parameter dicts of the same architecture."""
-    arch = get_architecture(model_type)
+def compute_drift(arch: Architecture | str, pre: dict[str, torch.Tensor],
+                  post: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """The drift table (artifact `drift`) of two parameter dicts of the same architecture (a row,
+    or a model_type for families without a component outside the layers)."""
+    arch = get_architecture(arch) if isinstance(arch, str) else arch
     sums: dict[tuple[int, str, str], tuple[float, int]] = {}
     for name, before in pre.items():
-        parsed = arch.parse(name)
-        if parsed is None:
+        pieces = arch.pieces(name)
+        if not pieces:
             continue
         if name not in post:
             raise ValueError(f"parameter {name} is missing from the fine-tuned model")
         after = post[name]
         if after.shape != before.shape:
             raise ValueError(f"{name}: shape {tuple(after.shape)} after vs {tuple(before.shape)} before")
-        layer, component, kind = parsed
-        total = float((after.double() - before.double()).abs().sum())
-        for key in ((layer, component, kind), (layer, component, "all")):
-            s, n = sums.get(key, (0.0, 0))
-            sums[key] = (s + total, n + before.numel())
+        change = (after.double() - before.double()).abs()
+        for piece in pieces:
+            block = piece.take(change)
+            for key in (piece[:3], (piece.layer, piece.component, "all")):
+                s, n = sums.get(key, (0.0, 0))
+                sums[key] = (s + float(block.sum()), n + block.numel())
     if not sums:
-        raise ValueError(f"no encoder components found in the {model_type} model")
+        raise ValueError(f"no encoder components found in the {arch.base} model")
     rows = [{"layer": layer, "component": comp, "kind": kind, "n": n, "D": s / n}
             for (layer, comp, kind), (s, n) in sums.items()]
     df = pd.DataFrame(rows)
@@ -71,11 +74,12 @@ def run(args: argparse.Namespace) -> int:
     from lnpeft.numerics import pin_threads
 
     pin_threads(args.threads)  # the float64 sums split by thread count
-    pre_type, pre = load_parameters(args.pre)
-    post_type, post = load_parameters(args.post)
-    if pre_type != post_type:
-        raise ValueError(f"{args.pre} is a {pre_type} model but {args.post} is a {post_type} model")
-    df = compute_drift(pre_type, pre, post)
+    pre_arch, pre = load_parameters(args.pre)
+    post_arch, post = load_parameters(args.post)
+    if pre_arch.base != post_arch.base or pre_arch.n_layers != post_arch.n_layers:
+        raise ValueError(f"{args.pre} and {args.post} are models of other families or depths "
+                         f"({pre_arch.base} x {pre_arch.n_layers} vs {post_arch.base} x {post_arch.n_layers})")
+    df = compute_drift(pre_arch, pre, post)
     meta = {"lnpeft": json.dumps({"pre": str(args.pre), "post": str(args.post)}, sort_keys=True)}
     write_parquet(df, args.out, "drift", metadata=meta)
     top = df[df["kind"] == "all"].groupby("component")["D"].mean().sort_values(ascending=False)

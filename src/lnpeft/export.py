@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from lnpeft.architectures import get_architecture
+from lnpeft.architectures import for_config
 from lnpeft.artifacts import atomic_dir, write_json
 from lnpeft.cli import LnpeftError
 from lnpeft.init import head_config
@@ -79,9 +79,9 @@ def _module_of(name: str) -> str:
 
 
 def adapter_modules(model, init_meta: dict) -> tuple[list[str], list[str]]:
-    """(target_modules, modules_to_save): the output LayerNorm modules, and the head plus the
+    """(target_modules, modules_to_save): the LayerNorm set's modules, and the head plus the
     modules of every weight the init seeded (full module paths, which peft matches by suffix)."""
-    arch = get_architecture(model.config.model_type)
+    arch = for_config(model.config)
     names = [n for n, _ in model.named_parameters()]
     targets = list(dict.fromkeys(_module_of(n) for n in names if arch.is_layernorm(n)))
     seeded = [n for n in names if arch.is_head(n) or n in set(init_meta.get("new_weights", []))]

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lnpeft.architectures import COMPONENTS, LAYERNORM_COMPONENT, get_architecture
+from lnpeft.architectures import COMPONENTS, for_config
 from lnpeft.artifacts import read_parquet, write_parquet
 from lnpeft.batching import collate, encode, length_grouped_batches, model_inputs
 from lnpeft.errors import OutOfMemoryError, is_oom
@@ -57,19 +57,24 @@ class FisherConfig:
             raise ValueError(f"--max-length must be >= 2, got {self.max_length}")
 
 
-def per_sample_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """-sum_j log p(y_j | x_j) (up to constants): cross-entropy, or 0.5 squared error if 1 output."""
+def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-log p(y_j | x_j) per sample [B] (up to constants): cross-entropy, or 0.5 squared error if 1 output."""
     if logits.shape[-1] == 1:
-        return 0.5 * (logits.squeeze(-1) - labels.to(logits.dtype)).pow(2).sum()
-    return torch.nn.functional.cross_entropy(logits, labels.long(), reduction="sum")
+        return 0.5 * (logits.squeeze(-1) - labels.to(logits.dtype)).pow(2)
+    return torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
+
+
+def per_sample_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-sum_j log p(y_j | x_j) (up to constants)."""
+    return per_sample_losses(logits, labels).sum()
 
 
 def component_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """prefix -> module of every per-layer component (the eight of Table 1) of the encoder."""
-    arch = get_architecture(model.config.model_type)
+    arch = for_config(model.config)
     found = {}
     for name, module in model.named_modules():
-        if name and arch.parse(f"{name}.weight") is not None:
+        if name and arch.pieces(f"{name}.weight"):
             found[name] = module
     if not found:
         raise ValueError(f"no encoder components found in a {model.config.model_type} model")
@@ -97,7 +102,7 @@ def compute_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Ten
             labels = batch.pop("labels")
             try:
                 logits = model(**model_inputs(model, batch)).logits
-                sampler.backward(per_sample_loss_sum(logits, labels), batch["attention_mask"])
+                sampler.backward(per_sample_losses(logits, labels), batch["attention_mask"])
             except RuntimeError as err:
                 if not is_oom(err):
                     raise
@@ -112,22 +117,24 @@ def compute_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Ten
 
 
 def fisher_tables(model: torch.nn.Module, fisher: dict[str, torch.Tensor]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per output-LayerNorm entry table, per (layer, component, kind) mean table), model order."""
-    arch = get_architecture(model.config.model_type)
+    """(per LayerNorm entry table, per (layer, component, kind) mean table), model order.
+
+    The entries are those of the model's LayerNorm set (`for_config`: the paper's output LayerNorm
+    unless the init folder chose another); a fused tensor's row blocks are averaged per component."""
+    arch = for_config(model.config)
     entries, comps = [], []
     for name, _ in model.named_parameters():
-        parsed = arch.parse(name)
-        if parsed is None or name not in fisher:
+        if name not in fisher:
             continue
-        layer, component, kind = parsed
-        values = fisher[name].detach().cpu().numpy().astype(np.float64)
-        comps.append({"layer": layer, "component": component, "kind": kind,
-                      "n": int(values.size), "fisher": float(values.mean())})
-        if component == LAYERNORM_COMPONENT:
-            entries.append(pd.DataFrame({
-                "param": name, "layer": layer, "component": component, "kind": kind,
-                "index": np.arange(values.size, dtype=np.int64), "fisher": values.ravel(),
-            }))
+        for piece in arch.pieces(name):
+            values = piece.take(fisher[name]).detach().cpu().numpy().astype(np.float64)
+            comps.append({"layer": piece.layer, "component": piece.component, "kind": piece.kind,
+                          "n": int(values.size), "fisher": float(values.mean())})
+            if piece.component in arch.layernorm:  # never fused: the entry index is the tensor's
+                entries.append(pd.DataFrame({
+                    "param": name, "layer": piece.layer, "component": piece.component, "kind": piece.kind,
+                    "index": np.arange(values.size, dtype=np.int64), "fisher": values.ravel(),
+                }))
     comp_df = pd.DataFrame(comps)
     comp_df["order"] = comp_df["component"].map(COMPONENTS.index)
     comp_df = comp_df.sort_values(["layer", "order", "kind"], kind="stable").drop(columns="order")

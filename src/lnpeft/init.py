@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
+from lnpeft.architectures import LAYERNORM_COMPONENT, LAYERNORM_CONFIG_KEY, check_layernorm_set
 from lnpeft.artifacts import atomic_dir, write_json
 from lnpeft.checkpoint import CheckpointError, manifest_sha256, verify_checkpoint
 from lnpeft.glue_tsv import sha256_file
+from lnpeft.methods import select
 from lnpeft.tasks import TaskSpec, get_task
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class InitConfig:
     """Seed of the new weights (the classification head)."""
     out: str
     """results/init/{model}/{task}/seed{seed}."""
+    layernorm: tuple[str, ...] = (LAYERNORM_COMPONENT,)
+    """The LayerNorm set (config `model.layernorm`); another than the paper's is recorded in the
+    folder's config.json, where every later stage reads it (`lnpeft.architectures.for_config`)."""
 
 
 def head_config(spec: TaskSpec) -> dict:
@@ -52,12 +57,14 @@ def seeded_init_(model: torch.nn.Module, names: list[str], seed: int) -> None:
     std = float(getattr(model.config, "initializer_range", 0.02))
     gen = torch.Generator().manual_seed(seed)
     params = dict(model.named_parameters())
+    # by module type too: ModernBERT's head has a LayerNorm called `norm`
+    norms = {f"{m}.weight" for m, module in model.named_modules() if isinstance(module, torch.nn.LayerNorm)}
     with torch.no_grad():
         for name in sorted(names):
             p = params[name]
             if name.endswith("bias"):
                 p.zero_()
-            elif "LayerNorm" in name or "layer_norm" in name:
+            elif "LayerNorm" in name or "layer_norm" in name or name in norms:
                 p.fill_(1.0)
             else:
                 p.copy_(torch.normal(0.0, std, size=p.shape, generator=gen, dtype=torch.float32))
@@ -88,6 +95,10 @@ def make_init(cfg: InitConfig) -> dict:
     spec = get_task(cfg.task)
     verify_checkpoint(cfg.checkpoint)
     model, missing = load_seeded(cfg.checkpoint, spec, cfg.seed)
+    layernorm = check_layernorm_set(list(cfg.layernorm), "--layernorm")
+    if layernorm != (LAYERNORM_COMPONENT,):  # the paper's set leaves config.json as transformers writes it
+        setattr(model.config, LAYERNORM_CONFIG_KEY, list(layernorm))
+    select(model, "layernorm")  # a set this family lacks fails here, before any training job
     tokenizer = AutoTokenizer.from_pretrained(cfg.checkpoint)
     with atomic_dir(cfg.out) as tmp:  # the folder appears complete or not at all
         model.save_pretrained(tmp)
@@ -136,9 +147,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out", required=True, help="results/init/{model}/{task}/seed{seed}")
+    parser.add_argument("--layernorm", nargs="+", default=list(InitConfig.layernorm), metavar="COMPONENT",
+                        help="the LayerNorm set: output.LayerNorm (the paper's, default) and/or "
+                             "attention.output.LayerNorm")
 
 
 def run(args: argparse.Namespace) -> int:
-    info = make_init(InitConfig(args.checkpoint, args.task, args.seed, args.out))
+    info = make_init(InitConfig(args.checkpoint, args.task, args.seed, args.out, tuple(args.layernorm)))
     print(f"init {info['task']} seed {info['seed']}: new weights {', '.join(info['new_weights'])}")
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lnpeft.architectures import Architecture, get_architecture
+from lnpeft.architectures import Architecture, for_config
 
 
 @dataclass
@@ -87,7 +87,8 @@ def _head(model: nn.Module, arch: Architecture) -> list[str]:
 def _layernorm(model: nn.Module, arch: Architecture) -> list[str]:
     names = [n for n, _ in model.named_parameters() if arch.is_layernorm(n)]
     if not names:
-        raise ValueError(f"no output LayerNorm parameters found under {arch.base}.{arch.layer_path}")
+        raise ValueError(f"no LayerNorm parameters of the set {', '.join(arch.layernorm)} found in this "
+                         f"{arch.base} model (model.layernorm chooses the set)")
     return names
 
 
@@ -101,12 +102,16 @@ def bitfit(model: nn.Module, arch: Architecture, options: MethodOptions) -> Trai
     """Every bias (LayerNorm and pooler biases included) plus the head (Zaken et al., 2021)."""
     head = _head(model, arch)
     biases = [n for n, _ in model.named_parameters() if n.endswith(".bias") and n not in head]
+    if not biases:  # ModernBERT by default: BitFit would silently train the head alone
+        raise ValueError(f"method 'bitfit' selects nothing: this {model.config.model_type} model has no biases "
+                         "outside its head; remove bitfit from methods (and from stats, submission)")
     return TrainableSet(tuple(biases + head))
 
 
 @register_method("layernorm")
 def layernorm(model: nn.Module, arch: Architecture, options: MethodOptions) -> TrainableSet:
-    """Each layer's output LayerNorm weight and bias plus the head (the paper's method)."""
+    """Each layer's output LayerNorm weight and bias plus the head (the paper's method); the init
+    folder's `model.layernorm` may choose another set (`lnpeft.architectures.for_config`)."""
     return TrainableSet(tuple(_layernorm(model, arch) + _head(model, arch)))
 
 
@@ -177,8 +182,7 @@ def select(model: nn.Module, method: str, options: MethodOptions = MethodOptions
     """The trainable set of `method` for a *ForSequenceClassification model."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    arch = get_architecture(model.config.model_type)
-    return METHODS[method](model, arch, options)
+    return METHODS[method](model, for_config(model.config), options)
 
 
 def meta_model(config_path: Path | str, num_labels: int) -> nn.Module:

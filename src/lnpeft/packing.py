@@ -149,6 +149,8 @@ def _packed_layernorm(module: nn.LayerNorm, prefix: str, runs: list[RunParameter
         xhat = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
         xs = xhat.reshape(len(runs), -1, xhat.shape[-1])
         gamma = torch.stack([_effective(r, w_name, module.weight) for r in runs]).unsqueeze(1)
+        if module.bias is None:  # ModernBERT's norms
+            return (xs * gamma).reshape(x.shape)
         beta = torch.stack([_effective(r, b_name, module.bias) for r in runs]).unsqueeze(1)
         return (xs * gamma + beta).reshape(x.shape)
 

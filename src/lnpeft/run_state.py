@@ -16,6 +16,7 @@ Files in the run folder (all atomic; epochs.parquet last, as the completion mark
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -130,8 +131,9 @@ class RunState:
             raise ValueError(f"{self.resume_path}: checkpoint written by another lnpeft version "
                              f"(format {ckpt.get('format', 1)}, this one reads {RESUME_FORMAT}); "
                              "delete it to start the run over")
+        saved = {**_defaults_of(self.cfg, ckpt["config"]), **ckpt["config"]}
         differs = sorted(k for k, v in self.cfg.to_json().items()
-                         if k not in EXECUTION_OPTIONS and ckpt["config"].get(k) != v)
+                         if k not in EXECUTION_OPTIONS and saved.get(k) != v)
         if differs:
             raise ValueError(f"{self.resume_path}: checkpoint of a run with other options "
                              f"({', '.join(differs)}); delete it to start over")
@@ -201,3 +203,11 @@ class RunState:
         write_json({"run": self.name, "error": type(error).__name__, "message": str(error)},
                    self.out / "failed.json")
         print(f"{self.name}: failed: {error}", flush=True)
+
+
+def _defaults_of(cfg, saved: dict) -> dict:
+    """The defaults (serialised as to_json does) of the options a checkpoint lacks: an option newer
+    than the checkpoint is how the older version ran, its default."""
+    missing = {f.name: f.default for f in dataclasses.fields(cfg)
+               if f.name not in saved and f.default is not dataclasses.MISSING}
+    return {k: v for k, v in dataclasses.replace(cfg, **missing).to_json().items() if k in missing}

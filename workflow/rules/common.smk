@@ -229,8 +229,19 @@ def pack_dir(task, lr, seed):
     return f"results/packs/{MODEL}/{task}/lr{lr}_seed{seed}"
 
 
+def _not_planned(what):
+    return ValueError(
+        f"{what} is not among the runs that the config's packs train (tasks, seeds, methods, "
+        "learning_rates, fractions); add it to the config, or set training.pack_size: 1 to train "
+        "any run path by itself"
+    )
+
+
 def get_pack(wildcards):
-    return PACKS[(wildcards.task, int(wildcards.seed), wildcards.lr, wildcards.pack)]
+    key = (wildcards.task, int(wildcards.seed), wildcards.lr, wildcards.pack)
+    if key not in PACKS:
+        raise _not_planned(f"pack {wildcards.pack} of {wildcards.task} lr {wildcards.lr} seed {wildcards.seed}")
+    return PACKS[key]
 
 
 def get_pack_masks(wildcards):
@@ -253,7 +264,10 @@ def pack_member_args(wildcards):
 
 def get_member_status(wildcards):
     """The status file of the pack that trains run `member` (collect_run waits for it)."""
-    pack = PACK_OF[(wildcards.task, int(wildcards.seed), wildcards.lr, wildcards.member)]
+    key = (wildcards.task, int(wildcards.seed), wildcards.lr, wildcards.member)
+    if key not in PACK_OF:
+        raise _not_planned(f"run {wildcards.member} of {wildcards.task} lr {wildcards.lr} seed {wildcards.seed}")
+    pack = PACK_OF[key]
     return f"{pack_dir(wildcards.task, wildcards.lr, wildcards.seed)}/{pack.name}.json"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lnpeft.grad_sample.shared import linear_per_sample, shared_backprops
 from lnpeft.grad_sample.utils import get_grad_sampler
 
 
@@ -44,36 +45,57 @@ class SquaredGradSampler:
     def backward(self, loss: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
         """One backward pass to the recorded outputs only (no parameter .grad is formed).
 
-        `token_mask` [B, T] zeroes padded positions' backprops. With BERT's attention mask they
-        are zero already (padded keys get zero attention weight); the mask makes it hold for any
-        encoder.
+        `loss` is the per-sample losses [B], or their sum (enough unless a layer runs on a tensor
+        the batch shares: `lnpeft.grad_sample.shared`). `token_mask` [B, T] zeroes padded
+        positions' backprops. With BERT's attention mask they are zero already (padded keys get
+        zero attention weight); the mask makes it hold for any encoder.
         """
         records, self._records = self._records, []
         if not records:
             raise RuntimeError("no hooked layer ran in the forward pass; nothing to differentiate")
-        if len({id(m) for m, _, _ in records}) != len(records):
-            # a per-sample gradient would be the sum over calls, squared once: not what kernels do
-            seen, twice = set(), []
-            for m, _, _ in records:
-                if id(m) in seen:
-                    twice.append(next(p for p, mod in self.modules.items() if mod is m))
-                seen.add(id(m))
-            raise RuntimeError(
-                f"{twice[0]} ran more than once in one forward pass (shared weights), so its squared "
-                "per-sample gradients cannot be formed from one backward pass. DeBERTa-v3 does this "
-                "(share_att_key: its key and query projections also project the relative position "
-                "embeddings); the Fisher stage supports DeBERTa with share_att_key false")
+        losses = loss if loss.dim() == 1 else None
+        total = loss.sum() if losses is not None else loss
+        # samples: the losses', else the mask's rows, else those of the first hooked layer's output
+        batch = len(losses) if losses is not None else (
+            token_mask.shape[0] if token_mask is not None else records[0][2].shape[0])
+        calls: dict[int, int] = {}
+        for m, _, _ in records:
+            calls[id(m)] = calls.get(id(m), 0) + 1
+        # a layer run twice, or on rows that are not the batch's samples, needs the per-call path
+        shared = [i for i, (_, _, out) in enumerate(records) if out.shape[0] != batch]
+        repeated = {id(m) for m, _, _ in records if calls[id(m)] > 1} | {id(records[i][0]) for i in shared}
+        if shared and losses is None:
+            name = next(p for p, mod in self.modules.items() if id(mod) == id(records[shared[0]][0]))
+            raise RuntimeError(f"{name} ran on a tensor the batch shares; pass the per-sample losses [B] "
+                               "to backward, not their sum")
         outputs = [out for _, _, out in records]
         if not all(out.requires_grad for out in outputs):
             raise RuntimeError("a hooked layer's output does not require grad; "
                                "keep the encoder's parameters trainable while computing the Fisher")
-        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
-        for (module, activations, output), backprops in zip(records, grads):
+        per_sample = [i for i in range(len(records)) if i not in set(shared)]
+        grads: list[torch.Tensor | None] = [None] * len(records)
+        found = torch.autograd.grad(total, [outputs[i] for i in per_sample], allow_unused=True,
+                                    retain_graph=bool(shared))
+        for i, g in zip(per_sample, found):
+            grads[i] = g
+        if shared:
+            for i, g in zip(shared, shared_backprops(losses, [outputs[i] for i in shared])):
+                grads[i] = g
+        grouped: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for i, ((module, activations, output), backprops) in enumerate(zip(records, grads)):
             if backprops is None:  # the layer does not influence the loss: zero information
                 backprops = torch.zeros_like(output)
             if token_mask is not None and backprops.dim() == 3 and backprops.shape[:2] == token_mask.shape:
                 backprops = backprops * token_mask.unsqueeze(-1).to(backprops.dtype)
-            for param, value in get_grad_sampler(module)(module, activations, backprops).items():
-                name = self._names[id(param)]
-                value = value.detach().to(torch.float64)
-                self.sums[name] = self.sums[name] + value if name in self.sums else value
+            if id(module) in repeated:
+                grouped.setdefault(id(module), []).append((activations, backprops))
+                continue
+            self._add(get_grad_sampler(module)(module, activations, backprops))
+        for module in {id(m): m for m, _, _ in records if id(m) in grouped}.values():
+            self._add(linear_per_sample(module, grouped[id(module)], batch))
+
+    def _add(self, squared: dict[nn.Parameter, torch.Tensor]) -> None:
+        for param, value in squared.items():
+            name = self._names[id(param)]
+            value = value.detach().to(torch.float64)
+            self.sums[name] = self.sums[name] + value if name in self.sums else value

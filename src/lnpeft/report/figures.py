@@ -158,11 +158,12 @@ def fig5(scores: pd.DataFrame) -> Figure:
 def fig3(fisher: dict[str, pd.DataFrame]) -> Figure:
     shares = {task: layernorm_share(df) for task, df in fisher.items()}
     tasks = list(shares)
+    kinds = _kinds(shares.values())
     n_layers = max(len(s) for s in shares.values())
     vmax = max(float(s.to_numpy().max()) for s in shares.values())
-    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 2.5 + 1.1 * len(tasks)), 2.0 + 0.3 * n_layers),
+    fig, axes = plt.subplots(1, len(kinds), figsize=(max(7.0, 2.5 + 1.1 * len(tasks)), 2.0 + 0.3 * n_layers),
                              sharey=True, squeeze=False, layout="constrained")
-    for ax, kind in zip(axes[0], ("weight", "bias")):
+    for ax, kind in zip(axes[0], kinds):
         mat = pd.DataFrame({task: shares[task][kind] for task in tasks})
         im = ax.imshow(mat.to_numpy(), aspect="auto", cmap="magma", vmin=0, vmax=vmax,
                        interpolation="nearest")
@@ -176,8 +177,15 @@ def fig3(fisher: dict[str, pd.DataFrame]) -> Figure:
     return fig
 
 
+def _kinds(shares) -> list[str]:
+    """weight and bias, or weight alone for norms without a bias (ModernBERT's)."""
+    present = {k for s in shares for k in s.columns}
+    return [k for k in ("weight", "bias") if k in present]
+
+
 def fig4(fisher: dict[str, pd.DataFrame]) -> Figure:
-    total = sum(layernorm_share(df) for df in fisher.values())[["weight", "bias"]]
+    kinds = _kinds(layernorm_share(df) for df in fisher.values())
+    total = sum(layernorm_share(df) for df in fisher.values())[kinds]
     mat = total.to_numpy()
     fig, ax = plt.subplots(figsize=(4.6, 1.5 + 0.3 * len(total)))
     im = ax.imshow(mat, aspect="auto", cmap="magma", interpolation="nearest")
@@ -186,7 +194,7 @@ def fig4(fisher: dict[str, pd.DataFrame]) -> Figure:
         for (i, j), v in np.ndenumerate(mat):
             ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
                     color="black" if v > threshold else "white")
-    ax.set_xticks([0, 1], ["weight", "bias"])
+    ax.set_xticks(range(len(kinds)), kinds)
     ax.set_yticks(range(len(total)), [str(i) for i in total.index])
     ax.set_ylabel("layer")
     ax.set_title(f"Global LayerNorm Fisher ({len(fisher)} tasks: {', '.join(fisher)})", fontsize=8)
