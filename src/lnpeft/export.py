@@ -79,13 +79,22 @@ def _module_of(name: str) -> str:
 
 
 def adapter_modules(model, init_meta: dict) -> tuple[list[str], list[str]]:
-    """(target_modules, modules_to_save): the LayerNorm set's modules, and the head plus the
-    modules of every weight the init seeded (full module paths, which peft matches by suffix)."""
+    """(target_modules, modules_to_save): the LayerNorm set's modules, and the head's top-level
+    modules plus the modules of every other weight the init seeded (full module paths, which peft
+    matches by suffix). Whole head modules, never their children: peft wraps a sequence
+    classifier's `classifier` by itself, and a child wrapped inside it (ELECTRA's and RoBERTa's
+    `classifier.dense`) would not load back."""
     arch = for_config(model.config)
     names = [n for n, _ in model.named_parameters()]
     targets = list(dict.fromkeys(_module_of(n) for n in names if arch.is_layernorm(n)))
-    seeded = [n for n in names if arch.is_head(n) or n in set(init_meta.get("new_weights", []))]
-    return targets, list(dict.fromkeys(_module_of(n) for n in seeded))
+    seeded = set(init_meta.get("new_weights", []))
+    to_save = list(dict.fromkeys(n.split(".", 1)[0] if arch.is_head(n) else _module_of(n)
+                                 for n in names if arch.is_head(n) or n in seeded))
+    return targets, [m for m in to_save if not any(m.startswith(f"{a}.") for a in to_save)]
+
+
+def _under(name: str, modules: set[str]) -> bool:
+    return any(name.startswith(f"{m}.") for m in modules)
 
 
 @contextmanager
@@ -115,7 +124,7 @@ def build_adapter(merged, checkpoint: Path, spec, init_meta: dict):
                     source = name.removeprefix("base_model.model.").replace(marker, ".")
                     param.copy_(trained[source])
                     copied.add(source)
-    expected = {n for n in trained if _module_of(n) in set(targets) | set(to_save)}
+    expected = {n for n in trained if _under(n, set(targets) | set(to_save))}
     if copied != expected:
         raise LnpeftError(f"peft adapter does not cover {sorted(expected - copied)[:5]} (peft wrapped "
                           f"{sorted(copied - expected)[:5]} instead); report this with your peft version")
