@@ -59,6 +59,7 @@ def test_tiny_workflow_on_another_family(tmp_path, family):
     table1 = pd.read_csv(results / "tables" / "table1.csv")
     assert len(table1) == 8 and table1["score"].sum() == pytest.approx(2.0)  # 2 tasks, each sums to 1
     model = AutoModelForSequenceClassification.from_pretrained(results / "init" / name / "rte" / "seed0")
+    assert all(getattr(model.config, k) == v for k, v in extra.items())  # DeBERTa-v3's shared projections
     table2 = pd.read_csv(results / "tables" / "table2.csv").set_index("method")
     assert list(table2.index) == methods
     for method in methods:
