@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import torch
@@ -74,13 +75,13 @@ class Architecture:
     """The components the layernorm method, the random control's size and the Fisher subsets use;
     the paper's set by default, else the init folder's `model.layernorm` (`for_config`)."""
 
-    @property
+    @cached_property  # asked once per parameter name: built once per row
     def _layer_re(self) -> re.Pattern[str]:
         return re.compile(
             rf"^{re.escape(self.base)}\.{re.escape(self.layer_path)}\.(\d+)\.(.+)\.(weight|bias)$"
         )
 
-    @property
+    @cached_property
     def _to_paper(self) -> dict[str, str]:
         family = dict(self.renames)
         elsewhere = {c for _, cs in self.fused for c in cs} | {c for c, _, _ in self.next_layer}
@@ -212,5 +213,4 @@ def for_config(config: Any) -> Architecture:
     arch = get_architecture(config.model_type)
     chosen = getattr(config, LAYERNORM_CONFIG_KEY, None)
     layernorm = check_layernorm_set(chosen, f"config.json {LAYERNORM_CONFIG_KEY}") if chosen else arch.layernorm
-    return replace(arch, n_layers=getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None),
-                   layernorm=layernorm)
+    return replace(arch, n_layers=config.num_hidden_layers, layernorm=layernorm)

@@ -90,7 +90,7 @@ def adapter_modules(model, init_meta: dict) -> tuple[list[str], list[str]]:
     seeded = set(init_meta.get("new_weights", []))
     to_save = list(dict.fromkeys(n.split(".", 1)[0] if arch.is_head(n) else _module_of(n)
                                  for n in names if arch.is_head(n) or n in seeded))
-    return targets, [m for m in to_save if not any(m.startswith(f"{a}.") for a in to_save)]
+    return targets, [m for m in to_save if not _under(m, set(to_save))]
 
 
 def _under(name: str, modules: set[str]) -> bool:

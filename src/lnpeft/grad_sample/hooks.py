@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import nn
 
@@ -58,9 +60,7 @@ class SquaredGradSampler:
         # samples: the losses', else the mask's rows, else those of the first hooked layer's output
         batch = len(losses) if losses is not None else (
             token_mask.shape[0] if token_mask is not None else records[0][2].shape[0])
-        calls: dict[int, int] = {}
-        for m, _, _ in records:
-            calls[id(m)] = calls.get(id(m), 0) + 1
+        calls = Counter(id(m) for m, _, _ in records)
         # a layer run twice, or on rows that are not the batch's samples, needs the per-call path
         shared = [i for i, (_, _, out) in enumerate(records) if out.shape[0] != batch]
         repeated = {id(m) for m, _, _ in records if calls[id(m)] > 1} | {id(records[i][0]) for i in shared}
@@ -72,7 +72,7 @@ class SquaredGradSampler:
         if not all(out.requires_grad for out in outputs):
             raise RuntimeError("a hooked layer's output does not require grad; "
                                "keep the encoder's parameters trainable while computing the Fisher")
-        per_sample = [i for i in range(len(records)) if i not in set(shared)]
+        per_sample = [i for i in range(len(records)) if i not in shared]
         grads: list[torch.Tensor | None] = [None] * len(records)
         found = torch.autograd.grad(total, [outputs[i] for i in per_sample], allow_unused=True,
                                     retain_graph=bool(shared))
@@ -81,18 +81,18 @@ class SquaredGradSampler:
         if shared:
             for i, g in zip(shared, shared_backprops(losses, [outputs[i] for i in shared])):
                 grads[i] = g
-        grouped: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        grouped: dict[int, tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
         for i, ((module, activations, output), backprops) in enumerate(zip(records, grads)):
             if backprops is None:  # the layer does not influence the loss: zero information
                 backprops = torch.zeros_like(output)
             if token_mask is not None and backprops.dim() == 3 and backprops.shape[:2] == token_mask.shape:
                 backprops = backprops * token_mask.unsqueeze(-1).to(backprops.dtype)
             if id(module) in repeated:
-                grouped.setdefault(id(module), []).append((activations, backprops))
+                grouped.setdefault(id(module), (module, []))[1].append((activations, backprops))
                 continue
             self._add(get_grad_sampler(module)(module, activations, backprops))
-        for module in {id(m): m for m, _, _ in records if id(m) in grouped}.values():
-            self._add(linear_per_sample(module, grouped[id(module)], batch))
+        for module, module_calls in grouped.values():
+            self._add(linear_per_sample(module, module_calls, batch))
 
     def _add(self, squared: dict[nn.Parameter, torch.Tensor]) -> None:
         for param, value in squared.items():

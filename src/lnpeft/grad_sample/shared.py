@@ -23,11 +23,11 @@ def shared_backprops(losses: torch.Tensor, outputs: list[torch.Tensor]) -> list[
     eye = torch.eye(n, dtype=losses.dtype, device=losses.device)
     parts: list[list[torch.Tensor]] = [[] for _ in outputs]
     for start in range(0, n, CHUNK):
-        grads = torch.autograd.grad(losses, outputs, grad_outputs=eye[start:start + CHUNK],
-                                    is_grads_batched=True, retain_graph=True, allow_unused=True)
+        rows = eye[start:start + CHUNK]
+        grads = torch.autograd.grad(losses, outputs, grad_outputs=rows, is_grads_batched=True,
+                                    retain_graph=True, allow_unused=True)
         for i, (g, out) in enumerate(zip(grads, outputs)):
-            parts[i].append(torch.zeros(len(eye[start:start + CHUNK]), *out.shape, dtype=out.dtype,
-                                        device=out.device) if g is None else g)
+            parts[i].append(out.new_zeros(len(rows), *out.shape) if g is None else g)
     return [torch.cat(p) for p in parts]
 
 
