@@ -56,7 +56,7 @@ def build_model(shape: str, num_labels: int = 2, seed: int = 0, dropout: float =
 
 def glue_dir() -> Path:
     """The local GLUE copy: $LNPEFT_GLUE_DIR, ./glue_data, ../shared/glue (repo-relative too)."""
-    from lnpeft.workflow_config import resolve_glue_dir
+    from lnpeft.plan.workflow_config import resolve_glue_dir
 
     for base in (Path.cwd(), REPO):
         found = resolve_glue_dir("auto", base)
@@ -79,12 +79,12 @@ def tokenizer():
 
 
 def load_task(task: str, n: int, max_length: int = 128, seed: int = 0, split: str = "train"):
-    """A seeded sample of n rows of a GLUE task's split, tokenised (lnpeft.batching.Encoded)."""
+    """A seeded sample of n rows of a GLUE task's split, tokenised (lnpeft.data.batching.Encoded)."""
     import pandas as pd
 
-    from lnpeft.batching import encode
-    from lnpeft.glue_tsv import read_split
-    from lnpeft.tasks import get_task
+    from lnpeft.data.batching import encode
+    from lnpeft.data.glue_tsv import read_split
+    from lnpeft.data.tasks import get_task
 
     spec = get_task(task)
     raw = read_split(glue_dir(), spec, split)
@@ -171,8 +171,8 @@ def machine_info(device: torch.device) -> dict:
 
 
 def write_json(data: dict, path: Path | str) -> Path:
-    """Atomic JSON (lnpeft.artifacts.write_json), NaN-free so any JSON reader accepts it."""
-    from lnpeft.artifacts import write_json as _write
+    """Atomic JSON (lnpeft.data.artifacts.write_json), NaN-free so any JSON reader accepts it."""
+    from lnpeft.data.artifacts import write_json as _write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

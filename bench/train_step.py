@@ -2,10 +2,10 @@
 
 For each model shape and task (SST-2: short single sentences; RTE: long pairs) the same batches of
 real training examples (MiniLM tokenizer, batch 32) are run through one training step of every
-method, exactly as `lnpeft finetune` does it (trainable selection from lnpeft.methods,
-requires_grad only on whole trained tensors, lnpeft.partial_tensors for partly trained ones,
+method, exactly as `lnpeft finetune` does it (trainable selection from lnpeft.model.methods,
+requires_grad only on whole trained tensors, lnpeft.model.partial_tensors for partly trained ones,
 AdamW over those, clipping). Two modes:
-  grouped    ours: length-grouped dynamic padding (lnpeft.batching), torch.compile on CUDA
+  grouped    ours: length-grouped dynamic padding (lnpeft.data.batching), torch.compile on CUDA
   padded128  the baseline: every batch padded to max_length, eager
 Reported: step time (mean over the timed batches), examples/s, tokens/s (real tokens), padding
 fraction, peak memory, and the ratios issue 7's targets name. Timing is paired: every method's
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -35,10 +34,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from lnpeft.batching import Encoded, bucket_width, collate, length_grouped_batches  # noqa: E402
-from lnpeft.methods import MethodOptions, select  # noqa: E402
-from lnpeft.packing import in_place, pack, replicate, shared_dropout  # noqa: E402
-from lnpeft.run_state import make_optimizer  # noqa: E402
+from lnpeft.data.batching import Encoded, bucket_width, collate, length_grouped_batches  # noqa: E402
+from lnpeft.model.methods import MethodOptions, select  # noqa: E402
+from lnpeft.train.packing import in_place, pack, replicate, shared_dropout  # noqa: E402
+from lnpeft.train.run_state import make_optimizer  # noqa: E402
 
 METHODS = ("full", "bitfit", "layernorm", "random", "fisher")
 TASKS = ("sst2", "rte")
@@ -51,8 +50,8 @@ def write_fisher_mask(model, path: Path, seed: int = 0) -> Path:
     on which entries are chosen, only on how many and where)."""
     import pandas as pd
 
-    from lnpeft.architectures import for_config
-    from lnpeft.artifacts import write_parquet
+    from lnpeft.data.artifacts import write_parquet
+    from lnpeft.model.architectures import for_config
 
     arch = for_config(model.config)
     frames = []
@@ -71,7 +70,7 @@ def write_fisher_mask(model, path: Path, seed: int = 0) -> Path:
 
 class Stepper:
     """One training step of a method, or of a pack of runs (method "pack", `pack` members of PACK),
-    on a model copy, as lnpeft.finetune runs it (same trainable selection, partly trained tensors'
+    on a model copy, as lnpeft.train.finetune runs it (same trainable selection, partly trained tensors'
     entries, packed tensors, one optimizer and clipping norm per run; minus the lr schedule, which
     costs nothing)."""
 
@@ -90,7 +89,7 @@ class Stepper:
         self.compiled = compile_
         self.device = device
         self.amp = device.type == "cuda"
-        # as lnpeft.finetune's default: each member its separate run's dropout masks on CPU
+        # as lnpeft.train.finetune's default: each member its separate run's dropout masks on CPU
         self.dropout = (lambda: shared_dropout(len(sets))) if device.type == "cpu" else contextlib.nullcontext
 
     def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -86,7 +86,7 @@ def parse_benchmarks(folder: Path) -> dict[str, dict]:
 def write_config(folder: Path, full: bool) -> Path:
     config: dict = {}
     for path in DEMO if full else [TINY]:
-        from lnpeft.estimate import deep_update
+        from lnpeft.plan.config_file import deep_update
 
         config = deep_update(config, yaml.safe_load(path.read_text()))
     config.setdefault("data", {})["glue_dir"] = str(common.glue_dir())

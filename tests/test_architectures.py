@@ -1,4 +1,4 @@
-"""Encoder families beyond BERT: each row of lnpeft.architectures on a tiny random-config model of
+"""Encoder families beyond BERT: each row of lnpeft.model.architectures on a tiny random-config model of
 that family, checked against counts and names written out here by hand, and the batched Fisher
 against the batch-size-1 loop."""
 
@@ -11,10 +11,10 @@ import torch
 from test_fisher import make_examples, naive_fisher, padded_batches
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from lnpeft.architectures import ARCHITECTURES, COMPONENTS, for_config, get_architecture
-from lnpeft.batching import model_inputs
-from lnpeft.fisher import component_modules, compute_fisher
-from lnpeft.methods import MethodOptions, count, select
+from lnpeft.analysis.fisher import component_modules, compute_fisher
+from lnpeft.data.batching import model_inputs
+from lnpeft.model.architectures import ARCHITECTURES, COMPONENTS, for_config, get_architecture
+from lnpeft.model.methods import MethodOptions, count, select
 
 SMALL = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=64,
              max_position_embeddings=64, initializer_range=0.3)
@@ -30,7 +30,7 @@ CONFIGS = {
     "modernbert": {**SMALL, "pad_token_id": 0, "bos_token_id": 1, "cls_token_id": 1, "eos_token_id": 2,
                    "sep_token_id": 2, "local_attention": 4, "global_attn_every_n_layers": 2},
 }
-# written out by hand per family, independently of lnpeft.architectures
+# written out by hand per family, independently of lnpeft.model.architectures
 OUTPUT_LN = {"distilbert": "output_layer_norm"}
 LAYER = {"distilbert": "transformer.layer", "modernbert": "layers"}
 HEAD = {"bert": ("classifier.",), "roberta": ("classifier.",), "xlm-roberta": ("classifier.",),
@@ -154,7 +154,7 @@ def test_token_types_only_for_families_that_take_them():
 def test_deberta_v3_shared_projections_fisher_equals_the_loop(monkeypatch, num_labels):
     """share_att_key (DeBERTa-v3): key and query projections also run on the relative position
     embeddings, which the batch shares; their per-sample gradients still equal the loop's."""
-    import lnpeft.grad_sample.shared as shared
+    import lnpeft.analysis.grad_sample.shared as shared
 
     monkeypatch.setitem(CONFIGS, "deberta-v2", {**CONFIGS["deberta-v2"], "share_att_key": True,
                                                 "position_buckets": 8})
@@ -174,8 +174,8 @@ def test_deberta_v3_shared_projections_fisher_equals_the_loop(monkeypatch, num_l
 
 def test_fused_rows_drift_and_fisher_per_component():
     """Query, key and value of ModernBERT's Wqkv are measured on their own row thirds."""
-    from lnpeft.drift import compute_drift
-    from lnpeft.fisher import fisher_tables
+    from lnpeft.analysis.drift import compute_drift
+    from lnpeft.analysis.fisher import fisher_tables
 
     model = tiny("modernbert")
     arch = for_config(model.config)
@@ -205,7 +205,7 @@ def test_fused_rows_drift_and_fisher_per_component():
 @pytest.mark.parametrize("flags", [{}, {"attention_bias": True}, {"mlp_bias": True}, {"norm_bias": True}])
 def test_bias_switches_in_config_json_agree_with_the_model(monkeypatch, flags):
     """has_encoder_biases reads config.json alone (the workflow's start-up check); the model decides."""
-    from lnpeft.architectures import has_encoder_biases
+    from lnpeft.model.architectures import has_encoder_biases
 
     monkeypatch.setitem(CONFIGS, "modernbert", {**CONFIGS["modernbert"], **flags})
     model = tiny("modernbert")
@@ -222,8 +222,8 @@ def test_bias_switches_in_config_json_agree_with_the_model(monkeypatch, flags):
 def test_a_layernorm_set_of_both_norms_is_read_from_config_json(tmp_path, model_type):
     """init --layernorm records the set in config.json; methods, Fisher entries and the random
     control's size all follow it, counted here by module type."""
-    from lnpeft.architectures import LAYERNORM_CONFIG_KEY
-    from lnpeft.fisher import fisher_tables
+    from lnpeft.analysis.fisher import fisher_tables
+    from lnpeft.model.architectures import LAYERNORM_CONFIG_KEY
 
     model = tiny(model_type)
     setattr(model.config, LAYERNORM_CONFIG_KEY, ["output.LayerNorm", "attention.output.LayerNorm"])

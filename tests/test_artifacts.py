@@ -18,11 +18,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lnpeft.artifacts import (
-    _HOST, EPOCH_COLUMNS, SCHEMAS, ArtifactError, _check, atomic_dir, atomic_path, read_parquet, write_json,
+from lnpeft.cli import main
+from lnpeft.data.artifacts import (
+    _HOST,
+    EPOCH_COLUMNS,
+    SCHEMAS,
+    ArtifactError,
+    _check,
+    atomic_dir,
+    atomic_path,
+    read_parquet,
+    write_json,
     write_parquet,
 )
-from lnpeft.cli import main
 from lnpeft.errors import DiskFullError, disk_full_code
 
 

@@ -7,7 +7,6 @@ out of memory). Each asserts the exact message.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
@@ -21,9 +20,9 @@ from test_finetune import make_init, make_split
 from test_workflow import needs_glue, snakemake, write_config
 
 from lnpeft import cli
-from lnpeft import finetune as ft
-from lnpeft.artifacts import read_parquet
-from lnpeft.workflow_config import ConfigError, check_config, check_schema
+from lnpeft.data.artifacts import read_parquet
+from lnpeft.plan.workflow_config import ConfigError, check_config, check_schema
+from lnpeft.train import finetune as ft
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"

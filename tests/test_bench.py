@@ -178,7 +178,7 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     comes back from the GPU machine)."""
     if _glue_dir() is None:
         pytest.skip("no local GLUE copy ($LNPEFT_GLUE_DIR or ../shared/glue)")
-    from lnpeft.checkpoint import package_folder
+    from lnpeft.model.checkpoint import package_folder
 
     tokenizer = tmp_path / "tokenizer"
     from transformers import AutoTokenizer

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, BertTokenizer
 
 from lnpeft import cli
-from lnpeft.checkpoint import CacheConfig, CheckpointError, cache_model, package_folder, verify_checkpoint
+from lnpeft.model.checkpoint import CacheConfig, CheckpointError, cache_model, package_folder, verify_checkpoint
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz", "the", "cat", "sat"]
 

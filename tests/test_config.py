@@ -11,7 +11,7 @@ import pytest
 import yaml
 from test_workflow import REPO, needs_glue, snakemake, write_config
 
-from lnpeft.workflow_config import ConfigError, check_schema, coerce_numbers, fmt_lr
+from lnpeft.plan.workflow_config import ConfigError, check_schema, coerce_numbers, fmt_lr
 
 
 @needs_glue
@@ -49,7 +49,7 @@ def test_shipped_configs_pass_the_schema_check(overlay):
 
     import yaml
 
-    from lnpeft.workflow_config import check_schema
+    from lnpeft.plan.workflow_config import check_schema
 
     repo = Path(__file__).resolve().parents[1]
     config = yaml.safe_load((repo / "config.yaml").read_text())
@@ -205,7 +205,7 @@ def test_nan_and_inf_numbers_name_the_key():
      "give a shorter path (at most 255 bytes per folder name)"),
 ])
 def test_path_name_over_255_bytes_names_the_key(section, update, message):
-    from lnpeft.workflow_config import check_config
+    from lnpeft.plan.workflow_config import check_config
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config[section].update(update)
@@ -215,7 +215,7 @@ def test_path_name_over_255_bytes_names_the_key(section, update, message):
 
 
 def test_auto_glue_dir_with_an_overlong_env_folder_names_it(monkeypatch):
-    from lnpeft.workflow_config import check_config
+    from lnpeft.plan.workflow_config import check_config
 
     monkeypatch.setenv("LNPEFT_GLUE_DIR", "e" * 256)
     config = yaml.safe_load((REPO / "config.yaml").read_text())

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lnpeft import cli, glue_tsv
-from lnpeft.artifacts import read_parquet
-from lnpeft.data import DataConfig, prepare, subsample_positions
-from lnpeft.tasks import UnknownTaskError, get_task
+from lnpeft import cli
+from lnpeft.data import glue_tsv
+from lnpeft.data.artifacts import read_parquet
+from lnpeft.data.prepare import DataConfig, prepare, subsample_positions
+from lnpeft.data.tasks import UnknownTaskError, get_task
 
 REPO = Path(__file__).resolve().parents[1]
 

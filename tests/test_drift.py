@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
-from lnpeft.artifacts import read_parquet
 from lnpeft.cli import main
+from lnpeft.data.artifacts import read_parquet
 
 
 def tiny(seed: int) -> BertForSequenceClassification:

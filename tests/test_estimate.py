@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from lnpeft.cli import main
-from lnpeft.estimate import (DEFAULT_THROUGHPUT, TOKENS, deep_update, default_throughput, estimate,
-                             load_config, read_throughput, run_cost)
+from lnpeft.plan.config_file import deep_update, load_config
+from lnpeft.plan.cost import DEFAULT_THROUGHPUT, TOKENS, default_throughput, read_throughput, run_cost
+from lnpeft.plan.estimate import estimate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +106,7 @@ def test_paper_grid_counts_and_default_throughput(capsys):
     assert stages["fractions"].runs == 8 * 3 * 9 * 4  # tasks x schemes x fractions x lrs
     assert stages["drift"].runs == 8 and stages["fisher"].runs == 8
     # Table 2's training examples: 20 epochs x 16 runs per task x the official train rows
-    from lnpeft.tasks import OFFICIAL_ROWS
+    from lnpeft.data.tasks import OFFICIAL_ROWS
 
     rows = sum(OFFICIAL_ROWS[t]["train"] for t in config["tasks"])
     assert stages["table2"].train_examples == 20 * 16 * rows
@@ -150,7 +151,7 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
 def test_packs_are_priced_from_a_measured_packing_gain_and_say_so(tmp_path):
     """A pack is one job; its projected time is its runs' time over the measured gain (none
     measured: no gain, and the table says it is projected)."""
-    from lnpeft.estimate import describe_packing
+    from lnpeft.plan.estimate import describe_packing
 
     plain = train_step_json(tmp_path / "plain.json", shape="bert-large")
     data = json.loads(plain.read_text())

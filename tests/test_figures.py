@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lnpeft.architectures import COMPONENTS
-from lnpeft.artifacts import write_parquet
 from lnpeft.cli import main
+from lnpeft.data.artifacts import write_parquet
+from lnpeft.model.architectures import COMPONENTS
 from lnpeft.report import figures
 from lnpeft.report.table1 import build_table1
 
@@ -184,8 +184,8 @@ def curve_dev(task, method, lr, seed, epoch):
 
 def write_curve_run(root, task, method, lr, seed):
     """epochs.parquet + run.json of one run as `lnpeft finetune` writes them (3 epochs)."""
-    from lnpeft.artifacts import write_json
-    from lnpeft.tasks import get_task
+    from lnpeft.data.artifacts import write_json
+    from lnpeft.data.tasks import get_task
 
     spec = get_task(task)
     run = root / "runs" / "m" / task / method / f"lr{lr}_seed{seed}"
@@ -212,7 +212,7 @@ def curve_runs(tmp_path):
 
 
 def test_curves_lr_choice_means_and_bands(tmp_path, curve_runs):
-    from lnpeft.artifacts import read_parquet
+    from lnpeft.data.artifacts import read_parquet
     from lnpeft.report import curves
     from lnpeft.report.tables import best_scores
 

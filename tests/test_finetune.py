@@ -11,11 +11,17 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizerFast,
+)
 
-from lnpeft import finetune as ft
-from lnpeft.artifacts import read_parquet, write_parquet
-from lnpeft.methods import MethodOptions, select
+from lnpeft.data.artifacts import read_parquet, write_parquet
+from lnpeft.model.methods import MethodOptions, select
+from lnpeft.model.state_file import load_state, save_safetensors
+from lnpeft.train import finetune as ft
 
 WORDS = ["good", "great", "fine", "nice", "bad", "awful", "poor", "sad",
          "the", "a", "movie", "film", "was", "is", "very", "quite", "plot", "story"]
@@ -97,7 +103,7 @@ def _entries_changed(init: Path, state_path: Path):
     """Load init, apply the saved state, compare every parameter entry with init."""
     before = AutoModelForSequenceClassification.from_pretrained(init)
     after = AutoModelForSequenceClassification.from_pretrained(init)
-    ft.load_state(after, state_path)
+    load_state(after, state_path)
     changed = {n: (p != dict(after.named_parameters())[n]) for n, p in before.named_parameters()}
     return before, changed
 
@@ -200,8 +206,7 @@ def test_resume_after_kill_mid_epoch_gives_identical_epochs(toy, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         ft.finetune(config(toy, run, **kw))
     assert (run / "resume.pt").exists() and not (run / "epochs.parquet").exists()
-    for name in ("predictions.parquet", "state.safetensors"):  # as Snakemake does before a rerun
-        (run / name).unlink()
+    assert sorted(p.name for p in run.iterdir()) == ["resume.pt"]  # files are written at the end only
     monkeypatch.setattr(torch.optim.AdamW, "step", original)
     resumed = ft.finetune(config(toy, run, **kw))
     assert not (run / "resume.pt").exists()
@@ -321,7 +326,7 @@ def test_full_disk_mid_save_keeps_the_previous_file(tmp_path, full_disk, monkeyp
     path = tmp_path / "run" / kind
     state = {"w": torch.arange(2000, dtype=torch.float32)}
     save = (lambda s: ft.save_resume({"params": s, "epoch": 1}, path)) if kind == "resume.pt" else \
-        (lambda s: ft.save_safetensors(s, path))
+        (lambda s: save_safetensors(s, path))
     save(state)
     before = path.read_bytes()
     if kind == "resume.pt":
@@ -350,7 +355,7 @@ def test_finetune_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(toy, t
                "--epochs", "1", "--batch-size", "32", "--threads", "1"])
     err = capsys.readouterr().err.splitlines()
     assert rc == 2
-    assert err[-1] == (f"lnpeft finetune: error: {out / 'predictions.parquet'}: no space left on device "
+    # the first file a run writes is its epoch checkpoint (its outputs come at the end)
+    assert err[-1] == (f"lnpeft finetune: error: {out / 'resume.pt'}: no space left on device "
                        f"while writing; free space (df -h {out}) and rerun")
-    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
-    assert not (out / "predictions.parquet").exists() and not (out / "epochs.parquet").exists()
+    assert list(out.iterdir()) == []  # no temporary file, no output

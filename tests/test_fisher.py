@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from lnpeft.architectures import COMPONENTS, for_config, get_architecture
-from lnpeft.artifacts import read_parquet, write_parquet
+from lnpeft.analysis.fisher import compute_fisher, per_sample_loss_sum
+from lnpeft.analysis.grad_sample import GRAD_SAMPLERS, SquaredGradSampler, compute_layer_norm_grad_sample
 from lnpeft.cli import main
-from lnpeft.fisher import compute_fisher, per_sample_loss_sum
-from lnpeft.grad_sample import GRAD_SAMPLERS, SquaredGradSampler, compute_layer_norm_grad_sample
+from lnpeft.data.artifacts import read_parquet, write_parquet
+from lnpeft.model.architectures import COMPONENTS, for_config, get_architecture
 
 WORDS = "the a cat dog sat on mat ran fast slow big small red blue green house tree went home".split()
 
@@ -196,7 +196,7 @@ def test_max_samples_accepts_yaml_null():
     """The workflow passes config values verbatim: fisher.max_samples: null arrives as 'None'."""
     import argparse
 
-    from lnpeft.fisher import add_arguments
+    from lnpeft.analysis.fisher import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_finetune import make_init, make_split
 
-from lnpeft.artifacts import read_parquet
+from lnpeft.data.artifacts import read_parquet
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -29,13 +29,14 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from lnpeft import cli, glue_tsv
-from lnpeft.artifacts import read_parquet
-from lnpeft.metric_names import aliases_of
+from lnpeft import cli
+from lnpeft.data import glue_tsv
+from lnpeft.data.artifacts import read_parquet
+from lnpeft.data.metric_names import aliases_of
+from lnpeft.data.tasks import PAPER_COLUMNS, SUBMISSION_FILES, get_task
 from lnpeft.report import validate as validate_mod
-from lnpeft.report.submission import submission_targets
+from lnpeft.report.glue_format import submission_targets
 from lnpeft.report.stats import paper_metric
-from lnpeft.tasks import PAPER_COLUMNS, SUBMISSION_FILES, get_task
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTILE = settings(max_examples=30, deadline=None, derandomize=True, database=None,
@@ -614,7 +615,7 @@ HOSTILE_VALUE = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=3)
 
 
 def _key_name(path) -> str:
-    from lnpeft.workflow_config import _key  # the spelling the messages use: learning_rates.peft[0]
+    from lnpeft.plan.workflow_config import _key  # the spelling the messages use: learning_rates.peft[0]
 
     return _key(path)
 
@@ -632,7 +633,7 @@ DICT_PATHS = [()] + [p for p in CONFIG_PATHS if isinstance(_node(BASE_CONFIG, p)
 @settings(HOSTILE, max_examples=60)
 @given(data=st.data(), value=HOSTILE_VALUE, new_key=KEY)
 def test_config_checks_pass_or_name_the_key(where, data, value, new_key):
-    from lnpeft.workflow_config import ConfigError, check_config, check_schema
+    from lnpeft.plan.workflow_config import ConfigError, check_config, check_schema
 
     config = copy.deepcopy(BASE_CONFIG)
     if where == "replace":
@@ -662,8 +663,8 @@ def test_config_checks_pass_or_name_the_key(where, data, value, new_key):
 @given(form=file_form())
 def test_config_file_forms_read_as_the_same_config(tmp_path_factory, form):
     """A BOM, CRLF line endings or no final newline change nothing in the config the checks see."""
-    from lnpeft.estimate import load_config
-    from lnpeft.workflow_config import check_schema
+    from lnpeft.plan.config_file import load_config
+    from lnpeft.plan.workflow_config import check_schema
 
     text = (REPO / "config.yaml").read_text()
     path = tmp_path_factory.mktemp("cfg") / "config.yaml"
@@ -689,10 +690,10 @@ def test_found_estimate_config_file_errors_name_file_and_line(tmp_path, capsys, 
     assert re.search(message, err.strip()), err
 
 
-# found by the properties above, fixed in lnpeft/workflow_config.py (they were strict xfails)
+# found by the properties above, fixed in lnpeft/plan/workflow_config.py (they were strict xfails)
 
 def test_found_int_and_str_unknown_keys_are_one_config_error():
-    from lnpeft.workflow_config import ConfigError, check_schema
+    from lnpeft.plan.workflow_config import ConfigError, check_schema
 
     config = copy.deepcopy(BASE_CONFIG)
     config["training"].update({1: 2, "x": 3})  # YAML `1: 2` gives an int key
@@ -701,7 +702,7 @@ def test_found_int_and_str_unknown_keys_are_one_config_error():
 
 
 def test_found_key_with_a_line_break_stays_on_one_line():
-    from lnpeft.workflow_config import ConfigError, check_schema
+    from lnpeft.plan.workflow_config import ConfigError, check_schema
 
     config = copy.deepcopy(BASE_CONFIG)
     config["training"]["epochs\nx"] = 1  # YAML `"epochs\nx": 1`
@@ -712,7 +713,7 @@ def test_found_key_with_a_line_break_stays_on_one_line():
 
 @pytest.mark.parametrize("key", ["learning_rates.peft", "fractions.values"])
 def test_found_nan_numbers_are_refused(key):
-    from lnpeft.workflow_config import ConfigError, check_schema
+    from lnpeft.plan.workflow_config import ConfigError, check_schema
 
     config = copy.deepcopy(BASE_CONFIG)
     group, name = key.split(".")
@@ -722,7 +723,7 @@ def test_found_nan_numbers_are_refused(key):
 
 
 def test_found_overlong_glue_dir_is_a_config_error():
-    from lnpeft.workflow_config import ConfigError, check_config
+    from lnpeft.plan.workflow_config import ConfigError, check_config
 
     config = copy.deepcopy(BASE_CONFIG)
     config["data"].update({"source": "tsv", "glue_dir": "x" * 300})
@@ -740,7 +741,7 @@ GLUE_RESULT_DAMAGES = ["none", "nul in method", "invalid utf-8", "huge field", "
 @settings(HOSTILE, max_examples=20)
 @given(data=st.data(), form=file_form())
 def test_glue_results_read_exactly_or_name_the_line(tmp_path_factory, damage, data, form):
-    from lnpeft.cli import LnpeftError
+    from lnpeft.errors import LnpeftError
     from lnpeft.report.table3 import read_glue_results
 
     with_metric = data.draw(st.booleans())

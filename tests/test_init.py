@@ -12,8 +12,8 @@ from test_checkpoint import make_tiny_checkpoint
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lnpeft import cli
-from lnpeft.checkpoint import CacheConfig, CheckpointError, cache_model, manifest_sha256
-from lnpeft.init import InitConfig, make_init
+from lnpeft.model.checkpoint import CacheConfig, CheckpointError, cache_model, manifest_sha256
+from lnpeft.model.init import InitConfig, make_init
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,8 @@ def test_corrupted_checkpoint_is_refused(checkpoints, tmp_path):
 
 
 def test_the_layernorm_set_is_recorded_only_when_it_is_not_the_papers(checkpoints, tmp_path):
-    from lnpeft.architectures import LAYERNORM_CONFIG_KEY, for_config
-    from lnpeft.methods import count
+    from lnpeft.model.architectures import LAYERNORM_CONFIG_KEY, for_config
+    from lnpeft.model.methods import count
 
     ck = checkpoints["pooled"]
     make_init(InitConfig(str(ck), "rte", 0, str(tmp_path / "paper")))

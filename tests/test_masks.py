@@ -10,9 +10,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from lnpeft.artifacts import read_parquet, write_parquet
+from lnpeft.analysis.masks import build_mask, rank_scores
 from lnpeft.cli import main
-from lnpeft.masks import build_mask, rank_scores
+from lnpeft.data.artifacts import read_parquet, write_parquet
 
 
 def table(values):

@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import AutoConfig, BertConfig, RobertaConfig
 
-from lnpeft import methods
-from lnpeft.artifacts import write_parquet
 from lnpeft.cli import main
+from lnpeft.data.artifacts import write_parquet
+from lnpeft.model import methods
 
 BERT_LARGE_CASED = dict(vocab_size=28996, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                         intermediate_size=4096, max_position_embeddings=512, type_vocab_size=2)
@@ -29,7 +29,7 @@ def meta(config, num_labels=2):
 
 
 def brute_force(model, method: str) -> int:
-    """Naive count by name patterns, independent of lnpeft.architectures."""
+    """Naive count by name patterns, independent of lnpeft.model.architectures."""
     total = 0
     for name, p in model.named_parameters():
         head = name.startswith("classifier.")

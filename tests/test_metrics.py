@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from lnpeft.metrics import compute_metrics
-from lnpeft.tasks import get_task
+from lnpeft.data.metrics import compute_metrics
+from lnpeft.data.tasks import get_task
 
 
 def test_matthews_on_a_hand_computed_2x2_table():

@@ -1,4 +1,4 @@
-"""Pack membership (lnpeft.pack_plan) against a brute-force listing of the grid, and what a config
+"""Pack membership (lnpeft.plan.pack_plan) against a brute-force listing of the grid, and what a config
 change re-packs; collect-run publishes a packed run or fails with its message."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from lnpeft import cli
-from lnpeft.collect_run import RUN_FILES, RunFailedError, collect
-from lnpeft.estimate import load_config
-from lnpeft.pack_plan import plan_packs
+from lnpeft.plan.config_file import load_config
+from lnpeft.plan.pack_plan import plan_packs
+from lnpeft.train.collect_run import RUN_FILES, RunFailedError, collect
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,7 +119,7 @@ def test_collect_of_an_unfinished_run_names_the_missing_files(tmp_path):
 
 
 def test_schema_rejects_pack_size_zero(tmp_path):
-    from lnpeft.workflow_config import check_schema
+    from lnpeft.plan.workflow_config import check_schema
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["training"]["pack_size"] = 0

@@ -1,4 +1,4 @@
-"""Partly trained tensors (lnpeft.partial_tensors) against their oracle: the dense masked update.
+"""Partly trained tensors (lnpeft.model.partial_tensors) against their oracle: the dense masked update.
 
 The oracle trains a partly trained tensor the obvious way: the whole tensor is trainable, its
 gradient is zeroed outside the trained entries, AdamW steps over the whole tensor, and the
@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
-from lnpeft.packing import in_place
-from lnpeft.run_state import make_optimizer
-from lnpeft.methods import MethodOptions, TrainableSet, select
-from lnpeft.partial_tensors import PartialTensors
+from lnpeft.model.methods import MethodOptions, TrainableSet, select
+from lnpeft.model.partial_tensors import PartialTensors
+from lnpeft.train.packing import in_place
+from lnpeft.train.run_state import make_optimizer
 
 CPU = torch.device("cpu")
 

@@ -17,7 +17,7 @@ import yaml
 from snakemake.cli import get_profile_dir
 from snakemake.profiles import ProfileConfigFileParser
 
-from lnpeft.workflow_config import fraction_seeds, method_learning_rates
+from lnpeft.plan.workflow_config import fraction_seeds, method_learning_rates
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "profiles"

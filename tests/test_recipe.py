@@ -1,4 +1,4 @@
-"""The GPU recipe (lnpeft.recipe: bf16 autocast, fused AdamW) run on CPU, alone and packed, agrees
+"""The GPU recipe (lnpeft.train.recipe: bf16 autocast, fused AdamW) run on CPU, alone and packed, agrees
 with exact fp32 within bf16's tolerance; `auto` keeps fp32 on CPU."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_finetune import make_init, make_split
 
-from lnpeft import finetune as ft
-from lnpeft.recipe import resolve
+from lnpeft.train import finetune as ft
+from lnpeft.train.recipe import resolve
 
 BF16_RTOL = 1e-3
 """Epoch losses of the two recipes on the toy model: measured 2e-5 to 1e-4 apart (bf16 keeps 8 bits

@@ -1,4 +1,4 @@
-"""GPU time limits (lnpeft.runtime): measured throughput with a margin, else the conservative rate;
+"""GPU time limits (lnpeft.plan.runtime): measured throughput with a margin, else the conservative rate;
 the DAG's requests equal what `lnpeft estimate` reports for them."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import yaml
 from test_estimate import train_step_json
 from test_profiles import REPO, dry_run, job_resources
 
-from lnpeft import runtime
-from lnpeft.estimate import DEFAULT_THROUGHPUT, TOKENS, default_throughput, estimate, load_config
+from lnpeft.plan import runtime
+from lnpeft.plan.config_file import load_config
+from lnpeft.plan.cost import DEFAULT_THROUGHPUT, TOKENS, default_throughput
+from lnpeft.plan.estimate import estimate
 
 GPU_RULES = {"finetune", "train_pack", "finetune_for_drift", "compute_fisher"}
 

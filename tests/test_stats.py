@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats as scipy_stats
 
-from lnpeft.artifacts import write_parquet
 from lnpeft.cli import main
-from lnpeft.metric_names import ALIASES, MetricNameError, aliases_of, canonical_metric
-from lnpeft.metrics import METRICS
+from lnpeft.data.artifacts import write_parquet
+from lnpeft.data.metric_names import ALIASES, MetricNameError, aliases_of, canonical_metric
+from lnpeft.data.metrics import METRICS
+from lnpeft.data.tasks import PAPER_COLUMNS, column_task
 from lnpeft.report.scores import NEEDED, ScoresError, read_scores
 from lnpeft.report.stats import StatsConfig, kruskal_report
-from lnpeft.tasks import PAPER_COLUMNS, column_task
 
 # PAPER.md, Table 2 (dev) and Table 3 (test), columns in PAPER_COLUMNS order
 PAPER = {
@@ -208,7 +208,7 @@ def test_unknown_metric_is_an_error_naming_it_the_row_and_the_task(tmp_path, cap
         f"lnpeft stats: error: {tmp_path / 'scores.parquet'} row {row}: unknown metric 'spearman_rank' for task "
         "'stsb', whose paper metric is 'spearman' (also accepted: spearman_corr, spearman_correlation, "
         "spearman_r, spearman_rho, spearmanr); known metrics: accuracy, f1, matthews, pearson, spearman and "
-        "their aliases in lnpeft.metric_names.ALIASES\n")
+        "their aliases in lnpeft.data.metric_names.ALIASES\n")
 
 
 def test_left_out_columns_are_listed_with_the_reason_and_printed(tmp_path, capsys):

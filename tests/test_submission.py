@@ -10,13 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lnpeft.artifacts import write_parquet
-from lnpeft.cli import LnpeftError, main
+from lnpeft.cli import main
+from lnpeft.data.artifacts import write_parquet
+from lnpeft.data.tasks import SUBMISSION_FILES, get_task
+from lnpeft.errors import LnpeftError
 from lnpeft.report.submission import (
-    SubmissionConfig, best_run, build_submission, manifest_path, write_submission, zip_bytes,
+    SubmissionConfig,
+    best_run,
+    build_submission,
+    manifest_path,
+    write_submission,
+    zip_bytes,
 )
 from lnpeft.report.validate import validate_zip
-from lnpeft.tasks import SUBMISSION_FILES, get_task
 
 # test idx are deliberately not 0..n-1 and not sorted, to catch positional shortcuts
 TEST_IDX = {"cola": [3, 1, 2, 0], "sst2": [0, 1, 2], "mrpc": [10, 11, 12], "stsb": [0, 1, 2, 3],

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from lnpeft import cli
-from lnpeft.artifacts import write_parquet
+from lnpeft.data.artifacts import write_parquet
+from lnpeft.data.tasks import get_task
 from lnpeft.report.summary import BEGIN, END, embed, trivial_baseline
-from lnpeft.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 

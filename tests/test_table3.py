@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
-from lnpeft.artifacts import read_parquet, write_parquet
-from lnpeft.cli import LnpeftError, main
-from lnpeft.metrics import compute_metrics
-from lnpeft.report.table3 import Table3Config, make_table3, read_glue_results
-from lnpeft.tasks import get_task
 from test_submission import write_data, write_run  # helpers: tiny data and run dirs
+
+from lnpeft.cli import main
+from lnpeft.data.artifacts import read_parquet, write_parquet
+from lnpeft.data.metrics import compute_metrics
+from lnpeft.data.tasks import get_task
+from lnpeft.errors import LnpeftError
+from lnpeft.report.table3 import Table3Config, make_table3, read_glue_results
 
 DEV = pd.DataFrame(
     [("layernorm", "rte", "dev", "accuracy", 0.70, 1e-3, 2),

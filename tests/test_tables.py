@@ -10,9 +10,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from lnpeft.artifacts import read_parquet, write_json, write_parquet
 from lnpeft.cli import main
-from lnpeft.tasks import get_task
+from lnpeft.data.artifacts import read_parquet, write_json, write_parquet
+from lnpeft.data.tasks import get_task
 
 TOTAL = 333_581_314
 TRAINABLE = {"full": TOTAL, "bitfit": 274_434, "layernorm": 51_202}

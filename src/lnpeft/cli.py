@@ -11,18 +11,20 @@ import importlib
 import os
 import sys
 
+from lnpeft.errors import LnpeftError
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare-data": ("lnpeft.data", "read one GLUE task (TSV folder or hub) into parquet"),
-    "cache-model": ("lnpeft.checkpoint", "cache a checkpoint (hub, folder or package) with a manifest"),
-    "init": ("lnpeft.init", "pretrained encoder + seeded classification head for (task, seed)"),
-    "params": ("lnpeft.methods", "count total and trainable parameters of a method"),
-    "finetune": ("lnpeft.finetune", "one fine-tuning run of (task, method, lr, seed)"),
-    "finetune-pack": ("lnpeft.finetune_pack", "several parameter-efficient runs of one (task, seed) in one job"),
-    "collect-run": ("lnpeft.collect_run", "put one run of a pack at its results/runs/ folder"),
-    "drift": ("lnpeft.drift", "per-component change D between two models (paper Eq. 1)"),
-    "fisher": ("lnpeft.fisher", "empirical Fisher information at init (paper Eq. 2)"),
-    "masks": ("lnpeft.masks", "rank LayerNorm entries by a Fisher mask scheme"),
+    "prepare-data": ("lnpeft.data.prepare", "read one GLUE task (TSV folder or hub) into parquet"),
+    "cache-model": ("lnpeft.model.checkpoint", "cache a checkpoint (hub, folder or package) with a manifest"),
+    "init": ("lnpeft.model.init", "pretrained encoder + seeded classification head for (task, seed)"),
+    "params": ("lnpeft.model.methods", "count total and trainable parameters of a method"),
+    "finetune": ("lnpeft.train.finetune", "one fine-tuning run of (task, method, lr, seed)"),
+    "finetune-pack": ("lnpeft.train.finetune_pack", "several parameter-efficient runs of one (task, seed) in one job"),
+    "collect-run": ("lnpeft.train.collect_run", "put one run of a pack at its results/runs/ folder"),
+    "drift": ("lnpeft.analysis.drift", "per-component change D between two models (paper Eq. 1)"),
+    "fisher": ("lnpeft.analysis.fisher", "empirical Fisher information at init (paper Eq. 2)"),
+    "masks": ("lnpeft.analysis.masks", "rank LayerNorm entries by a Fisher mask scheme"),
     "tables": ("lnpeft.report.tables", "aggregate runs into scores.parquet and Tables 1-3"),
     "figure": ("lnpeft.report.figures", "draw one of the paper's figures, or the learning curves"),
     "table1": ("lnpeft.report.table1", "rank components by normalised Fisher (Table 1)"),
@@ -30,15 +32,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submission": ("lnpeft.report.submission", "write the GLUE test submission zip"),
     "validate-submission": ("lnpeft.report.validate", "strictly check a GLUE submission zip"),
     "table3": ("lnpeft.report.table3", "Table 3 test scores (GLUE server results or labelled test data)"),
-    "estimate": ("lnpeft.estimate", "project the GPU-hours of a config's grid"),
+    "estimate": ("lnpeft.plan.estimate", "project the GPU-hours of a config's grid"),
     "summary": ("lnpeft.report.summary", "dev scores beside each task's trivial baseline, in a few lines"),
-    "export": ("lnpeft.export", "a run as a save_pretrained model and, for LayerNorm runs, a PEFT adapter"),
+    "export": ("lnpeft.model.export", "a run as a save_pretrained model and, for LayerNorm runs, a PEFT adapter"),
     "writeup": ("lnpeft.report.writeup", "a reproduction's write-up (markdown, figures) from its results"),
 }
-
-
-class LnpeftError(Exception):
-    """An expected failure: printed as one clear line, exit status 2, no traceback."""
 
 
 def _top_parser() -> argparse.ArgumentParser:

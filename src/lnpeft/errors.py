@@ -14,6 +14,10 @@ _DISK_FULL_TEXT = {
 }
 
 
+class LnpeftError(Exception):
+    """An expected failure: `lnpeft` prints it as one clear line, exit status 2, no traceback."""
+
+
 class OutOfMemoryError(RuntimeError):
     """Out of (GPU or host) memory; the message names the run, the step and the knob to turn."""
 
@@ -57,3 +61,12 @@ def is_oom(err: BaseException) -> bool:
 
     # torch raises torch.OutOfMemoryError on CUDA; other allocators raise a plain RuntimeError
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def quote(value: object, limit: int = 80) -> str:
+    """repr(value), cut in the middle to about `limit` characters with the length said."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}...{text[-half:]} ({len(text)} characters)"

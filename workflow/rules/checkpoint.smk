@@ -1,6 +1,6 @@
 # Stage checkpoint: cache the pretrained checkpoint (hub snapshot, folder or Python package) under
-# results/checkpoints/{model}/ with MANIFEST.json (src/lnpeft/checkpoint.py); then one seeded
-# classification head per (task, seed) on top of it (src/lnpeft/init.py), read offline.
+# results/checkpoints/{model}/ with MANIFEST.json (src/lnpeft/model/checkpoint.py); then one seeded
+# classification head per (task, seed) on top of it (src/lnpeft/model/init.py), read offline.
 
 
 rule cache_checkpoint:

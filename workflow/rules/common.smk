@@ -8,10 +8,11 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from lnpeft import runtime, user_tasks
-from lnpeft.pack_plan import member_index, pack_size, plan_packs
-from lnpeft.tasks import get_task
-from lnpeft.workflow_config import (
+from lnpeft.plan import runtime
+from lnpeft.data import user_tasks
+from lnpeft.plan.pack_plan import member_index, pack_size, plan_packs
+from lnpeft.data.tasks import get_task
+from lnpeft.plan.workflow_config import (
     CUSTOM_TASKS_DIR,
     check_config,
     check_schema,
@@ -52,7 +53,7 @@ FRACTION_VALUES = list(FRACTIONS["values"])
 FRACTION_LRS = list(FRACTIONS["learning_rates"])
 FRACTION_SEEDS = fraction_seeds(config)
 CHECKPOINT = f"results/checkpoints/{MODEL}"
-# packed training (src/lnpeft/pack_plan.py): which parameter-efficient runs share a GPU job
+# packed training (src/lnpeft/plan/pack_plan.py): which parameter-efficient runs share a GPU job
 PACK_SIZE = pack_size(config)
 PACKS = {(p.task, p.seed, p.lr, p.name): p for p in plan_packs(config, TASKS)}
 PACK_OF = member_index(list(PACKS.values()))
@@ -109,7 +110,7 @@ def get_glue_files(wildcards):
         return [f"{CUSTOM_TASKS_DIR}/{spec.name}.json", *user_tasks.input_files(spec.name)]
     if config["data"].get("source", "hub") != "tsv":
         return []
-    from lnpeft.glue_tsv import split_file
+    from lnpeft.data.glue_tsv import split_file
 
     return [str(split_file(glue_dir(), spec, s)) for s in spec.splits]
 
@@ -366,7 +367,7 @@ def glue_results_file():
 
 # ---------------------------------------------------------------- resources
 # Generic needs only (minutes, MB, GPUs); partitions, accounts and GRES live in profiles/.
-# Time limits come from src/lnpeft/runtime.py: measured throughput with a margin when
+# Time limits come from src/lnpeft/plan/runtime.py: measured throughput with a margin when
 # resources.throughput names a bench JSON, else a conservative fixed rate. They grow with each retry
 # (`attempt`), so a job killed at its limit comes back with more time (and resumes from its last
 # epoch checkpoint).
@@ -378,7 +379,7 @@ def train_runtime(wildcards, attempt):
 
 
 def pack_runtime(wildcards, attempt):
-    """Minutes for a pack: its runs one after another, with one start-up (src/lnpeft/runtime.py)."""
+    """Minutes for a pack: its runs one after another, with one start-up (src/lnpeft/plan/runtime.py)."""
     methods = [m.method for m in get_pack(wildcards).members]
     return runtime.pack_minutes(config, wildcards.task, methods, attempt)
 

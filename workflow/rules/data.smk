@@ -1,5 +1,5 @@
 # Stage data: one GLUE task (a glue_data/ TSV folder or the hub) or custom task (its own files)
-# into results/data/{task}/*.parquet plus MANIFEST.json (src/lnpeft/data.py). Localrules: the hub
+# into results/data/{task}/*.parquet plus MANIFEST.json (src/lnpeft/data/prepare.py). Localrules: the hub
 # download needs the login node. Output file sets differ by task (HF split names), so MNLI, AX and
 # custom tasks without a test split reuse the rule with their own.
 

@@ -1,5 +1,5 @@
 # Stage drift (paper Section 2, Figure 1): a full fine-tune per task from its init checkpoint,
-# then D = mean |after - before| per (layer, component, kind) (src/lnpeft/drift.py). The
+# then D = mean |after - before| per (layer, component, kind) (src/lnpeft/analysis/drift.py). The
 # fine-tuned weights are temporary: only the drift table is kept.
 
 

@@ -1,11 +1,11 @@
 # Stage finetune (paper Section 3, Tables 2-3, Figures 2 and 5): one fine-tuning run per
-# (task, method, lr, seed) from the task's init checkpoint (src/lnpeft/finetune.py), the
+# (task, method, lr, seed) from the task's init checkpoint (src/lnpeft/train/finetune.py), the
 # Fisher-subset runs fisher-{scheme}-f{fraction}, and the aggregation of the grid into
 # results/tables/scores.parquet and Table 2 (src/lnpeft/report/tables.py), and the learning
 # curves of the Table 2 runs (src/lnpeft/report/curves.py). A killed run resumes from its last
 # completed epoch (resume.pt in the run folder).
 #
-# With training.pack_size > 1 the parameter-efficient runs train in packs (src/lnpeft/pack_plan.py):
+# With training.pack_size > 1 the parameter-efficient runs train in packs (src/lnpeft/plan/pack_plan.py):
 # train_pack trains a pack's runs in one job, each in its own folder under results/packs/, and
 # collect_run (one local job per run) puts each at its results/runs/ path, or fails with the
 # message of a run whose loss turned non-finite. Full fine-tuning stays one job per run.

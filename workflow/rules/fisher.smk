@@ -1,5 +1,5 @@
 # Stage fisher (paper Sections 2 and 3.3, Table 1, Figure 3): the empirical Fisher (Eq. 2) at each
-# task's init checkpoint from batched per-sample gradients (src/lnpeft/fisher.py), then Table 1
+# task's init checkpoint from batched per-sample gradients (src/lnpeft/analysis/fisher.py), then Table 1
 # (components ranked by normalised Fisher) and the per-layer LayerNorm Fisher heat maps.
 
 

@@ -1,6 +1,6 @@
 # Stage masks (paper Sections 3.2-3.5, Figures 2, 4 and 5): rank the output-LayerNorm entries by
 # normalised Fisher for each scheme (individual: the task's own; global: all tasks; cv: all but
-# the target) (src/lnpeft/masks.py); the Fisher-subset runs that train the top ceil(f * N) entries
+# the target) (src/lnpeft/analysis/masks.py); the Fisher-subset runs that train the top ceil(f * N) entries
 # are fine-tuning runs (method dir fisher-{scheme}-f{fraction}, see finetune.smk).
 
 

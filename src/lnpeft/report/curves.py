@@ -25,11 +25,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from lnpeft.artifacts import read_parquet, to_table
-from lnpeft.report.figures import RUN_RE
+from lnpeft.data.artifacts import read_parquet, to_table
+from lnpeft.data.tasks import get_task
+from lnpeft.report.runs import RUN_RE
 from lnpeft.report.table3 import METHOD_LABELS
 from lnpeft.report.tables import best_lr_epoch
-from lnpeft.tasks import get_task
 
 METHOD_COLOURS = {"full": "black", "bitfit": "tab:orange", "layernorm": "tab:blue", "random": "tab:red"}
 OTHER_COLOURS = ("tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")  # other methods

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from pathlib import Path
 
 import matplotlib
@@ -34,15 +33,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from lnpeft.architectures import COMPONENTS  # noqa: E402
-from lnpeft.artifacts import atomic_path, read_parquet, write_parquet  # noqa: E402
-from lnpeft.masks import parse_task_paths  # noqa: E402
-from lnpeft.tasks import get_task  # noqa: E402
+from lnpeft.analysis.masks import parse_task_paths  # noqa: E402
+from lnpeft.data.artifacts import atomic_path, read_parquet, write_parquet  # noqa: E402
+from lnpeft.data.tasks import get_task  # noqa: E402
+from lnpeft.model.architectures import COMPONENTS  # noqa: E402
+from lnpeft.report import curves  # noqa: E402
+from lnpeft.report.runs import FISHER_METHOD_RE, RUN_RE  # noqa: E402
 
-RUN_RE = re.compile(
-    r"(?:^|/)runs/(?P<model>[^/]+)/(?P<task>[^/]+)/(?P<method>[^/]+)/lr(?P<lr>[^_/]+)_seed(?P<seed>\d+)/epochs\.parquet$"
-)
-FISHER_METHOD_RE = re.compile(r"^fisher-(?P<scheme>individual|global|cv)-f(?P<fraction>[0-9.]+)$")
 SCHEME_STYLE = {"individual": ("tab:blue", "o"), "global": ("tab:orange", "s"), "cv": ("tab:green", "^")}
 
 
@@ -250,8 +247,6 @@ def run(args: argparse.Namespace) -> int:
         tables = {t: read_parquet(p, "fisher") for t, p in parse_task_paths(args.fisher).items()}
         fig = fig3(tables) if args.figure == "fig3" else fig4(tables)
     elif args.figure == "curves":
-        from lnpeft.report import curves  # imported here: curves imports this module's RUN_RE
-
         data = curves.curve_data(curves.read_runs(args.runs))
         fig = curves.plot_curves(data)
         if args.data:

@@ -1,14 +1,14 @@
 """The scores file of `lnpeft stats` as users write it: read it, check it, name every row's metric.
 
 Long format, parquet (results/tables/scores.parquet, or a user's own): columns `method, task,
-split, metric, value`, read by lnpeft.artifacts.read_parquet as the `scores` artifact, which
+split, metric, value`, read by lnpeft.data.artifacts.read_parquet as the `scores` artifact, which
 decides the Arrow types it accepts (text as string, large_string, string_view or dictionary;
 `value` as any integer or float type, or a decimal float64 holds) and names a missing,
 duplicated, BOM-prefixed or whitespace-padded column. `lr` and `epoch` may be left out (if there,
 they are numbers as in scores.parquet); any other column is ignored. What is particular to a
 scores file is checked here, row by row: `task` is one of the paper's 9 columns (or another GLUE
 task, then left out with a reason by the statistics), `split` is `dev` or `test`, `metric` any
-name of lnpeft.metric_names (`matthews_correlation`, `spearmanr`, `mcc`, ...), `value` finite.
+name of lnpeft.data.metric_names (`matthews_correlation`, `spearmanr`, `mcc`, ...), `value` finite.
 Names lose surrounding whitespace (a stray CR of a CRLF file included). Every problem is one
 ScoresError naming the file and, for a bad row, its position counted from 0 (as pandas' `iloc`).
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lnpeft.artifacts import ArtifactError, read_parquet
-from lnpeft.messages import quote
-from lnpeft.metric_names import resolve_metric
-from lnpeft.tasks import PAPER_COLUMNS, TASKS, column_task, get_task, is_task
+from lnpeft.data.artifacts import ArtifactError, read_parquet
+from lnpeft.data.metric_names import resolve_metric
+from lnpeft.data.tasks import PAPER_COLUMNS, TASKS, column_task, get_task, is_task
+from lnpeft.errors import quote
 
 NEEDED: tuple[str, ...] = ("method", "task", "split", "metric", "value")
 TEXT: tuple[str, ...] = NEEDED[:4]

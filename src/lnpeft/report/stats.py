@@ -4,7 +4,7 @@ Input: scores in the long format of results/tables/scores.parquet (`method, task
 value`; `lr`, `epoch` and other columns are not needed), with split `dev` and, when known, `test`
 rows (results/tables/scores_test.parquet adds them); lnpeft.report.scores reads and checks them
 (metric names as Hugging Face `evaluate` writes them included). For each of the paper's 9 columns
-(then each custom task, lnpeft.user_tasks, on its own metric) the value on the column's paper metric is taken; several rows for one (method, task, split,
+(then each custom task, lnpeft.data.user_tasks, on its own metric) the value on the column's paper metric is taken; several rows for one (method, task, split,
 metric) are seed replicates and their mean enters the tests. The two vectors are aligned column
 by column (only columns both methods have), then:
 - Kruskal-Wallis (scipy.stats.kruskal), the paper's test, on dev (9 values each), test (9) and
@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lnpeft.artifacts import write_json
-from lnpeft.cli import LnpeftError
+from lnpeft.data.artifacts import write_json
+from lnpeft.data.tasks import column_task, score_columns
+from lnpeft.errors import LnpeftError
 from lnpeft.report.scores import check_rows, read_scores
-from lnpeft.tasks import column_task, score_columns
 
 
 @dataclass(frozen=True)

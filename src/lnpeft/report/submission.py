@@ -30,26 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from lnpeft.artifacts import atomic_path, read_parquet, write_json
-from lnpeft.cli import LnpeftError
-from lnpeft.tasks import SUBMISSION_FILES, TASKS, TaskSpec, get_task
+from lnpeft.data.artifacts import atomic_path, read_parquet, write_json
+from lnpeft.data.tasks import SUBMISSION_FILES, TaskSpec, get_task
+from lnpeft.errors import LnpeftError
+from lnpeft.report.glue_format import HEADER, submission_targets
+from lnpeft.report.validate import validate_zip
 
 AX_SPLITS = ("ax", "test")
 """Split names, in the MNLI run's predictions.parquet, of the AX diagnostic test set: `ax`, or
 `test` (finetune names a split after its file, and data/ax/test.parquet is the only `test` split an
 MNLI run can have: MNLI's own are test_matched and test_mismatched)."""
-HEADER = "index\tprediction"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date zip can store: a fixed timestamp
-
-
-def submission_targets() -> dict[str, tuple[TaskSpec, str]]:
-    """GLUE file name -> (task spec, test split), in the server's file order."""
-    targets = {
-        name: (spec, split)
-        for spec in TASKS.values()
-        for split, name in spec.submission_files.items()
-    }
-    return {name: targets[name] for name in SUBMISSION_FILES}
 
 
 @dataclass(frozen=True)
@@ -274,8 +265,6 @@ def zip_bytes(files: dict[str, str]) -> bytes:
 
 def write_submission(config: SubmissionConfig) -> dict:
     """Build, validate and atomically write the zip and its manifest; returns the manifest."""
-    from lnpeft.report.validate import validate_zip
-
     files, manifest = build_submission(config)
     with atomic_path(config.out) as tmp:
         tmp.write_bytes(zip_bytes(files))

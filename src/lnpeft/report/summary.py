@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lnpeft.artifacts import atomic_path, read_parquet
-from lnpeft.metrics import compute_metrics
+from lnpeft.data.artifacts import atomic_path, read_parquet
+from lnpeft.data.metrics import compute_metrics
+from lnpeft.data.tasks import TaskSpec, column_task, score_columns
 from lnpeft.report.table3 import METHOD_LABELS, column_label
-from lnpeft.tasks import TaskSpec, column_task, score_columns
 
 BEGIN, END = "<!-- BEGIN summary -->", "<!-- END summary -->"  # markers("summary")
 

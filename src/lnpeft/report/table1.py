@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lnpeft.architectures import COMPONENTS
-from lnpeft.artifacts import atomic_path, read_parquet
-from lnpeft.masks import parse_task_paths
+from lnpeft.analysis.masks import parse_task_paths
+from lnpeft.data.artifacts import atomic_path, read_parquet
+from lnpeft.model.architectures import COMPONENTS
 
 
 def component_means(components: pd.DataFrame, task: str = "?") -> pd.Series:

@@ -13,7 +13,7 @@ Where test scores come from, first that applies:
    rte qqp), `value` is the column's paper metric (Table 4: accuracy, Matthews, F1, Spearman) as a
    fraction: the server shows percentages, divide them by 100 (a value above 1 is rejected).
    An optional `metric` column (header `method task metric value`) names each value's metric, in
-   any spelling of lnpeft.metric_names (`matthews_correlation`, `spearmanr`, `mcc`, ...); a task's
+   any spelling of lnpeft.data.metric_names (`matthews_correlation`, `spearmanr`, `mcc`, ...); a task's
    secondary metric (MRPC accuracy, STS-B Pearson) then lands in the test rows too.
 2. labelled local test data: for each (method, task) the best dev run (same choice as the
    submission: lnpeft.report.submission.best_run) is scored on every test split whose parquet
@@ -33,14 +33,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lnpeft.artifacts import atomic_path, read_parquet, write_parquet
-from lnpeft.cli import LnpeftError
-from lnpeft.messages import quote
-from lnpeft.textfile import read_utf8
-from lnpeft.metric_names import resolve_metric
-from lnpeft.metrics import compute_metrics
+from lnpeft.data.artifacts import atomic_path, read_parquet, write_parquet
+from lnpeft.data.metric_names import resolve_metric
+from lnpeft.data.metrics import compute_metrics
+from lnpeft.data.tasks import PAPER_COLUMNS, column_task, get_task, is_task
+from lnpeft.data.textfile import read_utf8
+from lnpeft.errors import LnpeftError, quote
 from lnpeft.report.submission import best_run
-from lnpeft.tasks import PAPER_COLUMNS, column_task, get_task, is_task
 
 COLUMN_LABELS = {
     "qnli": "QNLI", "sst2": "SST2", "mnli_matched": "MNLI-m", "mnli_mismatched": "MNLI-mm",

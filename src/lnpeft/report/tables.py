@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lnpeft.artifacts import atomic_path, read_parquet, write_parquet
-from lnpeft.cli import LnpeftError
+from lnpeft.data.artifacts import atomic_path, read_parquet, write_parquet
+from lnpeft.data.tasks import column_task, get_task, score_columns
+from lnpeft.errors import LnpeftError
 from lnpeft.report.intervals import t_halfwidth
 from lnpeft.report.table3 import METHOD_LABELS, column_label, parse_runs
-from lnpeft.tasks import column_task, get_task, score_columns
 
 SCORE_COLUMNS = ["method", "task", "split", "metric", "value", "lr", "epoch"]
 SEED_COLUMNS = ["method", "task", "split", "metric", "seed", "value", "lr", "epoch"]

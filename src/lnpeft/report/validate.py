@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lnpeft.artifacts import read_parquet
-from lnpeft.cli import LnpeftError
-from lnpeft.messages import quote
-from lnpeft.tasks import SUBMISSION_FILES, TaskSpec
+from lnpeft.data.artifacts import read_parquet
+from lnpeft.data.tasks import SUBMISSION_FILES, TaskSpec
+from lnpeft.errors import LnpeftError, quote
+from lnpeft.report.glue_format import HEADER, submission_targets
 
-HEADER = "index\tprediction"
 # ASCII digits only (`\d` also matches other scripts' digits); 19 digits hold every int64 index
 _INDEX = re.compile(r"[0-9]{1,19}")
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")  # no sign, exponent, nan or inf
@@ -119,8 +118,6 @@ def _check_rows(name: str, path: Path, indices: list[int]) -> list[str]:
 def validate_zip(path: Path | str, data_dir: Path | str | None = None,
                  allow_incomplete: bool = False) -> list[str]:
     """Every problem of a submission zip, one line each (empty: valid)."""
-    from lnpeft.report.submission import submission_targets
-
     path = Path(path)
     targets = submission_targets()
     try:

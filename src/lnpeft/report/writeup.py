@@ -35,14 +35,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lnpeft.architectures import COMPONENTS, LAYERNORM_COMPONENT
-from lnpeft.artifacts import atomic_path, read_parquet
-from lnpeft.cli import LnpeftError
-from lnpeft.estimate import load_config
+from lnpeft.data.artifacts import atomic_path, read_parquet
+from lnpeft.data.tasks import column_task
+from lnpeft.errors import LnpeftError
+from lnpeft.model.architectures import COMPONENTS, LAYERNORM_COMPONENT
+from lnpeft.plan.config_file import load_config
 from lnpeft.report.figures import best_over_lr, run_scores
 from lnpeft.report.summary import dev_table, embed, markers, render
 from lnpeft.report.table3 import METHOD_LABELS, column_label
-from lnpeft.tasks import column_task
 
 FIGURES = {  # results/figures/ file -> caption; each shown in its section
     "curves_learning.png": "Learning curves: dev score (top) and training loss (bottom) per epoch of each "

@@ -1,0 +1,199 @@
+"""`lnpeft fisher`: the empirical Fisher information of paper Eq. 2 at the init checkpoint.
+
+F(w_i) = 1/N sum_j (d log p(y_j | x_j) / d w_i)^2 over N training examples, with the TRUE labels
+(empirical Fisher), the model in eval mode (no dropout). log p is:
+- classification: log-softmax of the logits at the true label (minus cross-entropy);
+- regression (STS-B, num_labels == 1): a unit-variance Gaussian, log p = -0.5 (y - f(x))^2 + const,
+  so the per-sample gradient is (y - f) df/dw (not the 2(y - f) df/dw of a plain squared error).
+
+Per-sample gradients come from one batched forward/backward per batch through layer hooks
+(`lnpeft.analysis.grad_sample`), never from a batch-size-1 loop. Outputs: every output-LayerNorm entry
+(artifact `fisher`) and the mean Fisher per (layer, component, kind) of all eight components
+(artifact `fisher_components`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lnpeft.analysis.grad_sample import SquaredGradSampler
+from lnpeft.data.artifacts import read_parquet, write_parquet
+from lnpeft.data.batching import collate, encode, length_grouped_batches, model_inputs
+from lnpeft.errors import OutOfMemoryError, is_oom
+from lnpeft.model.architectures import COMPONENTS, for_config
+
+
+@dataclass(frozen=True)
+class FisherConfig:
+    batch_size: int = 32
+    """Examples per batched forward/backward (memory only: the result does not depend on it)."""
+    max_samples: int | None = None
+    """Use a seeded random subset of at most this many training examples (None: all)."""
+    max_length: int = 128
+    """Tokens per example after truncation (as in fine-tuning)."""
+    seed: int = 0
+    """Seed of the subset drawn when max_samples is smaller than the split."""
+    device: str = "auto"
+    """auto (cuda if available) | cpu | cuda."""
+    threads: int | None = None
+    """torch CPU threads (Snakemake's `threads:`); None: OMP_NUM_THREADS, else torch's default.
+    Always pinned (`lnpeft.numerics`): CPU numbers are bit-identical for the same count."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"--max-samples must be >= 1, got {self.max_samples}")
+        if self.max_length < 2:
+            raise ValueError(f"--max-length must be >= 2, got {self.max_length}")
+
+
+def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-log p(y_j | x_j) per sample [B] (up to constants): cross-entropy, or 0.5 squared error if 1 output."""
+    if logits.shape[-1] == 1:
+        return 0.5 * (logits.squeeze(-1) - labels.to(logits.dtype)).pow(2)
+    return torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
+
+
+def per_sample_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-sum_j log p(y_j | x_j) (up to constants)."""
+    return per_sample_losses(logits, labels).sum()
+
+
+def component_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """prefix -> module of every per-layer component (the eight of Table 1) of the encoder."""
+    arch = for_config(model.config)
+    found = {}
+    for name, module in model.named_modules():
+        if name and arch.pieces(f"{name}.weight"):
+            found[name] = module
+    if not found:
+        raise ValueError(f"no encoder components found in a {model.config.model_type} model")
+    return found
+
+
+def select_rows(df: pd.DataFrame, max_samples: int | None, seed: int, path: Path | str) -> pd.DataFrame:
+    if df["label"].isna().any():
+        bad = int(df["label"].isna().sum())
+        raise ValueError(f"{path}: {bad} rows have no label; the Fisher needs a labelled split (train)")
+    if max_samples is not None and len(df) > max_samples:
+        df = df.sample(n=max_samples, random_state=seed).sort_index()
+    return df.reset_index(drop=True)
+
+
+def compute_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                   device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], int]:
+    """Mean squared per-sample gradient of every component parameter (name -> float64 tensor)."""
+    model.eval()
+    modules = component_modules(model)
+    n = 0
+    with SquaredGradSampler(modules) as sampler:
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            try:
+                logits = model(**model_inputs(model, batch)).logits
+                sampler.backward(per_sample_losses(logits, labels), batch["attention_mask"])
+            except RuntimeError as err:
+                if not is_oom(err):
+                    raise
+                raise OutOfMemoryError(
+                    f"fisher: out of memory on a batch of {len(labels)} examples x "
+                    f"{batch['input_ids'].shape[1]} tokens on {device} (after {n} examples); lower "
+                    "fisher.batch_size (--batch-size) or training.max_length (--max-length)") from err
+            n += len(labels)
+    if n == 0:
+        raise ValueError("no examples: the Fisher of an empty split is undefined")
+    return {name: total / n for name, total in sampler.sums.items()}, n
+
+
+def fisher_tables(model: torch.nn.Module, fisher: dict[str, torch.Tensor]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per LayerNorm entry table, per (layer, component, kind) mean table), model order.
+
+    The entries are those of the model's LayerNorm set (`for_config`: the paper's output LayerNorm
+    unless the init folder chose another); a fused tensor's row blocks are averaged per component."""
+    arch = for_config(model.config)
+    entries, comps = [], []
+    for name, _ in model.named_parameters():
+        if name not in fisher:
+            continue
+        for piece in arch.pieces(name):
+            values = piece.take(fisher[name]).detach().cpu().numpy().astype(np.float64)
+            comps.append({"layer": piece.layer, "component": piece.component, "kind": piece.kind,
+                          "n": int(values.size), "fisher": float(values.mean())})
+            if piece.component in arch.layernorm:  # never fused: the entry index is the tensor's
+                entries.append(pd.DataFrame({
+                    "param": name, "layer": piece.layer, "component": piece.component, "kind": piece.kind,
+                    "index": np.arange(values.size, dtype=np.int64), "fisher": values.ravel(),
+                }))
+    comp_df = pd.DataFrame(comps)
+    comp_df["order"] = comp_df["component"].map(COMPONENTS.index)
+    comp_df = comp_df.sort_values(["layer", "order", "kind"], kind="stable").drop(columns="order")
+    return pd.concat(entries, ignore_index=True), comp_df.reset_index(drop=True)
+
+
+def _optional_int(text: str) -> int | None:
+    # the workflow passes config values verbatim, so YAML's null arrives as 'None'
+    return None if text.lower() in ("none", "null", "all") else int(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="init checkpoint folder (save_pretrained)")
+    parser.add_argument("--data", required=True, help="training split parquet (results/data/{task}/train.parquet)")
+    parser.add_argument("--out", required=True, help="per-LayerNorm-entry Fisher parquet")
+    parser.add_argument("--components-out", help="mean Fisher per (layer, component, kind) parquet")
+    parser.add_argument("--max-samples", type=_optional_int, default=FisherConfig.max_samples,
+                        help="cap on training examples; 'None', 'null' or 'all' uses every row")
+    parser.add_argument("--batch-size", type=int, default=FisherConfig.batch_size)
+    parser.add_argument("--max-length", type=int, default=FisherConfig.max_length)
+    parser.add_argument("--seed", type=int, default=FisherConfig.seed)
+    parser.add_argument("--device", default=FisherConfig.device, choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=FisherConfig.threads,
+                        help="torch CPU threads (default: $OMP_NUM_THREADS, else torch's default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lnpeft.numerics import pin_threads
+
+    cfg = FisherConfig(batch_size=args.batch_size, max_samples=args.max_samples, max_length=args.max_length,
+                       seed=args.seed, device=args.device, threads=pin_threads(args.threads))
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"{model_dir}: not a save_pretrained folder (no config.json); run the init stage")
+    from lnpeft.model.init import verify_init
+
+    verify_init(model_dir)  # a corrupted init fails here, before any compute
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+    model.to(device).eval()
+
+    df = select_rows(read_parquet(args.data, "data"), cfg.max_samples, cfg.seed, args.data)
+    if model.config.num_labels > 1 and not np.allclose(df["label"], df["label"].round()):
+        raise ValueError(f"{args.data}: float labels for a {model.config.num_labels}-label classifier")
+    data = encode(df, tokenizer, cfg.max_length)
+    order = length_grouped_batches(data.lengths, cfg.batch_size, seed=None)
+    start = time.perf_counter()
+    fisher, n = compute_fisher(model, (collate(data, idx) for idx in order), device)
+    entries, comps = fisher_tables(model, fisher)
+    meta = {"lnpeft": json.dumps({**asdict(cfg), "model": str(model_dir), "data": str(args.data),
+                                  "n_samples": n, "device": str(device)}, sort_keys=True)}
+    write_parquet(entries, args.out, "fisher", metadata=meta)
+    if args.components_out:
+        write_parquet(comps, args.components_out, "fisher_components", metadata=meta)
+    print(f"fisher: {n} examples, {len(order)} batches, {time.perf_counter() - start:.1f}s on {device}; "
+          f"{len(entries)} LayerNorm entries -> {args.out}")
+    return 0

@@ -1,0 +1,101 @@
+"""Time limits of the GPU jobs (the SLURM `runtime` resource, minutes at attempt 1, times `attempt`).
+
+With `resources.throughput` naming a bench/train_step.py JSON measured on the cluster's GPU, a job
+asks for `resources.startup_minutes` plus `resources.margin` times the time `lnpeft estimate`
+projects for it from those numbers (lnpeft.plan.cost.run_cost: the same rows, epochs, padded
+widths and evaluation passes). Without one, a conservative fixed rate: 150 training and 600
+evaluation examples per second (BERT-large, length 128, an A100-class GPU, rounded down) plus 15
+minutes. A run killed at its limit resumes from its last epoch checkpoint, so a short request
+loses at most one epoch; a retry asks for `attempt` times as much.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+from lnpeft.data.tasks import get_task, task_rows
+from lnpeft.plan.cost import Throughput, read_throughput, rows, run_cost
+
+TRAIN_PER_S = 150
+"""Conservative training examples per second (forward and backward)."""
+EVAL_PER_S = 600
+"""Conservative evaluation examples per second (forward only)."""
+FISHER_PER_S = 100
+"""Conservative per-sample-gradient examples per second."""
+
+
+def _epoch_seconds(config: dict, task: str) -> float:
+    """One epoch at the conservative rate: train once, then predict every dev and test split."""
+    evals = sum(rows(config, task, s) for s in task_rows(task) if s != "train")
+    return rows(config, task) / TRAIN_PER_S + evals / EVAL_PER_S
+
+
+@lru_cache(maxsize=8)
+def _read(path: str, fisher: str | None, shape: str | None) -> Throughput:
+    return read_throughput(Path(path), shape, Path(fisher) if fisher else None)
+
+
+def measured(config: dict) -> Throughput | None:
+    """The throughput of `resources.throughput` (and `fisher_throughput`), or None."""
+    res = config.get("resources") or {}
+    if not res.get("throughput"):
+        return None
+    return _read(str(res["throughput"]), res.get("fisher_throughput"), res.get("shape"))
+
+
+def _fit(config: dict, seconds: float, attempt: int) -> int:
+    res = config.get("resources") or {}
+    return int((res.get("startup_minutes", 10) + res.get("margin", 2.0) * seconds / 60) * attempt)
+
+
+def train_minutes(config: dict, task: str, method: str, attempt: int = 1) -> int:
+    """One fine-tuning run of `method` (`fisher` for a Fisher-subset run)."""
+    epochs = config["training"]["epochs"]
+    tp = measured(config)
+    if tp is None:
+        return int((15 + epochs * _epoch_seconds(config, task) / 60) * attempt)
+    return _fit(config, run_cost(config, tp, task, method, epochs).ours_s, attempt)
+
+
+def pack_minutes(config: dict, task: str, methods: list[str], attempt: int = 1) -> int:
+    """A pack of runs of `methods` (`fisher` for Fisher-subset runs): its runs one after another,
+    with one start-up, over the packing gain the throughput file measured (`pack_speedup`; none
+    measured: 1, an upper bound)."""
+    epochs = config["training"]["epochs"]
+    tp = measured(config)
+    if tp is None:
+        return int((15 + len(methods) * epochs * _epoch_seconds(config, task) / 60) * attempt)
+    return _fit(config, sum(run_cost(config, tp, task, m, epochs).ours_s for m in methods) / tp.pack_speedup,
+                attempt)
+
+
+def drift_minutes(config: dict, task: str, attempt: int = 1) -> int:
+    """The full fine-tune behind Figure 1 (first dev split each epoch, no test predictions)."""
+    epochs = config["drift"]["epochs"]
+    tp = measured(config)
+    if tp is None:
+        return int((15 + epochs * _epoch_seconds(config, task) / 60) * attempt)
+    dev = list(get_task(task).dev_splits[:1])
+    return _fit(config, run_cost(config, tp, task, "full", epochs, dev_splits=dev, with_test=False).ours_s, attempt)
+
+
+def fisher_minutes(config: dict, task: str, attempt: int = 1) -> int:
+    """One pass of per-sample gradients over `fisher.max_samples` training rows."""
+    n = min(rows(config, task), config["fisher"].get("max_samples") or math.inf)
+    tp = measured(config)
+    if tp is None:
+        return int((10 + n / FISHER_PER_S / 60) * attempt)
+    return _fit(config, n / tp.fisher_ours, attempt)
+
+
+def describe(config: dict) -> str:
+    """How the time limits are set, in words (for `lnpeft estimate`)."""
+    tp = measured(config)
+    if tp is None:
+        return (f"projected at a conservative {TRAIN_PER_S} training and {EVAL_PER_S} evaluation examples/s "
+                "+ 15 min; set resources.throughput to a bench JSON of your GPU to ask for what it measures")
+    res = config.get("resources") or {}
+    return (f"measured: {tp.source}, x{res.get('margin', 2.0):g} + {res.get('startup_minutes', 10):g} min "
+            "per job")
