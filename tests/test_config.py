@@ -250,3 +250,53 @@ def test_bitfit_on_a_bias_free_model_and_the_layernorm_set_at_start(tmp_path):
     bad = write_config(tmp_path, {**model, "methods": ["full"], "model.layernorm": ["intermediate.dense"]})
     proc = snakemake(tmp_path, bad, "-n", "init")
     assert proc.returncode != 0 and "'intermediate.dense' is not one of" in proc.stdout + proc.stderr
+
+
+@needs_glue
+def test_per_task_settings_reach_only_their_task(tmp_path):
+    """per_task.stsb's caps, epochs, max length, grids and drift reach STS-B's jobs and no others'."""
+    config = write_config(tmp_path, {"per_task": {"stsb": {
+        "data": {"subsample": {"train": 48}},
+        "training": {"epochs": 3, "max_length": 40},
+        "learning_rates": {"peft": [1.0e-2, 3.0e-2], "full": [2.0e-5]},
+        "fractions": {"learning_rates": [2.0e-2]},
+        "drift": {"epochs": 2, "learning_rate": 3.0e-5},
+        "fisher": {"max_samples": 16},
+    }}})
+    proc = snakemake(tmp_path, config, "-n", "-p", "data", "table2", "fig1", "fig2", "table1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shell = [line.strip() for line in proc.stdout.splitlines() if " lnpeft " in line or line.startswith("lnpeft ")]
+
+    def commands(pattern: str) -> list[str]:
+        return [c for c in shell if re.search(pattern, c)]
+
+    [stsb_data] = commands(r"prepare-data --task stsb ")
+    [rte_data] = commands(r"prepare-data --task rte ")
+    assert "--subsample-train 48" in stsb_data and "--subsample-train 32" in rte_data
+    assert "--subsample-validation 24" in stsb_data  # keys not given keep their global value
+    stsb_runs = commands(r"finetune(-pack)? .*--task stsb .*--out results/(runs|packs)/")
+    rte_runs = commands(r"finetune(-pack)? .*--task rte .*--out results/(runs|packs)/|finetune-pack .*--task rte ")
+    assert stsb_runs and rte_runs
+    assert all("--epochs 3 " in c and "--max-length 40 " in c for c in commands(r"--task stsb .*--method full --lr 2e-05"))
+    assert all("--epochs 1 " in c and "--max-length 32 " in c for c in commands(r"finetune .*--task rte "))
+    lrs = {re.search(r"/stsb/[a-z-]+[0-9.]*/lr([0-9.e-]+)_seed0", c)[1]
+           for c in commands(r"collect-run .*/stsb/") if re.search(r"/stsb/[a-z-]+[0-9.]*/lr", c)}
+    assert lrs == {"0.01", "0.03", "0.02"}, lrs  # Table 2's PEFT grid and the fraction runs' own
+    assert not commands(r"--task rte [^>]*lr=0\.01,") and not commands(r"/rte/[^ ]*/lr0\.01_")
+    [drift] = commands(r"finetune .*--task stsb .*--save-model")
+    assert "--lr 3e-05" in drift and "--epochs 2 " in drift and "--max-length 40 " in drift
+    [fisher_stsb] = commands(r"lnpeft fisher .*data/stsb/")
+    assert "--max-samples 16 " in fisher_stsb and "--max-length 40 " in fisher_stsb
+    [fisher_rte] = commands(r"lnpeft fisher .*data/rte/")
+    assert "--max-samples 32 " in fisher_rte
+
+
+def test_per_task_of_a_task_not_trained_is_refused(tmp_path):
+    config = yaml.safe_load((REPO / "tests" / "workflow" / "tiny" / "config.yaml").read_text())
+    config["per_task"] = {"cola": {"training": {"epochs": 3}}}
+    config["data"]["glue_dir"] = str(tmp_path)
+    from lnpeft.plan.workflow_config import check_config
+
+    with pytest.raises(ConfigError, match=r"per_task\.cola: 'cola' is not in tasks \(rte, stsb\); settings of a "
+                                          r"task the run does not train would be silently unused"):
+        check_config(config)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 from pathlib import Path
 
@@ -80,6 +82,26 @@ def test_hand_computed_projection(tmp_path, tiny_config):
     assert stages["drift"].baseline_s == pytest.approx(100 / 10 + 50 / 30, rel=1e-12)
     # fisher: 100 rows at the 'all'-scope numbers
     assert stages["fisher"].ours_s == pytest.approx(2.0) and stages["fisher"].baseline_s == pytest.approx(20.0)
+
+
+def test_per_task_settings_price_their_task(tmp_path):
+    """per_task.rte's caps, epochs and grid change RTE's projection exactly as a global change would."""
+    tp = read_throughput(train_step_json(tmp_path / "ts.json"), fisher_path=fisher_json(tmp_path / "f.json"))
+    local = {**TINY, "per_task": {"rte": {"data": {"subsample": {"train": 60}}, "training": {"epochs": 3},
+                                          "learning_rates": {"peft": [1e-3, 1e-2]}}}}
+    overlay = copy.deepcopy(TINY)
+    overlay["data"]["subsample"]["train"] = 60
+    overlay["training"]["epochs"] = 3
+    overlay["learning_rates"]["peft"] = [1e-3, 1e-2]
+    paths = []
+    for name, cfg in (("local", local), ("global", overlay)):
+        paths.append(tmp_path / f"{name}.yaml")
+        paths[-1].write_text(yaml.safe_dump(cfg))
+    by_task, by_config = (estimate(load_config([p]), tp) for p in paths)
+    for stage in ("table2", "fractions", "drift", "fisher"):
+        assert by_task[stage].ours_s == pytest.approx(by_config[stage].ours_s, rel=1e-12), stage
+        assert by_task[stage].runs == by_config[stage].runs, stage
+    assert by_task["table2"].runs == 2 and by_task["table2"].train_examples == 2 * 60 * 3
 
 
 def test_cli_total_hours(tmp_path, tiny_config, capsys):

@@ -18,6 +18,7 @@ from lnpeft.plan.workflow_config import (
     check_schema,
     coerce_numbers,
     fmt_lr,
+    for_task,
     fraction_seeds,
     method_learning_rates,
     resolve_glue_dir,
@@ -46,11 +47,12 @@ if CUSTOM and config.get("submission", {}).get("methods"):
         file=sys.stderr,
     )
 SEEDS = list(config["seeds"])
+# each task's view of the config: per_task.<task> over the global keys (caps, training, grids, drift)
+TASK_CONFIG = {t: for_task(config, t) for t in TASKS}
 METHODS = list(config["methods"])
 FRACTIONS = config["fractions"]
 SCHEMES = list(FRACTIONS["schemes"])
 FRACTION_VALUES = list(FRACTIONS["values"])
-FRACTION_LRS = list(FRACTIONS["learning_rates"])
 FRACTION_SEEDS = fraction_seeds(config)
 CHECKPOINT = f"results/checkpoints/{MODEL}"
 # packed training (src/lnpeft/plan/pack_plan.py): which parameter-efficient runs share a GPU job
@@ -126,9 +128,10 @@ def prepare_data_source_flags(wildcards):
     return f"--hub --hub-path {shlex.quote(data.get('hub_path', 'nyu-mll/glue'))}"
 
 
-def prepare_data_subsample_flags():
-    """--subsample-{train,validation,test} N for every split kind that data.subsample caps."""
-    caps = config["data"].get("subsample", {})
+def prepare_data_subsample_flags(wildcards):
+    """--subsample-{train,validation,test} N for every split kind that the task's data.subsample caps
+    (tasks the run only reads, such as WNLI and AX for the submission, take the global caps)."""
+    caps = TASK_CONFIG.get(wildcards.task, config)["data"].get("subsample", {})
     return " ".join(f"--subsample-{k} {n}" for k, n in sorted(caps.items()) if n is not None)
 
 
@@ -139,9 +142,19 @@ def init_dir(task, seed):
 # ---------------------------------------------------------------- fine-tuning grid
 
 
-def method_lrs(method):
-    """The learning-rate grid of a method (its own, else full vs the parameter-efficient ones)."""
-    return [fmt_lr(lr) for lr in method_learning_rates(config, method)]
+def method_lrs(method, task):
+    """A task's learning-rate grid of a method (its own, else full vs the parameter-efficient ones)."""
+    return [fmt_lr(lr) for lr in method_learning_rates(TASK_CONFIG[task], method)]
+
+
+def fraction_lrs(task):
+    """A task's learning-rate grid of the Fisher-subset runs."""
+    return [fmt_lr(lr) for lr in TASK_CONFIG[task]["fractions"]["learning_rates"]]
+
+
+def task_param(section, key, default=None):
+    """A rule parameter read from the job's task's config (per_task over the global keys)."""
+    return lambda wildcards: TASK_CONFIG[wildcards.task][section].get(key, default)
 
 
 def run_dir(task, method, lr, seed):
@@ -159,7 +172,7 @@ def grid_runs(tasks=None, methods=None):
         f"{run_dir(t, m, lr, s)}/epochs.parquet"
         for t in (tasks or TASKS)
         for m in (methods or METHODS)
-        for lr in method_lrs(m)
+        for lr in method_lrs(m, t)
         for s in SEEDS
     ]
 
@@ -171,7 +184,7 @@ def fraction_runs(schemes=None):
         for t in TASKS
         for sc in (schemes or SCHEMES)
         for f in FRACTION_VALUES
-        for lr in FRACTION_LRS
+        for lr in fraction_lrs(t)
         for s in FRACTION_SEEDS
     ]
 
@@ -179,14 +192,14 @@ def fraction_runs(schemes=None):
 def training_params():
     """The `training:` hyper-parameters every grid run passes to `lnpeft finetune`."""
     return dict(
-        epochs=lookup(dpath="training/epochs", within=config),
-        batch_size=lookup(dpath="training/batch_size", within=config),
-        eval_batch_size=lookup(dpath="training/eval_batch_size", within=config),
-        max_length=lookup(dpath="training/max_length", within=config),
-        warmup_ratio=lookup(dpath="training/warmup_ratio", within=config, default=0.0),
-        weight_decay=lookup(dpath="training/weight_decay", within=config, default=0.0),
-        max_grad_norm=lookup(dpath="training/max_grad_norm", within=config, default=1.0),
-        compile=lookup(dpath="training/compile", within=config, default="auto"),
+        epochs=task_param("training", "epochs"),
+        batch_size=task_param("training", "batch_size"),
+        eval_batch_size=task_param("training", "eval_batch_size"),
+        max_length=task_param("training", "max_length"),
+        warmup_ratio=task_param("training", "warmup_ratio", 0.0),
+        weight_decay=task_param("training", "weight_decay", 0.0),
+        max_grad_norm=task_param("training", "max_grad_norm", 1.0),
+        compile=task_param("training", "compile", "auto"),
     )
 
 
@@ -199,9 +212,10 @@ TRAINING_FLAGS = (
 )
 
 
-def drift_batch_size():
-    """drift.batch_size, or training.batch_size when it is null."""
-    return config["drift"].get("batch_size") or config["training"]["batch_size"]
+def drift_batch_size(wildcards):
+    """The task's drift.batch_size, or its training.batch_size when that is null."""
+    task_config = TASK_CONFIG[wildcards.task]
+    return task_config["drift"].get("batch_size") or task_config["training"]["batch_size"]
 
 
 def finetune_splits(task):
@@ -320,7 +334,7 @@ def method_runs(method, tasks=None):
     return [
         (t, run_dir(t, method, lr, s))
         for t in (TASKS if tasks is None else tasks)
-        for lr in method_lrs(method)
+        for lr in method_lrs(method, t)
         for s in SEEDS
     ]
 

@@ -21,7 +21,7 @@ rule prepare_glue:
         "../../envs/lnpeft.yaml"
     params:
         source=prepare_data_source_flags,
-        subsample=prepare_data_subsample_flags(),
+        subsample=prepare_data_subsample_flags,
         max_bad_rows=lookup(dpath="data/max_bad_rows", within=config, default=0),
         empty_text=lookup(dpath="data/empty_text", within=config, default="report"),
         seed=lookup(dpath="data/seed", within=config, default=0),

@@ -26,11 +26,11 @@ rule finetune_for_drift:
     params:
         init=subpath(input.init, parent=True),
         seed=SEEDS[0],
-        lr=lookup(dpath="drift/learning_rate", within=config),
-        epochs=lookup(dpath="drift/epochs", within=config),
-        batch_size=drift_batch_size(),
-        eval_batch_size=lookup(dpath="training/eval_batch_size", within=config),
-        max_length=lookup(dpath="training/max_length", within=config),
+        lr=task_param("drift", "learning_rate"),
+        epochs=task_param("drift", "epochs"),
+        batch_size=drift_batch_size,
+        eval_batch_size=task_param("training", "eval_batch_size"),
+        max_length=task_param("training", "max_length"),
     shell:
         f"{OFFLINE} lnpeft finetune --init {{params.init}} --train {{input.train}} --dev {{input.dev}}"
         " --task {wildcards.task} --method full --lr {params.lr} --seed {params.seed}"

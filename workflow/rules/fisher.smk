@@ -25,9 +25,9 @@ rule compute_fisher:
         gpu=1,
     params:
         init=subpath(input.init, parent=True),
-        max_samples=lookup(dpath="fisher/max_samples", within=config, default=None),
+        max_samples=task_param("fisher", "max_samples"),
         batch_size=lookup(dpath="fisher/batch_size", within=config),
-        max_length=lookup(dpath="training/max_length", within=config),
+        max_length=task_param("training", "max_length"),
     shell:
         f"{OFFLINE} lnpeft fisher --model {{params.init}} --data {{input.train}} --out {{output.entries}}"
         " --components-out {output.components} --max-samples {params.max_samples}"

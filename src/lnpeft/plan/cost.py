@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lnpeft.data.tasks import get_task, task_rows
+from lnpeft.plan.workflow_config import for_task
 
 EVAL_SPEEDUP = 3.0
 """Forward-only examples/s relative to a full training step (backward ~2x the forward)."""
@@ -121,7 +122,8 @@ def read_throughput(path: Path, shape: str | None = None, fisher_path: Path | No
 
 
 def rows(config: dict, task: str, split: str = "train") -> int:
-    """Rows of a task's split after the configured subsample (official GLUE sizes, or counted)."""
+    """Rows of a task's split after its configured subsample (official GLUE sizes, or counted)."""
+    config = for_task(config, task)
     n = task_rows(task)[split]
     key = "train" if split == "train" else ("test" if split.startswith("test") else "validation")
     cap = (config.get("data", {}).get("subsample") or {}).get(key)
@@ -154,9 +156,9 @@ class Cost:
 
 def run_cost(config: dict, tp: Throughput, task: str, method: str, epochs: int,
              dev_splits: list[str] | None = None, with_test: bool = True) -> Cost:
-    """Seconds of one fine-tuning run, ours and baseline."""
+    """Seconds of one fine-tuning run, ours and baseline (its task's settings: `for_task`)."""
     spec = get_task(task)
-    max_len = config["training"]["max_length"]
+    max_len = for_task(config, task)["training"]["max_length"]
     width = min(TOKENS.get(task, max_len), max_len)  # a custom task: padded to max_length
     train = rows(config, task, spec.train_split) * epochs
     dev = sum(rows(config, task, s) for s in (spec.dev_splits if dev_splits is None else dev_splits)) * epochs

@@ -6,7 +6,7 @@ Stages counted (what `snakemake all` runs that costs accelerator time):
   drift      one full fine-tune per task for Figure 1 (`drift.epochs` epochs, first dev split only)
   fisher     one per-sample-gradient pass per task (`fisher.max_samples` rows)
 Each run trains on the task's training rows every epoch, evaluates every dev split every epoch and
-predicts the test splits once (at least once: again whenever the dev score improves). Row counts
+predicts the test splits once, from its best epoch. Row counts
 are the official GLUE sizes (lnpeft.data.tasks.OFFICIAL_ROWS; a custom task's files counted) after
 `data.subsample`.
 
@@ -34,7 +34,7 @@ from lnpeft.plan import runtime
 from lnpeft.plan.config_file import load_config
 from lnpeft.plan.cost import Cost, Throughput, default_throughput, read_throughput, rows, run_cost
 from lnpeft.plan.pack_plan import pack_size, plan_packs
-from lnpeft.plan.workflow_config import fmt_lr, fraction_seeds, method_learning_rates
+from lnpeft.plan.workflow_config import fmt_lr, for_task, fraction_seeds, method_learning_rates
 
 
 def describe_packing(config: dict, tp: Throughput) -> str:
@@ -57,32 +57,34 @@ def _asked(cost: Cost, minutes: int) -> Cost:
 
 def estimate(config: dict, tp: Throughput) -> dict[str, Cost]:
     tasks, seeds = list(config["tasks"]), list(config["seeds"])
-    epochs = config["training"]["epochs"]
     stages = {name: Cost() for name in ("table2", "fractions", "drift", "fisher")}
     packs = plan_packs(config, tasks)
     for task in tasks:
+        tc = for_task(config, task)  # the task's own caps, epochs and grids (per_task)
+        epochs = tc["training"]["epochs"]
         for method in config["methods"]:
             if packs and method != "full":
                 continue  # priced with their packs below
-            lrs = method_learning_rates(config, method)
+            lrs = method_learning_rates(tc, method)
             for _ in range(len({fmt_lr(x) for x in lrs}) * len(seeds)):
                 stages["table2"].add(_asked(run_cost(config, tp, task, method, epochs),
                                             runtime.train_minutes(config, task, method)))
-        fr = config.get("fractions", {})
+        fr = tc.get("fractions", {})
         n = (len(fr.get("schemes", [])) * len({fmt_lr(x) for x in fr.get("values", [])})
              * len({fmt_lr(x) for x in fr.get("learning_rates", [])}) * len(fraction_seeds(config)))
         for _ in range(0 if packs else n):
             stages["fractions"].add(_asked(run_cost(config, tp, task, "fisher", epochs),
                                            runtime.train_minutes(config, task, "fisher")))
         spec = get_task(task)
-        stages["drift"].add(_asked(run_cost(config, tp, task, "full", config["drift"]["epochs"],
+        stages["drift"].add(_asked(run_cost(config, tp, task, "full", tc["drift"]["epochs"],
                                             dev_splits=list(spec.dev_splits[:1]), with_test=False),
                                    runtime.drift_minutes(config, task)))
-        cap = config.get("fisher", {}).get("max_samples")
+        cap = tc.get("fisher", {}).get("max_samples")
         n = min(rows(config, task, "train"), cap or math.inf)
         stages["fisher"].add(_asked(Cost(runs=1, eval_examples=n, ours_s=n / tp.fisher_ours, baseline_s=n / tp.fisher_baseline),
                                     runtime.fisher_minutes(config, task)))
     for pack in packs:  # one job: its runs' time over the measured packing gain (1 if unmeasured)
+        epochs = for_task(config, pack.task)["training"]["epochs"]
         cost = Cost()
         for member in pack.members:
             cost.add(run_cost(config, tp, pack.task, member.method, epochs))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lnpeft.plan.workflow_config import fmt_lr, fraction_seeds, method_learning_rates
+from lnpeft.plan.workflow_config import fmt_lr, for_task, fraction_seeds, method_learning_rates
 
 STAGES = ("grid", "fractions")
 
@@ -55,13 +55,14 @@ def pack_size(config: dict) -> int:
 def _groups(config: dict, tasks: list[str]) -> dict[tuple[str, int, str, str], list[Member]]:
     groups: dict[tuple[str, int, str, str], list[Member]] = {}
     for task in tasks:
+        task_config = for_task(config, task)  # its own learning-rate grids, if per_task gives them
         for method in config["methods"]:
             if method == "full":
                 continue
-            for lr in method_learning_rates(config, method):
+            for lr in method_learning_rates(task_config, method):
                 for seed in config["seeds"]:
                     groups.setdefault((task, seed, fmt_lr(lr), "grid"), []).append(Member(method, method))
-        fractions = config["fractions"]
+        fractions = task_config["fractions"]
         for scheme in fractions["schemes"]:
             for value in fractions["values"]:
                 for lr in fractions["learning_rates"]:

