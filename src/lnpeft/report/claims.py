@@ -1,0 +1,127 @@
+"""What a reproduction may conclude about the paper's claims: only tasks that learn, per task, with
+the seeds' noise said.
+
+A claim about fine-tuning is judged only on the tasks where full fine-tuning learned: its seed mean
+beats the task's trivial baseline (the best constant prediction) by `LEARNING_MARGIN` of the paper
+metric. A task where full fine-tuning stays near chance says nothing about which part of the model
+to train, so it is left out of every verdict, with the reason given. A task where full learns and a
+parameter-efficient method does not stays in: that is a result about the method.
+
+Differences between methods are per task, paired by seed (every method of a (task, seed) starts
+from the same init and sees the same batches), with a 95% t-interval over seeds; a difference whose
+interval holds 0 is within the seeds' noise. A single run (a Fisher subset trained with one seed)
+is compared with the seeds of the run it is measured against through the 95% prediction interval
+of one more seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+LEARNING_MARGIN: dict[str, float] = {"accuracy": 0.03, "f1": 0.03, "matthews": 0.10, "spearman": 0.10,
+                                     "pearson": 0.10}
+"""How far above its trivial baseline full fine-tuning must be, per paper metric, for a task to count
+as learnt: 3 points of accuracy or F1, 0.10 of a correlation (MCC, Spearman)."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A - B on one task: the mean over seeds and its 95% interval (NaN with too few seeds)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    """Seeds behind the interval (paired seeds; for a single run, the seeds it is compared with)."""
+
+    @property
+    def known(self) -> bool:
+        return not (math.isnan(self.low) or math.isnan(self.high))
+
+    @property
+    def within_noise(self) -> bool | None:
+        """The interval holds 0 (None: no interval, fewer than 2 seeds)."""
+        return self.low <= 0.0 <= self.high if self.known else None
+
+    def text(self) -> str:
+        """`+1.2 [-0.4, +2.8]` in points (0.01 of the metric)."""
+        interval = f" [{100 * self.low:+.1f}, {100 * self.high:+.1f}]" if self.known else ""
+        return f"{100 * self.mean:+.1f}{interval}"
+
+
+def paired_difference(a: pd.Series, b: pd.Series) -> Difference:
+    """A - B over the seeds both have (index: seed): mean and 95% t-interval of the paired
+    differences."""
+    seeds = a.index.intersection(b.index)
+    if len(seeds) == 0:
+        raise ValueError(f"no seed in common: {sorted(a.index)} vs {sorted(b.index)}")
+    d = (a.loc[seeds] - b.loc[seeds]).to_numpy(dtype=np.float64)
+    mean = float(d.mean())
+    if d.size < 2:
+        return Difference(mean, math.nan, math.nan, int(d.size))
+    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
+    return Difference(mean, mean - half, mean + half, int(d.size))
+
+
+def single_run_difference(value: float, seeds: pd.Series) -> Difference:
+    """One run's score minus the mean of `seeds`' scores, with the 95% prediction interval of one
+    more seed around that mean (t with n - 1 degrees of freedom, scale sd * sqrt(1 + 1/n))."""
+    x = seeds.to_numpy(dtype=np.float64)
+    mean = float(value - x.mean())
+    if x.size < 2:
+        return Difference(mean, math.nan, math.nan, int(x.size))
+    half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) * math.sqrt(1 + 1 / x.size))
+    return Difference(mean, mean - half, mean + half, int(x.size))
+
+
+@dataclass(frozen=True)
+class TaskLearning:
+    column: str
+    metric: str
+    full: float
+    """Full fine-tuning's seed mean at Table 2's learning rate and epoch."""
+    baseline: float
+    learnt: bool
+    reason: str
+
+
+def learning_tasks(seed_scores: pd.DataFrame, baselines: dict[str, float], metrics: dict[str, str],
+                   method: str = "full") -> list[TaskLearning]:
+    """Which task columns full fine-tuning learnt (dev, paper metric, seed mean), with the reason.
+
+    `seed_scores`: scores_seeds.parquet rows (method, task, split, metric, seed, value);
+    `baselines`: column -> trivial baseline; `metrics`: column -> paper metric.
+    """
+    out = []
+    for column, metric in metrics.items():
+        rows = seed_scores[(seed_scores["method"] == method) & (seed_scores["task"] == column)
+                           & (seed_scores["split"] == "dev") & (seed_scores["metric"] == metric)]
+        margin = LEARNING_MARGIN[metric]
+        if rows.empty:
+            out.append(TaskLearning(column, metric, math.nan, baselines[column], False,
+                                    f"no {method} runs: nothing shows the task can be learnt"))
+            continue
+        full = float(rows["value"].mean())
+        gain = full - baselines[column]
+        learnt = gain >= margin
+        reason = (f"{method} {full:.3f} vs trivial baseline {baselines[column]:.3f} ({gain:+.3f}; "
+                  f"{'at least' if learnt else 'less than'} the {margin:.2f} a task must gain to count as learnt)")
+        out.append(TaskLearning(column, metric, full, baselines[column], learnt, reason))
+    return out
+
+
+def seeds_of(seed_scores: pd.DataFrame, method: str, column: str, metric: str) -> pd.Series:
+    """A method's dev paper-metric value per seed on one task column (index: seed)."""
+    rows = seed_scores[(seed_scores["method"] == method) & (seed_scores["task"] == column)
+                       & (seed_scores["split"] == "dev") & (seed_scores["metric"] == metric)]
+    return rows.set_index("seed")["value"].astype(float).sort_index()
+
+
+def verdict(ok: list[bool]) -> str:
+    """holds (every part), partly holds (some), does not hold (none)."""
+    return "holds" if all(ok) else "partly holds" if any(ok) else "does not hold"
