@@ -59,8 +59,8 @@ def test_measured_request_is_startup_plus_margin_times_the_projection(tmp_path):
     assert "measured" in runtime.describe(config) and "x3 + 5 min" in runtime.describe(config)
 
 
-def test_paper_run_requests_from_the_h200_numbers_and_the_readme_says_so(tmp_path):
-    """The dry run's GPU time limits sum to estimate's `requested` total; the README quotes both totals."""
+def test_paper_run_requests_from_the_h200_numbers_and_the_docs_say_so(tmp_path):
+    """The dry run's GPU time limits sum to estimate's `requested` total; docs/slurm.md quotes both totals."""
     ts, fisher = h200_json(tmp_path)
     overlay = tmp_path / "measured.yaml"
     overlay.write_text(yaml.safe_dump({"resources": {"throughput": str(ts), "fisher_throughput": str(fisher)}}))
@@ -73,7 +73,7 @@ def test_paper_run_requests_from_the_h200_numbers_and_the_readme_says_so(tmp_pat
     log = dry_run(tmp_path, "slurm", overlay)
     minutes = sum(int(res["runtime"]) for rule, res in job_resources(log) if rule in GPU_RULES)
     assert minutes / 60 == pytest.approx(asked(measured), abs=1e-9)
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### What the paper run submits", 1)[1].split("###", 1)[0]
+    page = (REPO / "docs" / "slurm.md").read_text()
+    section = page.split("## What the paper run submits", 1)[1].split("\n## ", 1)[0]
     quoted = [int(n.replace(",", "")) for n in re.findall(r"about ([0-9,]+) GPU-hours", section)]
     assert quoted == [round(asked(conservative), -2), round(asked(measured), -1)]

@@ -274,9 +274,9 @@ def test_workflow_gives_sst2_numbers_for_sst2_rows(reviews, tmp_path):
     assert "SST-2.tsv" in names and not any("reviews" in n for n in names)
 
 
-def test_readme_example_is_a_valid_definition():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    block = readme.split("## Your own dataset", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+def test_documented_example_is_a_valid_definition():
+    page = (Path(__file__).parents[1] / "docs" / "custom-tasks.md").read_text()
+    block = page.split("```yaml", 1)[1].split("```", 1)[0]
     config = yaml.safe_load(block)
     spec, source = user_tasks.parse("reviews", config["custom_tasks"]["reviews"])
     assert config["tasks"] == ["reviews"] and spec.label_names == ("negative", "positive")
