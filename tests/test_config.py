@@ -300,3 +300,20 @@ def test_per_task_of_a_task_not_trained_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"per_task\.cola: 'cola' is not in tasks \(rte, stsb\); settings of a "
                                           r"task the run does not train would be silently unused"):
         check_config(config)
+
+
+@needs_glue
+def test_drift_fine_tune_uses_the_grids_optimiser_settings(tmp_path):
+    """Figure 1's full fine-tune takes training.{warmup_ratio,weight_decay,max_grad_norm,compile} as
+    every Table 2 run does (it used to run with the CLI's defaults whatever the config said)."""
+    config = write_config(tmp_path, {"training.warmup_ratio": 0.1, "training.weight_decay": 0.01,
+                                     "training.max_grad_norm": 0.5, "training.compile": False})
+    proc = snakemake(tmp_path, config, "-n", "-p", "fig1", "table2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    drift = [line for line in proc.stdout.splitlines() if "--save-model" in line]
+    assert len(drift) == 2  # rte, stsb
+    for line in drift:
+        assert "--warmup-ratio 0.1 --weight-decay 0.01 --max-grad-norm 0.5 --compile false " in line, line
+    # and every grid run spells the boolean as the CLI wants it (`--compile False` was an argparse error)
+    grid = [line for line in proc.stdout.splitlines() if "lnpeft finetune" in line and "--save-model" not in line]
+    assert all("--compile false " in line for line in grid)

@@ -199,8 +199,14 @@ def training_params():
         warmup_ratio=task_param("training", "warmup_ratio", 0.0),
         weight_decay=task_param("training", "weight_decay", 0.0),
         max_grad_norm=task_param("training", "max_grad_norm", 1.0),
-        compile=task_param("training", "compile", "auto"),
+        compile=compile_flag,
     )
+
+
+def compile_flag(wildcards):
+    """training.compile as `lnpeft finetune --compile` spells it (YAML reads true/false as booleans)."""
+    value = TASK_CONFIG[wildcards.task]["training"].get("compile", "auto")
+    return str(value).lower()
 
 
 # the `lnpeft finetune` flags of training_params(), as the rules' shell commands use them

@@ -31,11 +31,18 @@ rule finetune_for_drift:
         batch_size=drift_batch_size,
         eval_batch_size=task_param("training", "eval_batch_size"),
         max_length=task_param("training", "max_length"),
+        # the grid's optimiser settings: Figure 1's full fine-tune is Table 2's, but for lr and epochs
+        warmup_ratio=task_param("training", "warmup_ratio", 0.0),
+        weight_decay=task_param("training", "weight_decay", 0.0),
+        max_grad_norm=task_param("training", "max_grad_norm", 1.0),
+        compile=compile_flag,
     shell:
         f"{OFFLINE} lnpeft finetune --init {{params.init}} --train {{input.train}} --dev {{input.dev}}"
         " --task {wildcards.task} --method full --lr {params.lr} --seed {params.seed}"
         " --epochs {params.epochs} --batch-size {params.batch_size}"
         " --eval-batch-size {params.eval_batch_size} --max-length {params.max_length} --threads {threads}"
+        " --warmup-ratio {params.warmup_ratio} --weight-decay {params.weight_decay}"
+        " --max-grad-norm {params.max_grad_norm} --compile {params.compile}"
         " --out {output.run} --save-model {output.model} > {log} 2>&1"
 
 
