@@ -359,3 +359,37 @@ def test_finetune_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(toy, t
     assert err[-1] == (f"lnpeft finetune: error: {out / 'resume.pt'}: no space left on device "
                        f"while writing; free space (df -h {out}) and rerun")
     assert list(out.iterdir()) == []  # no temporary file, no output
+
+
+def test_resume_compares_the_recipe_auto_resolved_to(toy, tmp_path, monkeypatch):
+    """`--recipe auto` is bf16 autocast on a GPU and fp32 on a CPU: a run checkpointed on a GPU must
+    not silently resume in fp32 on a CPU because both say `auto`."""
+    kw = dict(method="layernorm", epochs=2, lr=1e-3, batch_size=8)
+    calls = {"n": 0}
+    original = torch.optim.AdamW.step
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 24 + 2:  # in epoch 2, after epoch 1's checkpoint
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(config(toy, run, **kw))
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    ckpt = torch.load(run / "resume.pt", weights_only=False)
+    assert ckpt["config"]["recipe"] == "auto" and ckpt["resolved_recipe"] == "fp32"
+    # as a GPU run would have written it: auto resolved to the GPU recipe
+    torch.save({**ckpt, "resolved_recipe": "gpu", "rng_cuda": torch.zeros(16, dtype=torch.uint8)}, run / "resume.pt")
+    with pytest.raises(ValueError, match=r"resume\.pt: checkpoint trained with recipe 'gpu' \(on a GPU\), resumed "
+                                         r"with 'fp32' here; .* pass --recipe gpu, or delete it to start over"):
+        ft.finetune(config(toy, run, **kw))
+    # a checkpoint written before the resolved recipe was stored: inferred from where it ran
+    legacy = {k: v for k, v in ckpt.items() if k != "resolved_recipe"}
+    torch.save({**legacy, "rng_cuda": torch.zeros(16, dtype=torch.uint8)}, run / "resume.pt")
+    with pytest.raises(ValueError, match=r"checkpoint trained with recipe 'gpu'"):
+        ft.finetune(config(toy, run, **kw))
+    torch.save(legacy, run / "resume.pt")  # a CPU one: resumes
+    assert list(ft.finetune(config(toy, run, **kw))["epoch"]) == [1, 2]

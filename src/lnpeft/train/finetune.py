@@ -220,7 +220,8 @@ def make_runs(model, cfgs: Sequence[FinetuneConfig], steps: int, device: torch.d
     for cfg, trainable, p in zip(cfgs, trainables, params):
         full_state = ((lambda: {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()})
                       if cfg.method == "full" else None)
-        runs.append(RunState(cfg, run_name(cfg), trainable, p, full_state, steps, device, fused=recipe.fused_adamw))
+        runs.append(RunState(cfg, run_name(cfg), trainable, p, full_state, steps, device,
+                             fused=recipe.fused_adamw, recipe=recipe.name))
     return runs
 
 

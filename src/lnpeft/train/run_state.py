@@ -65,8 +65,9 @@ class RunState:
 
     def __init__(self, cfg, name: str, trainable: TrainableSet, params: RunParameters,
                  full_state: Callable[[], dict[str, torch.Tensor]] | None, steps: int,
-                 device: torch.device, fused: bool | None = None) -> None:
+                 device: torch.device, fused: bool | None = None, recipe: str | None = None) -> None:
         self.cfg, self.name, self.trainable, self.params = cfg, name, trainable, params
+        self.recipe = recipe or cfg.recipe  # resolved on this device (fp32 | gpu): what the numbers depend on
         self.out = Path(cfg.out)
         self.full_state = full_state  # `full` saves the whole model, not its trained entries
         self.optimizer = make_optimizer(params.parameters(), cfg.lr, cfg.weight_decay, device, fused)
@@ -131,6 +132,13 @@ class RunState:
         if differs:
             raise ValueError(f"{self.resume_path}: checkpoint of a run with other options "
                              f"({', '.join(differs)}); delete it to start over")
+        # `--recipe auto` is fp32 on a CPU and bf16 autocast on a GPU: compare what it resolved to
+        trained = ckpt.get("resolved_recipe") or _legacy_recipe(ckpt)
+        if trained != self.recipe:
+            raise ValueError(f"{self.resume_path}: checkpoint trained with recipe {trained!r} "
+                             f"({'on a GPU' if ckpt.get('rng_cuda') is not None else 'on a CPU'}), resumed with "
+                             f"{self.recipe!r} here; its later epochs would compute otherwise. Resume on the "
+                             f"same kind of device, pass --recipe {trained}, or delete it to start over")
         with torch.no_grad():
             for name, value in ckpt["params"].items():
                 self.params.whole[name].copy_(value)
@@ -173,7 +181,7 @@ class RunState:
             "best_score": self.best_score, "best_epoch": self.best_epoch,
             "best_predictions": self.best_predictions,
             "best_state": None if self.best_epoch == epoch else self.best_state,
-            "format": RESUME_FORMAT,
+            "format": RESUME_FORMAT, "resolved_recipe": self.recipe,
             "params": {n: p.detach().cpu() for n, p in self.params.whole.items()},
             "partial": {n: v.detach().cpu() for n, v in self.params.values.items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -205,6 +213,15 @@ class RunState:
         write_json({"run": self.name, "error": type(error).__name__, "message": str(error)},
                    self.out / "failed.json")
         print(f"{self.name}: failed: {error}", flush=True)
+
+
+def _legacy_recipe(ckpt: dict) -> str:
+    """The resolved recipe of a checkpoint written before it was stored: `auto` was the GPU recipe
+    when the run was on CUDA (it saved CUDA's generator state), else fp32."""
+    literal = (ckpt.get("config") or {}).get("recipe", "auto")
+    if literal != "auto":
+        return literal
+    return "gpu" if ckpt.get("rng_cuda") is not None else "fp32"
 
 
 def _defaults_of(cfg, saved: dict) -> dict:
