@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from lnpeft.data.artifacts import read_parquet, write_parquet
+from lnpeft.errors import NonFiniteOutputError
 from lnpeft.model.methods import MethodOptions, select
 from lnpeft.model.state_file import load_state, save_safetensors
 from lnpeft.train import finetune as ft
@@ -393,3 +394,28 @@ def test_resume_compares_the_recipe_auto_resolved_to(toy, tmp_path, monkeypatch)
         ft.finetune(config(toy, run, **kw))
     torch.save(legacy, run / "resume.pt")  # a CPU one: resumes
     assert list(ft.finetune(config(toy, run, **kw))["epoch"]) == [1, 2]
+
+
+def test_nan_outputs_at_evaluation_fail_the_run_naming_it(toy, tmp_path, monkeypatch):
+    """A model whose outputs turn NaN in evaluation (finite training loss) fails, naming the run and
+    the epoch; before, argmax over NaN logits predicted class 0 and the run scored as a majority vote."""
+    load = ft.load_init
+
+    def nan_in_eval(cfg, num_labels, device):
+        tokenizer, model = load(cfg, num_labels, device)
+        model.classifier.register_forward_hook(lambda mod, args, out: out if mod.training else out * float("nan"))
+        return tokenizer, model
+
+    monkeypatch.setattr(ft, "load_init", nan_in_eval)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteOutputError, match=r"run sst2/layernorm/lr0\.001_seed0 \(.*run\): 64 of 64 validation "
+                                                   r"predictions are NaN at epoch 1"):
+        ft.finetune(config(toy, out, epochs=1))
+    assert not (out / "epochs.parquet").exists() and not (out / "predictions.parquet").exists()
+    monkeypatch.setattr(ft, "load_init", load)
+    model = load(config(toy, out), 2, torch.device("cpu"))[1]
+    model.classifier.register_forward_hook(lambda mod, args, out: out * float("nan"))
+    from lnpeft.data.batching import load_split
+
+    data = load_split(toy["dev"], load(config(toy, out), 2, torch.device("cpu"))[0], 32)
+    assert np.isnan(ft.predict(model, data, 32, torch.device("cpu"), False, False)).all()  # not class 0

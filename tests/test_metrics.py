@@ -57,3 +57,12 @@ def test_constant_prediction_gives_zero_not_nan():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="rte: 3 labels but 2 predictions"):
         compute_metrics(get_task("rte"), np.array([0, 1, 0]), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("task, outputs", [("rte", [0.0, float("nan"), 1.0]), ("stsb", [1.0, 2.0, float("inf")])])
+def test_non_finite_predictions_are_an_error_not_a_score(task, outputs):
+    """NaN used to become a metric of 0.0 (correlations) or, through argmax, class 0 (accuracy)."""
+    from lnpeft.errors import NonFiniteOutputError
+
+    with pytest.raises(NonFiniteOutputError, match=rf"{task}: 1 of 3 predictions are not finite .* first at row"):
+        compute_metrics(get_task(task), np.array([0.0, 1.0, 1.0]), np.array(outputs))

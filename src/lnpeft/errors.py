@@ -18,6 +18,10 @@ class LnpeftError(Exception):
     """An expected failure: `lnpeft` prints it as one clear line, exit status 2, no traceback."""
 
 
+class NonFiniteOutputError(FloatingPointError):
+    """A model gave NaN or infinite outputs: no metric or prediction is made from them."""
+
+
 class OutOfMemoryError(RuntimeError):
     """Out of (GPU or host) memory; the message names the run, the step and the knob to turn."""
 

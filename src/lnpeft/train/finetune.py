@@ -30,7 +30,7 @@ from lnpeft.data.artifacts import atomic_dir
 from lnpeft.data.batching import Encoded, collate, length_grouped_batches, load_split, model_inputs
 from lnpeft.data.metrics import compute_metrics
 from lnpeft.data.tasks import get_task
-from lnpeft.errors import OutOfMemoryError, is_oom
+from lnpeft.errors import NonFiniteOutputError, OutOfMemoryError, is_oom
 from lnpeft.model.init import verify_init
 from lnpeft.model.methods import METHODS, MethodOptions, select
 from lnpeft.numerics import pin_threads
@@ -251,8 +251,22 @@ def predict(model, data: Encoded, batch_size: int, device: torch.device, regress
                        f"training.eval_batch_size (--eval-batch-size, now {batch_size}) or training.max_length "
                        "(--max-length)") from err
         logits = logits.reshape(copies, len(idx), -1)
-        out[:, idx] = (logits[..., 0] if regression else logits.argmax(-1)).cpu().numpy()
+        pred = (logits[..., 0] if regression else logits.argmax(-1).to(logits.dtype))
+        # argmax over NaN logits names a class; keep NaN so the metric (or the check) sees it
+        pred = torch.where(torch.isfinite(logits).all(-1), pred, torch.full_like(pred, float("nan")))
+        out[:, idx] = pred.cpu().numpy()
     return out[0] if copies == 1 else out
+
+
+def check_finite(run: RunState, preds: dict[str, np.ndarray], epoch: int | None = None) -> None:
+    """Fail a run whose predictions hold NaN (its model's outputs were not finite), naming it."""
+    for split, values in preds.items():
+        bad = ~np.isfinite(values)
+        if bad.any():
+            when = f" at epoch {epoch}" if epoch is not None else " from its best epoch's state"
+            raise NonFiniteOutputError(f"run {run.name} ({run.out}): {int(bad.sum())} of {bad.size} {split} "
+                                       f"predictions are NaN{when} (the model's outputs are not finite); lower "
+                                       "--lr or check the data")
 
 
 def predictions_frame(splits: dict[str, Encoded], preds: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -397,6 +411,14 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
             if not active[g]:
                 continue
             preds = {s: p[g] for s, p in dev_preds.items()}
+            try:
+                check_finite(run, preds, epoch)
+            except NonFiniteOutputError as err:
+                if copies == 1:
+                    raise
+                run.fail(err)
+                active[g] = False
+                continue
             row = epoch_row(run, spec, epoch, float(loss_sums[g]) / seen, devs, preds,
                             {**counts, "trainable": run.trainable.count(model)})
             score = row[f"{first_dev}/{spec.metric}"]
@@ -422,6 +444,13 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
         test_preds = {s: predict(model, d, cfg0.eval_batch_size, device, spec.is_regression, amp, copies)
                       .reshape(copies, -1) for s, d in tests.items()}
     for g, run in enumerate(runs):
+        if run.error is None and tests:
+            try:
+                check_finite(run, {s: p[g] for s, p in test_preds.items()})
+            except NonFiniteOutputError as err:
+                if copies == 1:
+                    raise
+                run.fail(err)
         if run.error is None:
             tested = predictions_frame(tests, {s: p[g] for s, p in test_preds.items()}) if tests else None
             run.finish({"total": n_total, "trainable": run.trainable.count(model),
