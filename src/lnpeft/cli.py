@@ -75,15 +75,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except Exception as err:
-        # Expected failures (bad input, missing files, lnpeft's own errors such as a non-finite
-        # loss or out-of-memory with its hint) are one clear line, not a traceback.
-        # LNPEFT_DEBUG=1 shows the traceback.
-        expected = isinstance(err, (LnpeftError, FileNotFoundError, ValueError)) or \
-            type(err).__module__.startswith("lnpeft.")
-        if not expected or os.environ.get("LNPEFT_DEBUG"):
+        # lnpeft's own failures (bad input, a missing file, a non-finite loss, out of memory with
+        # its hint) are one clear line; anything raised inside torch, transformers or another
+        # library keeps its traceback, which is what its bug report needs. LNPEFT_DEBUG=1 shows all.
+        if not is_lnpeft_error(err) or os.environ.get("LNPEFT_DEBUG"):
             raise
         print(f"lnpeft {command}: error: {err}", file=sys.stderr)
         return 2
+
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def is_lnpeft_error(err: BaseException) -> bool:
+    """An error lnpeft raised on purpose: one of its own classes, or a ValueError/OSError raised by
+    lnpeft's code itself (the innermost frame of its traceback is in the lnpeft package)."""
+    if isinstance(err, LnpeftError) or type(err).__module__.startswith("lnpeft."):
+        return True
+    if not isinstance(err, (ValueError, OSError)):
+        return False
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    raised_in = os.path.abspath(tb.tb_frame.f_code.co_filename) if tb is not None else ""
+    return raised_in.startswith(PACKAGE_DIR + os.sep)
 
 
 if __name__ == "__main__":

@@ -225,11 +225,15 @@ def make_runs(model, cfgs: Sequence[FinetuneConfig], steps: int, device: torch.d
     return runs
 
 
-def _oom(where: str, idx, width: int, copies: int, device: torch.device, knobs: str) -> OutOfMemoryError:
-    """The out-of-memory error of a batch, naming the knobs that make it fit."""
-    return OutOfMemoryError(f"{where} (a batch of {len(idx)} examples x {width} tokens"
-                            + (f" for each of {copies} runs" if copies > 1 else "")
-                            + f" on {device}); lower " + (f"training.pack_size, {knobs}" if copies > 1 else knobs))
+def _batch_text(idx, width: int, copies: int, device: torch.device) -> str:
+    """`a batch of 32 examples x 48 tokens[ for each of 4 runs] on cuda`, for out-of-memory messages."""
+    return (f"a batch of {len(idx)} examples x {width} tokens" + (f" for each of {copies} runs" if copies > 1 else "")
+            + f" on {device}")
+
+
+def _knobs(copies: int, knobs: str) -> str:
+    """What to lower: the pack size first when the batch is a pack's."""
+    return f"training.pack_size, {knobs}" if copies > 1 else knobs
 
 
 @torch.no_grad()
@@ -247,9 +251,10 @@ def predict(model, data: Encoded, batch_size: int, device: torch.device, regress
         except RuntimeError as err:
             if not is_oom(err):
                 raise
-            raise _oom("out of memory while predicting", idx, batch["input_ids"].shape[1], copies, device,
-                       f"training.eval_batch_size (--eval-batch-size, now {batch_size}) or training.max_length "
-                       "(--max-length)") from err
+            knobs = (f"training.eval_batch_size (--eval-batch-size, now {batch_size}) or training.max_length "
+                     "(--max-length)")
+            raise OutOfMemoryError(f"out of memory while predicting {_batch_text(idx, batch['input_ids'].shape[1], copies, device)}"
+                                   f"; lower {_knobs(copies, knobs)}") from err
         logits = logits.reshape(copies, len(idx), -1)
         pred = (logits[..., 0] if regression else logits.argmax(-1).to(logits.dtype))
         # argmax over NaN logits names a class; keep NaN so the metric (or the check) sees it
@@ -377,9 +382,12 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
             except RuntimeError as err:
                 if not is_oom(err):
                     raise
-                raise _oom(f"{label}: out of memory at epoch {epoch}, step {step}", idx, batch["input_ids"].shape[1],
-                           copies, device, f"training.batch_size (--batch-size, now {cfg0.batch_size}) or "
-                           f"training.max_length (--max-length, now {cfg0.max_length})") from err
+                knobs = (f"training.batch_size (--batch-size, now {cfg0.batch_size}) or training.max_length "
+                         f"(--max-length, now {cfg0.max_length})")
+                raise OutOfMemoryError(
+                    f"{label}: out of memory at epoch {epoch}, step {step} "
+                    f"({_batch_text(idx, batch['input_ids'].shape[1], copies, device)}); lower {_knobs(copies, knobs)}"
+                ) from err
             if step % sync_every == 0 or step == len(batches):
                 for g, run in enumerate(runs):
                     if active[g]:
