@@ -172,8 +172,10 @@ def run(args: argparse.Namespace) -> int:
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir}: not a save_pretrained folder (no config.json); run the init stage")
     from lnpeft.model.init import verify_init
+    from lnpeft.model.provenance import check_inputs
 
     verify_init(model_dir)  # a corrupted init fails here, before any compute
+    check_inputs(model_dir, [args.data])  # the init and the split are of one task
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if cfg.device == "auto" else cfg.device))
     torch.manual_seed(cfg.seed)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lnpeft.data.artifacts import read_parquet, write_parquet
+from lnpeft.model.provenance import check_fisher_labels
 
 KEY = ["param", "layer", "kind", "index"]
 
@@ -114,6 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     paths = parse_task_paths(args.fisher)
     tables = {task: read_parquet(path, "fisher") for task, path in paths.items()}
+    check_fisher_labels(paths)  # TASK=PARQUET: each table's own data says which task it is
     mask = build_mask(tables, args.scheme, args.task)
     used = [t for t in paths if not (args.scheme == "cv" and t == args.task)]
     if args.scheme == "individual":

@@ -33,6 +33,7 @@ from lnpeft.data.tasks import get_task
 from lnpeft.errors import NonFiniteOutputError, OutOfMemoryError, is_oom
 from lnpeft.model.init import verify_init
 from lnpeft.model.methods import METHODS, MethodOptions, select
+from lnpeft.model.provenance import check_inputs
 from lnpeft.numerics import pin_threads
 from lnpeft.train.packing import batch_rows, in_place, pack, prepare_trainable, replicate, shared_dropout  # noqa: F401
 from lnpeft.train.recipe import RECIPES, Recipe
@@ -312,6 +313,8 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
     cfg0, copies = cfgs[0], len(cfgs)
     spec = get_task(cfg0.task)
     verify_init(cfg0.init)  # a corrupted or changed init fails here, before any training
+    # an init or split made for another task or seed (a stage run by hand) fails here too
+    check_inputs(cfg0.init, [cfg0.train, *cfg0.dev, *cfg0.test], task=cfg0.task, seed=cfg0.seed)
     device, recipe, threads = choose_device(cfg0)
     amp = recipe.bf16
     dropout = _dropout_mode(dropout, device)
