@@ -11,6 +11,8 @@ from lnpeft.cli import main
 from lnpeft.data.artifacts import write_parquet
 from lnpeft.model.architectures import COMPONENTS
 from lnpeft.report import figures
+from lnpeft.report.runs import read_epoch_rows
+from lnpeft.report.selection import selected_scores
 from lnpeft.report.table1 import build_table1
 
 TASKS = ["cola", "stsb", "rte"]
@@ -110,7 +112,7 @@ def test_fig3_fig4_normalisation_and_labels(tmp_path):
 
 
 def test_fig2_fig5_best_over_lr_and_epochs(tmp_path, runs):
-    scores = figures.run_scores(runs)
+    scores = selected_scores(read_epoch_rows(runs))
     fig = figures.fig2(scores)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == TASKS
@@ -216,7 +218,7 @@ def test_curves_lr_choice_means_and_bands(tmp_path, curve_runs):
     from lnpeft.report import curves
     from lnpeft.report.tables import best_scores
 
-    data = curves.curve_data(curves.read_runs([r / "epochs.parquet" for r in curve_runs]))
+    data = curves.curve_data(read_epoch_rows([r / "epochs.parquet" for r in curve_runs]))
     assert len(data) == 2 * 4 * 2 * 3  # tasks x methods x (dev, train_loss) x epochs
     assert list(dict.fromkeys(data["task"])) == ["rte", "mnli"]
     assert list(dict.fromkeys(data["method"])) == ["full", "bitfit", "layernorm", "random"]
@@ -283,7 +285,7 @@ def test_curves_one_seed_is_a_line_without_band(curve_runs):
     from lnpeft.report import curves
 
     one = [r / "epochs.parquet" for r in curve_runs if r.name.endswith("_seed0")]
-    data = curves.curve_data(curves.read_runs(one))
+    data = curves.curve_data(read_epoch_rows(one))
     assert set(data["band"]) == {"none"} and set(data["n_seeds"]) == {1}
     assert (data["low"] == data["mean"]).all() and (data["high"] == data["mean"]).all()
     fig = curves.plot_curves(data)
@@ -297,10 +299,10 @@ def test_curves_bad_inputs_name_the_file(tmp_path, curve_runs, capsys):
     other = tmp_path / "runs" / "other-model" / "rte" / "full" / "lr1e-05_seed0"
     other.mkdir(parents=True)
     (other / "epochs.parquet").write_bytes((curve_runs[0] / "epochs.parquet").read_bytes())
-    with pytest.raises(ValueError, match="several models"):
-        curves.read_runs([curve_runs[0] / "epochs.parquet", other / "epochs.parquet"])
+    with pytest.raises(ValueError, match="runs of several models"):
+        read_epoch_rows([curve_runs[0] / "epochs.parquet", other / "epochs.parquet"])
     with pytest.raises(ValueError, match="the same run given twice"):
-        curves.read_runs([curve_runs[0] / "epochs.parquet"] * 2)
+        read_epoch_rows([curve_runs[0] / "epochs.parquet"] * 2)
     stsb = tmp_path / "runs" / "m" / "stsb" / "full" / "lr1e-05_seed0" / "epochs.parquet"
     stsb.parent.mkdir(parents=True)
     stsb.write_bytes((curve_runs[0] / "epochs.parquet").read_bytes())  # an rte table under stsb

@@ -54,7 +54,7 @@ def long_scores(values: dict, seeds: int = 1, shuffle: bool = True, noise: float
                 v = value + (noise * (s - (seeds - 1) / 2))
                 rows.append((method, column, split, name(metric, metric), v, 1e-3, 3))
             rows.append((method, column, split, name(decoy(metric), decoy(metric)), 0.0, 1e-3, 3))
-    df = pd.DataFrame(rows, columns=["method", "task", "split", "metric", "value", "lr", "epoch"])
+    df = pd.DataFrame(rows, columns=["method", "task", "split", "metric", "value", "lr", "epoch"]).assign(seeds="0")
     return df.sample(frac=1.0, random_state=0).reset_index(drop=True) if shuffle else df
 
 
@@ -135,7 +135,7 @@ def test_seed_scores_replace_the_dev_means(tmp_path):
     means = long_scores(values)
     seeds = long_scores({k: v for k, v in values.items() if k[1] == "dev"}, seeds=3, noise=0.01)
     seeds = seeds.assign(seed=np.arange(len(seeds)) % 3)
-    write_parquet(means, tmp_path / "scores.parquet", "scores")
+    write_parquet(means.assign(seeds="0"), tmp_path / "scores.parquet", "scores")
     seeds[["method", "task", "split", "metric", "seed", "value", "lr", "epoch"]].to_parquet(tmp_path / "seeds.parquet")
     out = tmp_path / "kruskal.json"
     assert main(["stats", "kruskal", "--scores", str(tmp_path / "scores.parquet"), "--seed-scores",
@@ -217,7 +217,7 @@ def test_left_out_columns_are_listed_with_the_reason_and_printed(tmp_path, capsy
     # LayerNorm's CoLA has only accuracy; nobody has RTE; one WNLI row (a GLUE task outside the paper)
     scores = scores[~((scores["method"] == "layernorm") & (scores["task"] == "cola")
                       & (scores["metric"] == "matthews")) & (scores["task"] != "rte")]
-    scores = pd.concat([scores, pd.DataFrame([("bitfit", "wnli", "dev", "accuracy", 0.56, 1e-3, 1)],
+    scores = pd.concat([scores, pd.DataFrame([("bitfit", "wnli", "dev", "accuracy", 0.56, 1e-3, 1, "0")],
                                              columns=scores.columns)], ignore_index=True)
     code, report, printed = run_stats(tmp_path, scores, capsys)
     assert code == 0

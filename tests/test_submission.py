@@ -16,9 +16,9 @@ from lnpeft.data.tasks import SUBMISSION_FILES, get_task
 from lnpeft.errors import LnpeftError
 from lnpeft.report.submission import (
     SubmissionConfig,
-    best_run,
     build_submission,
     manifest_path,
+    submitted_run,
     write_submission,
     zip_bytes,
 )
@@ -42,7 +42,9 @@ def write_data(data_dir: Path, task: str, split: str, idx: list[int], labels=Non
     write_parquet(df, data_dir / task / f"{split}.parquet", "data")
 
 
-def write_run(run: Path, task: str, dev_scores: list[float], preds: dict[str, tuple[list, list]]) -> Path:
+def write_run(run: Path, task: str, dev_scores: list[float], preds: dict[str, tuple[list, list]],
+              lr: float = 1e-3, seed: int = 0) -> Path:
+    """A finished run's files: epochs, predictions and the run.json lnpeft finetune writes."""
     spec = get_task(task)
     n = len(dev_scores)
     epochs = pd.DataFrame({
@@ -55,6 +57,9 @@ def write_run(run: Path, task: str, dev_scores: list[float], preds: dict[str, tu
     frames = [pd.DataFrame({"split": s, "idx": np.asarray(i, dtype=np.int64), "prediction": np.asarray(p, dtype=float)})
               for s, (i, p) in preds.items()]
     write_parquet(pd.concat(frames, ignore_index=True), run / "predictions.parquet", "predictions")
+    best = int(np.argmax(np.asarray(dev_scores, dtype=float))) + 1  # the first best epoch, as finetune keeps it
+    (run / "run.json").write_text(json.dumps({"options": {"task": task, "lr": lr, "seed": seed}, "best_epoch": best,
+                                              "total": 100, "trainable": 1}))
     return run
 
 
@@ -73,10 +78,10 @@ def world(tmp_path: Path) -> tuple[Path, dict[str, tuple[Path, ...]]]:
         runs[task] = (write_run(runs_root / task / "lr1", task, [0.5], {"test": (idx, [i % 2 for i in idx])}),)
     runs["stsb"] = (write_run(runs_root / "stsb" / "lr1", "stsb", [0.8],
                               {"test": ([0, 1, 2, 3], [5.7, -0.2, 2.34567, 3.0])}),)
-    # RTE: two runs; the second is better on dev (0.7 at epoch 2) and predicts different labels
+    # RTE: two learning rates; the second is better on dev (0.7 at epoch 2) and predicts other labels
     runs["rte"] = (
-        write_run(runs_root / "rte" / "a", "rte", [0.6, 0.65], {"test": ([5, 6, 7], [1, 1, 1])}),
-        write_run(runs_root / "rte" / "b", "rte", [0.55, 0.7], {"test": ([7, 6, 5], [0, 1, 0])}),
+        write_run(runs_root / "rte" / "a", "rte", [0.6, 0.65], {"test": ([5, 6, 7], [1, 1, 1])}, lr=1e-3),
+        write_run(runs_root / "rte" / "b", "rte", [0.55, 0.7], {"test": ([7, 6, 5], [0, 1, 0])}, lr=3e-3),
     )
     runs["mnli"] = (write_run(runs_root / "mnli" / "lr1", "mnli", [0.8], {
         "validation_matched": ([0], [0]),
@@ -159,13 +164,29 @@ def test_predictions_must_cover_the_test_data(world, tmp_path):
         build_submission(SubmissionConfig("m", {**runs, "sst2": (bad,)}, data, tmp_path / "m.zip"))
 
 
-def test_best_run_needs_the_dev_metric_column(tmp_path):
-    run = write_run(tmp_path / "r", "sst2", [0.9], {"test": ([0], [0])})
+def test_submitted_run_needs_the_dev_metric_column_and_orders_numerically(tmp_path):
+    sst2 = write_run(tmp_path / "s", "sst2", [0.9], {"test": ([0], [0])})
     with pytest.raises(LnpeftError, match=r"no column 'validation/matthews' \(task cola\)"):
-        best_run(get_task("cola"), [run])
-    a = write_run(tmp_path / "a", "sst2", [0.8, 0.9], {"test": ([0], [0])})
-    b = write_run(tmp_path / "b", "sst2", [0.9], {"test": ([0], [0])})
-    assert best_run(get_task("sst2"), [b, a]) == (a, 0.9)  # tie: first in path order
+        submitted_run(get_task("cola"), [_as_task(sst2, "cola")])
+    # two lrs tied on their seed mean: the smaller lr as a number (5e-05 < 0.0001, though "lr5e-05" >
+    # "lr0.0001" as text); its seeds 2 and 10 (10 > 2, though "seed10" < "seed2" as text)
+    runs = [write_run(tmp_path / "lr0.0001_seed2", "sst2", [0.5, 0.8], {"test": ([0], [0])}, lr=1e-4, seed=2),
+            write_run(tmp_path / "lr0.0001_seed10", "sst2", [0.5, 0.8], {"test": ([0], [0])}, lr=1e-4, seed=10),
+            write_run(tmp_path / "lr5e-05_seed2", "sst2", [0.7, 0.8], {"test": ([0], [0])}, lr=5e-5, seed=2),
+            write_run(tmp_path / "lr5e-05_seed10", "sst2", [0.9, 0.8], {"test": ([0], [0])}, lr=5e-5, seed=10)]
+    choice = submitted_run(get_task("sst2"), runs)
+    assert (choice.lr, choice.epoch, choice.seeds) == (5e-5, 1, (2, 10))  # mean 0.8 at epoch 1 and at 2: earlier
+    assert choice.score == pytest.approx(0.8)
+    assert choice.seed == 2 and choice.run == runs[2]  # the lower of the two (median of an even count)
+    assert choice.predictions_epoch == 2  # that run's own best epoch: its predictions are from epoch 2
+
+
+def _as_task(run: Path, task: str) -> Path:
+    """A run folder whose run.json says `task` but whose epochs are another task's."""
+    meta = json.loads((run / "run.json").read_text())
+    meta["options"]["task"] = task
+    (run / "run.json").write_text(json.dumps(meta))
+    return run
 
 
 # ------------------------------------------------------------------ the strict validator
@@ -302,7 +323,7 @@ def test_report_rules_in_snakemake(tmp_path):
                       [0.5 + 0.01 * i], {"test": (idx, pred)})
             rows.append((method, task, "dev", spec.metric, 0.5 + 0.01 * i + 0.1 * (task == "rte"), float(lr), 1))
     scores = pd.DataFrame(rows, columns=["method", "task", "split", "metric", "value", "lr", "epoch"])
-    write_parquet(scores, tmp_path / "results/tables/scores.parquet", "scores")
+    write_parquet(scores.assign(seeds="0"), tmp_path / "results/tables/scores.parquet", "scores")
     write_parquet(scores.assign(seed=0)[["method", "task", "split", "metric", "seed", "value", "lr", "epoch"]],
                   tmp_path / "results/tables/scores_seeds.parquet", "seed_scores")  # one seed: the same values
     snakemake("table3", "stats", "submission")
@@ -335,3 +356,35 @@ def test_full_disk_mid_zip_keeps_the_previous_zip(world, tmp_path, full_disk):
     assert partial.name.startswith(".layernorm.zip.") and size == len(before) // 2
     assert out.read_bytes() == before and manifest_path(out).read_bytes() == manifest
     assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, manifest_path(out).name])
+
+
+def test_a_zip_of_subsampled_test_data_says_it_is_a_demo_zip(world, tmp_path, capsys):
+    """Validated against the local (subsampled) test parquet only, a zip the GLUE server would refuse
+    used to pass as ready: the manifest and the command now say it is a demo zip, and
+    `validate-submission --official` refuses it."""
+    data, runs = world
+    out = tmp_path / "sub" / "layernorm.zip"
+    argv = ["submission", "--method", "layernorm", "--data-dir", str(data), "--out", str(out),
+            "--runs", *(f"{t}={r}" for t, rs in runs.items() for r in rs)]
+    assert main(argv) == 0
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["complete"] and manifest["server_ready"] is False
+    assert "CoLA.tsv: 4 rows; the GLUE server expects 1063, the official cola test split (a subsampled or demo " \
+           "test set)" in manifest["not_server_ready"]
+    assert len(manifest["not_server_ready"]) == 11  # every file of this toy world is smaller than GLUE's
+    printed = capsys.readouterr().out
+    assert "DEMO ZIP, not for the GLUE server (11 problems;" in printed
+    assert validate_zip(out, data_dir=data) == []  # well formed for its own test data
+    assert main(["validate-submission", str(out), "--official"]) == 1
+    assert "QQP.tsv: 2 rows; the GLUE server expects 390965" in capsys.readouterr().out
+
+
+def test_official_counts_pass_and_a_missing_file_is_named():
+    from lnpeft.data.tasks import OFFICIAL_ROWS
+    from lnpeft.report.glue_format import submission_targets
+    from lnpeft.report.validate import official_problems
+
+    rows = {name: OFFICIAL_ROWS[spec.name][split] for name, (spec, split) in submission_targets().items()}
+    assert official_problems(list(rows), rows) == []
+    del rows["AX.tsv"]
+    assert official_problems(list(rows), rows) == ["AX.tsv: missing (the server scores all 11 files)"]

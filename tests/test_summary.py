@@ -41,7 +41,7 @@ def score_rows(values: dict[tuple[str, str], float]) -> pd.DataFrame:
         names = ["spearman", "pearson"] if task == "stsb" else ["accuracy"]
         for name in names:
             rows.append({"method": method, "task": task, "split": "dev", "metric": name,
-                         "value": value - 0.5 if name == "pearson" else value, "lr": 1e-3, "epoch": 1})
+                         "value": value - 0.5 if name == "pearson" else value, "lr": 1e-3, "epoch": 1, "seeds": "0"})
     return pd.DataFrame(rows)
 
 

@@ -19,7 +19,7 @@ DEV = pd.DataFrame(
      ("layernorm", "stsb", "dev", "pearson", 0.86, 1e-3, 3),
      ("bitfit", "rte", "dev", "accuracy", 0.68, 4e-4, 1),
      ("bitfit", "stsb", "dev", "spearman", 0.84, 4e-4, 2)],
-    columns=["method", "task", "split", "metric", "value", "lr", "epoch"])
+    columns=["method", "task", "split", "metric", "value", "lr", "epoch"]).assign(seeds="0")
 
 
 @pytest.fixture
@@ -84,8 +84,8 @@ def test_labelled_local_test_data(scores, tmp_path):
     data = tmp_path / "data"
     write_data(data, "rte", "test", [0, 1, 2, 3], labels=[0, 1, 1, 0])
     write_data(data, "stsb", "test", [0, 1, 2], labels=None)  # unlabelled: skipped
-    best = write_run(tmp_path / "r" / "b", "rte", [0.7], {"test": ([3, 2, 1, 0], [0, 1, 0, 0])})
-    worse = write_run(tmp_path / "r" / "a", "rte", [0.6], {"test": ([0, 1, 2, 3], [1, 1, 1, 1])})
+    best = write_run(tmp_path / "r" / "b", "rte", [0.6, 0.7], {"test": ([3, 2, 1, 0], [0, 1, 0, 0])}, lr=3e-3)
+    worse = write_run(tmp_path / "r" / "a", "rte", [0.6], {"test": ([0, 1, 2, 3], [1, 1, 1, 1])}, lr=1e-3)
     stsb = write_run(tmp_path / "r" / "s", "stsb", [0.8], {"test": ([0, 1, 2], [1.0, 2.0, 3.0])})
     prefix, scores_out = outputs(tmp_path)
     table, note = make_table3(Table3Config(
@@ -98,6 +98,9 @@ def test_labelled_local_test_data(scores, tmp_path):
     assert note == "Source: labelled local test data."
     test = read_parquet(scores_out, "scores").query("split == 'test'")
     assert sorted(test["metric"]) == ["accuracy"]
+    # the test row says which run made it: the lr chosen on dev (3e-3, not the dev file's 1e-3
+    # row, which came from elsewhere), the epoch its predictions come from, the seed sent
+    assert test[["lr", "epoch", "seeds"]].to_dict("records") == [{"lr": 3e-3, "epoch": 2, "seeds": "0"}]
 
 
 def test_no_test_scores_gives_na_with_a_note(scores, tmp_path):

@@ -61,10 +61,12 @@ SCHEMAS: dict[str, pa.Schema] = {
     "predictions": pa.schema([
         ("split", pa.string()), ("idx", pa.int64()), ("prediction", pa.float64()),
     ]),
-    # results/tables/scores.parquet: long format of Tables 2 and 3
+    # results/tables/scores.parquet: long format of Tables 2 and 3; lr, epoch and seeds ("0,1,2") are
+    # what lnpeft.report.selection chose (a test row: the submitted run's lr, predictions epoch and seed)
     "scores": pa.schema([
         ("method", pa.string()), ("task", pa.string()), ("split", pa.string()),
         ("metric", pa.string()), ("value", pa.float64()), ("lr", pa.float64()), ("epoch", pa.int64()),
+        ("seeds", pa.string()),
     ]),
     # results/tables/scores_seeds.parquet: the seeds behind scores.parquet, one row per seed at the
     # (lr, epoch) Table 2 chose from the seeds' mean (Table 2's 95% intervals come from these)

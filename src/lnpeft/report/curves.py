@@ -2,7 +2,7 @@
 
 The first question when a PEFT result does not reproduce is whether training had converged. Per
 task and Table 2 method this draws, at the learning rate Table 2 reports for that method
-(`tables.best_lr_epoch`: seeds averaged per (lr, epoch), then the best (lr, epoch) on dev):
+(`lnpeft.report.selection`: seeds averaged per (lr, epoch), then the best (lr, epoch) on dev):
 - top panel: the dev score per epoch (the task's paper metric on its first dev split, the column
   `{split}/{metric}` that selects the best epoch everywhere else), with an open circle at the
   epoch Table 2 reports;
@@ -16,7 +16,6 @@ the other. `--data` writes the plotted numbers (artifact `curves`).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -25,47 +24,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from lnpeft.data.artifacts import read_parquet, to_table
-from lnpeft.data.tasks import get_task
-from lnpeft.report.runs import RUN_RE
+from lnpeft.data.artifacts import to_table
+from lnpeft.report.selection import choose
 from lnpeft.report.table3 import METHOD_LABELS
-from lnpeft.report.tables import best_lr_epoch
 
 METHOD_COLOURS = {"full": "black", "bitfit": "tab:orange", "layernorm": "tab:blue", "random": "tab:red"}
 OTHER_COLOURS = ("tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")  # other methods
 BAND_TEXT = {"minmax": "min-max", "ci95": "95% CI"}
 QUANTITIES = ("dev", "train_loss")
-
-
-def read_runs(paths: list[str | Path]) -> pd.DataFrame:
-    """Epoch rows of every run: task, method, lr, seed, epoch, train_loss, dev, column (the dev
-    score's epochs.parquet column). Task, method, lr and seed come from the run's path."""
-    frames, models = [], set()
-    for path in paths:
-        m = RUN_RE.search(str(path).replace("\\", "/"))
-        if not m:
-            raise ValueError(f"{path}: not a run's epochs.parquet "
-                             "(runs/{model}/{task}/{method}/lr{lr}_seed{seed}/)")
-        spec = get_task(m["task"])
-        column = f"{spec.dev_splits[0]}/{spec.metric}"
-        epochs = read_parquet(path, "epochs")
-        if column not in epochs:
-            raise ValueError(f"{path}: no column {column!r} (columns: {list(epochs.columns)})")
-        models.add(m["model"])
-        frames.append(pd.DataFrame({
-            "task": m["task"], "method": m["method"], "lr": float(m["lr"]), "seed": int(m["seed"]),
-            "epoch": epochs["epoch"].astype("int64"), "train_loss": epochs["train_loss"].astype(float),
-            "dev": epochs[column].astype(float), "column": column}))
-    if not frames:
-        raise ValueError("no runs given")
-    if len(models) > 1:
-        raise ValueError(f"runs of several models {sorted(models)}: draw one model's curves at a time")
-    runs = pd.concat(frames, ignore_index=True)
-    dup = runs.duplicated(["task", "method", "lr", "seed", "epoch"])
-    if dup.any():
-        first = runs.loc[dup, ["task", "method", "lr", "seed"]].iloc[0].to_dict()
-        raise ValueError(f"the same run given twice: {first}")
-    return runs
 
 
 def _band(rows: pd.DataFrame, quantity: str) -> pd.DataFrame:
@@ -96,11 +62,11 @@ def curve_data(runs: pd.DataFrame) -> pd.DataFrame:
         of_task = runs[runs["task"] == task]
         for method in _methods(of_task["method"]):
             group = of_task[of_task["method"] == method]
-            best = best_lr_epoch(group, "dev", what=f"{method}/{task}")
-            chosen = group[group["lr"] == best["lr"]]
+            choice = choose(group, "dev", what=f"{method}/{task}")
+            chosen = group[group["lr"] == choice.lr]
             for quantity in QUANTITIES:
                 frames.append(_band(chosen, quantity).assign(
-                    task=task, method=method, lr=float(best["lr"]), best_epoch=int(best["epoch"]),
+                    task=task, method=method, lr=choice.lr, best_epoch=choice.epoch,
                     quantity=quantity, column=group["column"].iloc[0] if quantity == "dev" else quantity))
     data = pd.concat(frames, ignore_index=True)
     return to_table(data, "curves").to_pandas()  # the artifact's column order and types

@@ -38,38 +38,13 @@ from lnpeft.data.artifacts import atomic_path, read_parquet, write_parquet  # no
 from lnpeft.data.tasks import get_task  # noqa: E402
 from lnpeft.model.architectures import COMPONENTS  # noqa: E402
 from lnpeft.report import curves  # noqa: E402
-from lnpeft.report.runs import FISHER_METHOD_RE, RUN_RE  # noqa: E402
+from lnpeft.report.runs import read_epoch_rows  # noqa: E402
+from lnpeft.report.selection import selected_scores  # noqa: E402
 
 SCHEME_STYLE = {"individual": ("tab:blue", "o"), "global": ("tab:orange", "s"), "cv": ("tab:green", "^")}
 
 
 # ---------------------------------------------------------------- data preparation
-
-
-def run_scores(paths: list[str]) -> pd.DataFrame:
-    """Best-epoch dev score of each run: columns task, method, scheme, fraction, lr, seed, score."""
-    rows = []
-    for path in paths:
-        m = RUN_RE.search(str(path).replace("\\", "/"))
-        if not m:
-            raise ValueError(f"{path}: not a run's epochs.parquet (runs/{{model}}/{{task}}/{{method}}/lr{{lr}}_seed{{seed}}/)")
-        spec = get_task(m["task"])
-        column = f"{spec.dev_splits[0]}/{spec.metric}"
-        epochs = read_parquet(path, "epochs")
-        if column not in epochs:
-            raise ValueError(f"{path}: no column {column!r} (columns: {list(epochs.columns)})")
-        fm = FISHER_METHOD_RE.match(m["method"])
-        rows.append({"task": m["task"], "method": m["method"],
-                     "scheme": fm["scheme"] if fm else None,
-                     "fraction": float(fm["fraction"]) if fm else 1.0,
-                     "lr": float(m["lr"]), "seed": int(m["seed"]), "score": float(epochs[column].max())})
-    return pd.DataFrame(rows, columns=["task", "method", "scheme", "fraction", "lr", "seed", "score"])
-
-
-def best_over_lr(scores: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Mean over seeds per learning rate, then the best learning rate, per group `by`."""
-    per_lr = scores.groupby([*by, "lr"], dropna=False)["score"].mean().reset_index()
-    return per_lr.groupby(by, dropna=False)["score"].max().reset_index()
 
 
 def layernorm_share(fisher: pd.DataFrame) -> pd.DataFrame:
@@ -117,8 +92,8 @@ def _fraction_panels(scores: pd.DataFrame, schemes: list[str], title: str) -> Fi
     fisher_runs = scores[scores["scheme"].isin(schemes)]
     if fisher_runs.empty:
         raise ValueError(f"no Fisher-subset runs of scheme(s) {schemes} among the given runs")
-    curves = best_over_lr(fisher_runs, ["task", "scheme", "fraction"])
-    reference = best_over_lr(scores[scores["method"] == "layernorm"], ["task"]).set_index("task")["score"]
+    curves = fisher_runs  # one row per (task, scheme, fraction): Table 2's rule (lnpeft.report.selection)
+    reference = scores[scores["method"] == "layernorm"].set_index("task")["score"]
     tasks = ordered_tasks(fisher_runs["task"])
     fig, axes = _grid(len(tasks))
     for ax, task in zip(axes.flat, tasks):
@@ -247,13 +222,13 @@ def run(args: argparse.Namespace) -> int:
         tables = {t: read_parquet(p, "fisher") for t, p in parse_task_paths(args.fisher).items()}
         fig = fig3(tables) if args.figure == "fig3" else fig4(tables)
     elif args.figure == "curves":
-        data = curves.curve_data(curves.read_runs(args.runs))
+        data = curves.curve_data(read_epoch_rows(args.runs))
         fig = curves.plot_curves(data)
         if args.data:
             write_parquet(data, args.data, "curves")
             print(f"figure curves: data {args.data}")
     else:
-        scores = run_scores(args.runs)
+        scores = selected_scores(read_epoch_rows(args.runs))
         fig = fig2(scores) if args.figure == "fig2" else fig5(scores)
     paths = save(fig, args.out)
     print(f"figure {args.figure}: {', '.join(map(str, paths))}")

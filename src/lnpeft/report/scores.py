@@ -5,7 +5,8 @@ split, metric, value`, read by lnpeft.data.artifacts.read_parquet as the `scores
 decides the Arrow types it accepts (text as string, large_string, string_view or dictionary;
 `value` as any integer or float type, or a decimal float64 holds) and names a missing,
 duplicated, BOM-prefixed or whitespace-padded column. `lr` and `epoch` may be left out (if there,
-they are numbers as in scores.parquet); any other column is ignored. What is particular to a
+they are numbers as in scores.parquet, and the rows averaged as seeds of one (method, task, split,
+metric) must share them); any other column is ignored. What is particular to a
 scores file is checked here, row by row: `task` is one of the paper's 9 columns (or another GLUE
 task, then left out with a reason by the statistics), `split` is `dev` or `test`, `metric` any
 name of lnpeft.data.metric_names (`matthews_correlation`, `spearmanr`, `mcc`, ...), `value` finite.
@@ -48,7 +49,26 @@ def read_scores(path: Path | str) -> pd.DataFrame:
         raise ScoresError(f"{err}; {_FORMAT}") from err
     if len(raw) == 0:
         raise ScoresError(f"{path}: no rows; {_FORMAT}")
-    return check_rows(raw, str(path))
+    rows = check_rows(raw, str(path))
+    if {"lr", "epoch"} <= set(raw.columns):
+        check_one_grid_point(rows.assign(lr=raw["lr"].to_numpy(), epoch=raw["epoch"].to_numpy()), str(path))
+    return rows
+
+
+def check_one_grid_point(rows: pd.DataFrame, source: str) -> None:
+    """Rows of one (method, task, split, metric) are averaged as seed replicates: they must come from
+    one (lr, epoch). Rows of several grid points are several results, not seeds of one: refused,
+    naming them (positions from 0)."""
+    keys = ["method", "task", "split", "metric"]
+    for key, group in rows.groupby(keys, sort=False):
+        points = group[["lr", "epoch"]].drop_duplicates()
+        if len(points) > 1:
+            listed = "; ".join(f"row {i}: lr {r.lr:g}, epoch {int(r.epoch)}" for i, r in
+                               zip(group.index[:6], group[["lr", "epoch"]].itertuples(index=False)))
+            raise ScoresError(f"{source}: the rows of ({', '.join(key)}) come from {len(points)} different (lr, "
+                              f"epoch) grid points ({listed}); rows of one method, task, split and metric are "
+                              "averaged as seeds of one run, so give the rows of one grid point per seed "
+                              "(lnpeft.report.selection chooses it)")
 
 
 def _float(value: int | float) -> float:

@@ -1,10 +1,11 @@
 """`lnpeft submission`: one method's GLUE test submission zip (the server's 11 files, flat).
 
 How the run is chosen: the workflow passes every grid run of the method (`--runs TASK=RUN_DIR`,
-repeated, all learning rates and seeds); for each task the run whose epochs.parquet has the
-highest paper metric on the task's first dev split (MNLI: validation_matched) wins, exactly the
-criterion fine-tuning used to keep the best epoch's predictions. Ties go to the first run in
-sorted path order, so the choice is deterministic.
+repeated, all learning rates and seeds); `lnpeft.report.selection` chooses the learning rate and
+epoch as Table 2 does (the seeds' mean of the paper metric on the task's first dev split, MNLI:
+validation_matched) and sends the median seed there, a representative run rather than the best
+of the seeds. The manifest records lr, epoch, the seeds, the seed sent and the epoch its
+predictions come from (`predictions_epoch`: the run's own best epoch).
 
 What each file holds:
 - a task with a model: the best run's predictions.parquet rows of the test split, decoded with
@@ -34,7 +35,8 @@ from lnpeft.data.artifacts import atomic_path, read_parquet, write_json
 from lnpeft.data.tasks import SUBMISSION_FILES, TaskSpec, get_task
 from lnpeft.errors import LnpeftError
 from lnpeft.report.glue_format import HEADER, submission_targets
-from lnpeft.report.validate import validate_zip
+from lnpeft.report.selection import Choice, choose, read_run_epochs
+from lnpeft.report.validate import official_problems, validate_zip
 
 AX_SPLITS = ("ax", "test")
 """Split names, in the MNLI run's predictions.parquet, of the AX diagnostic test set: `ax`, or
@@ -68,6 +70,15 @@ class Entry:
     run: str | None = None
     dev_metric: str | None = None
     dev_value: float | None = None
+    """The seeds' mean dev score at (lr, epoch)."""
+    lr: float | None = None
+    epoch: int | None = None
+    """The learning rate and epoch chosen on dev (lnpeft.report.selection), as Table 2's."""
+    seeds: list[int] | None = None
+    seed: int | None = None
+    """The seed sent: the median at (lr, epoch)."""
+    predictions_epoch: int | None = None
+    """The epoch the sent predictions come from: the sent run's own best epoch."""
     reason: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -94,26 +105,17 @@ def dev_column(spec: TaskSpec) -> str:
     return f"{spec.dev_splits[0]}/{spec.metric}"
 
 
-def best_run(spec: TaskSpec, run_dirs: tuple[Path, ...] | list[Path]) -> tuple[Path, float]:
-    """The run with the highest dev score (max over its epochs); ties: first in path order."""
-    column = dev_column(spec)
-    best: tuple[Path, float] | None = None
-    for run in sorted(Path(r) for r in run_dirs):
-        epochs = read_parquet(run / "epochs.parquet", "epochs")
-        if column not in epochs.columns:
-            raise LnpeftError(
-                f"{run / 'epochs.parquet'}: no column {column!r} (task {spec.name}); "
-                f"columns are {list(epochs.columns)}: is this a {spec.name} run?"
-            )
-        values = epochs[column].to_numpy(dtype=np.float64)
-        if len(values) == 0 or np.isnan(values).all():
-            raise LnpeftError(f"{run / 'epochs.parquet'}: no dev score in {column!r}")
-        score = float(np.nanmax(values))
-        if best is None or score > best[1]:
-            best = (run, score)
-    if best is None:
+def submitted_run(spec: TaskSpec, run_dirs: tuple[Path, ...] | list[Path]) -> Choice:
+    """The run whose predictions a task's file holds (`lnpeft.report.selection`): the median seed at
+    the learning rate and epoch chosen on dev from the seeds' mean."""
+    if not run_dirs:
         raise LnpeftError(f"task {spec.name}: no run directories given")
-    return best
+    epochs = read_run_epochs(run_dirs, spec.name)
+    column = dev_column(spec)
+    if column not in epochs.columns:
+        raise LnpeftError(f"{run_dirs[0]}: epochs.parquet has no column {column!r} (task {spec.name}); "
+                          f"columns are {list(epochs.columns)}: is this a {spec.name} run?")
+    return choose(epochs, column, what=f"task {spec.name}")
 
 
 def format_predictions(spec: TaskSpec, idx: np.ndarray, prediction: np.ndarray, where: str) -> str:
@@ -173,8 +175,11 @@ def _model_file(config: SubmissionConfig, spec: TaskSpec, split: str,
     pred_splits = AX_SPLITS if by.name != spec.name else (split,)
     if by.name not in config.runs:
         return Entry(spec.name, split, "missing", reason=f"no {by.name} model given (--runs {by.name}=...)"), None
-    run, dev_value = best_run(by, config.runs[by.name])
-    entry = Entry(spec.name, split, "model", run=str(run), dev_metric=dev_column(by), dev_value=dev_value)
+    choice = submitted_run(by, config.runs[by.name])
+    run = choice.run
+    entry = Entry(spec.name, split, "model", run=str(run), dev_metric=dev_column(by), dev_value=choice.score,
+                  lr=choice.lr, epoch=choice.epoch, seeds=list(choice.seeds), seed=choice.seed,
+                  predictions_epoch=choice.predictions_epoch)
     want = _test_index(config.data_dir, spec.name, split)
     if want is None:
         entry.status, entry.reason = "missing", f"no test data {config.data_dir / spec.name / split}.parquet"
@@ -240,7 +245,9 @@ def build_submission(config: SubmissionConfig) -> tuple[dict[str, str], dict]:
         "zip": config.out.name,
         "complete": not missing,
         "missing": missing,
-        "selection": "best run per task by the paper metric on the first dev split (max over epochs)",
+        "selection": ("per task, the learning rate and epoch with the best mean over seeds of the paper metric on "
+                      "the first dev split; the run sent is the median seed there (its predictions come from its "
+                      "own best epoch: predictions_epoch)"),
         "files": {
             name: {k: v for k, v in vars(e).items() if v not in (None, {})} for name, e in entries.items()
         },
@@ -266,6 +273,11 @@ def zip_bytes(files: dict[str, str]) -> bytes:
 def write_submission(config: SubmissionConfig) -> dict:
     """Build, validate and atomically write the zip and its manifest; returns the manifest."""
     files, manifest = build_submission(config)
+    # what the GLUE server would refuse though the zip is well formed: say it, in the manifest too
+    server = official_problems(list(files), {n: text.count("\n") - 1 for n, text in files.items()})
+    manifest["server_ready"] = not server
+    if server:
+        manifest["not_server_ready"] = server
     with atomic_path(config.out) as tmp:
         tmp.write_bytes(zip_bytes(files))
         errors = validate_zip(tmp, data_dir=config.data_dir, allow_incomplete=config.allow_incomplete)
@@ -296,4 +308,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} ({len(present)} files) and {manifest_path(args.out)}")
     for name in manifest["missing"]:
         print(f"missing {name}: {manifest['files'][name]['reason']}")
+    if not manifest["server_ready"]:
+        print(f"DEMO ZIP, not for the GLUE server ({len(manifest['not_server_ready'])} problems; "
+              "`lnpeft validate-submission --official` checks a zip for the server):")
+        for line in manifest["not_server_ready"]:
+            print(f"  {line}")
     return 0

@@ -15,12 +15,14 @@ Where test scores come from, first that applies:
    An optional `metric` column (header `method task metric value`) names each value's metric, in
    any spelling of lnpeft.data.metric_names (`matthews_correlation`, `spearmanr`, `mcc`, ...); a task's
    secondary metric (MRPC accuracy, STS-B Pearson) then lands in the test rows too.
-2. labelled local test data: for each (method, task) the best dev run (same choice as the
-   submission: lnpeft.report.submission.best_run) is scored on every test split whose parquet
-   has labels (GLUE's are unlabelled, so this is usually empty);
+2. labelled local test data: for each (method, task) the run the submission sends
+   (lnpeft.report.submission.submitted_run: the median seed at Table 2's lr and epoch) is scored
+   on every test split whose parquet has labels (GLUE's are unlabelled, so this is usually empty);
 3. otherwise every cell is `n/a` and the table carries a note.
-The test rows (split `test`, lr/epoch copied from the dev row that chose the run) are appended to
-a copy of the input scores (`--scores-out`); scores.parquet itself is never modified.
+The test rows (split `test`) are appended to a copy of the input scores (`--scores-out`);
+scores.parquet itself is never modified. Local test rows carry the lr, epoch and seed of the run
+that made them (epoch: the one its predictions come from); GLUE server rows, which do not say,
+the dev row's lr, epoch and seeds.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from lnpeft.data.metrics import compute_metrics
 from lnpeft.data.tasks import PAPER_COLUMNS, column_task, get_task, is_task
 from lnpeft.data.textfile import read_utf8
 from lnpeft.errors import LnpeftError, quote
-from lnpeft.report.submission import best_run
+from lnpeft.report.submission import submitted_run
 
 COLUMN_LABELS = {
     "qnli": "QNLI", "sst2": "SST2", "mnli_matched": "MNLI-m", "mnli_mismatched": "MNLI-mm",
@@ -146,7 +148,8 @@ def local_test_scores(runs: dict[tuple[str, str], tuple[Path, ...]], data_dir: P
             data = read_parquet(path, "data")
             if data["label"].isna().any():
                 continue  # GLUE test labels are private: nothing to score locally
-            run, _ = best_run(spec, dirs)
+            choice = submitted_run(spec, dirs)  # the run the submission sends: one rule for both
+            run = choice.run
             preds = read_parquet(run / "predictions.parquet", "predictions")
             preds = preds[preds["split"] == split].set_index("idx")["prediction"]
             missing = np.setdiff1d(data["idx"].to_numpy(), preds.index.to_numpy())
@@ -159,22 +162,28 @@ def local_test_scores(runs: dict[tuple[str, str], tuple[Path, ...]], data_dir: P
             labels = data["label"].to_numpy(dtype=np.float64)
             column = TEST_COLUMN.get(task, {}).get(split, task)
             for metric, value in compute_metrics(spec, labels, outputs).items():
-                rows.append((method, column, metric, value))
-    return pd.DataFrame(rows, columns=["method", "task", "metric", "value"])
+                rows.append((method, column, metric, value, choice.lr, choice.predictions_epoch, str(choice.seed)))
+    return pd.DataFrame(rows, columns=["method", "task", "metric", "value", "lr", "epoch", "seeds"])
 
 
 def to_test_rows(scores: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
-    """Long-format test rows; lr and epoch from the dev row of the same method and column."""
+    """Long-format test rows. Local test scores carry the lr, epoch and seed of the run that made
+    them (the submitted run: its predictions come from its own best epoch); GLUE server scores,
+    which do not say, carry the dev row's lr, epoch and seeds of the same method and column."""
     dev = scores[scores["split"] == "dev"]
     out = []
-    for r in found.itertuples(index=False):
-        metric = getattr(r, "metric", None) or column_task(r.task)[0].metric
-        match = dev[(dev["method"] == r.method) & (dev["task"] == r.task) & (dev["metric"] == metric)]
-        lr = float(match["lr"].iloc[0]) if len(match) else float("nan")
-        epoch = int(match["epoch"].iloc[0]) if len(match) else -1
-        out.append({"method": r.method, "task": r.task, "split": "test", "metric": metric,
-                    "value": float(r.value), "lr": lr, "epoch": epoch})
-    return pd.DataFrame(out, columns=["method", "task", "split", "metric", "value", "lr", "epoch"])
+    for r in found.to_dict("records"):
+        metric = r.get("metric") or column_task(r["task"])[0].metric
+        match = dev[(dev["method"] == r["method"]) & (dev["task"] == r["task"]) & (dev["metric"] == metric)]
+        if "lr" in r and pd.notna(r["lr"]):
+            lr, epoch, seeds = float(r["lr"]), int(r["epoch"]), str(r["seeds"])
+        else:
+            lr = float(match["lr"].iloc[0]) if len(match) else float("nan")
+            epoch = int(match["epoch"].iloc[0]) if len(match) else -1
+            seeds = str(match["seeds"].iloc[0]) if len(match) and "seeds" in match else ""
+        out.append({"method": r["method"], "task": r["task"], "split": "test", "metric": metric,
+                    "value": float(r["value"]), "lr": lr, "epoch": epoch, "seeds": seeds})
+    return pd.DataFrame(out, columns=["method", "task", "split", "metric", "value", "lr", "epoch", "seeds"])
 
 
 def wide_table(scores: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:

@@ -1,10 +1,10 @@
 """`lnpeft tables`: the fine-tuning grid -> results/tables/scores.parquet and Table 2 (dev).
 
-For each (task, method) the best (lr, epoch) is chosen on dev by the paper metric of the task's
-first dev split (MNLI: matched), with every metric averaged over seeds first. Every dev split and
-metric at that (lr, epoch) becomes one long-format row (`method, task, split, metric, value, lr,
-epoch`; task is the paper's column, so MNLI gives mnli_matched and mnli_mismatched); value is the
-mean over seeds. `--seed-scores` also writes each seed's value at that (lr, epoch) (artifact
+For each (task, method) the (lr, epoch) is chosen on dev by `lnpeft.report.selection` (the seed
+mean of the paper metric on the task's first dev split, MNLI: matched). Every dev split and metric
+at that (lr, epoch) becomes one long-format row (`method, task, split, metric, value, lr, epoch,
+seeds`; task is the paper's column, so MNLI gives mnli_matched and mnli_mismatched); value is the
+mean over the seeds listed in `seeds`. `--seed-scores` also writes each seed's value at that (lr, epoch) (artifact
 `seed_scores`). Table 2 puts methods in rows, "% of full" (trainable / all parameters), then the
 paper's 9 columns in order (only the columns of the tasks present); with 3 or more seeds each cell
 is the mean +- the half-width of its 95% t-interval (the csv: a `{column}_ci95` column each).
@@ -20,67 +20,44 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lnpeft.data.artifacts import atomic_path, read_parquet, write_parquet
+from lnpeft.data.artifacts import atomic_path, write_parquet
 from lnpeft.data.tasks import column_task, get_task, score_columns
 from lnpeft.errors import LnpeftError
 from lnpeft.report.intervals import t_halfwidth
+from lnpeft.report.selection import choose, chosen_rows, read_run_epochs
 from lnpeft.report.table3 import METHOD_LABELS, column_label, parse_runs
 
-SCORE_COLUMNS = ["method", "task", "split", "metric", "value", "lr", "epoch"]
+SCORE_COLUMNS = ["method", "task", "split", "metric", "value", "lr", "epoch", "seeds"]
 SEED_COLUMNS = ["method", "task", "split", "metric", "seed", "value", "lr", "epoch"]
 
 
-def _read_run(run: Path, task: str) -> tuple[pd.DataFrame, dict]:
-    epochs = read_parquet(run / "epochs.parquet", "epochs")
-    meta_path = run / "run.json"
-    if not meta_path.exists():
-        raise LnpeftError(f"{meta_path}: missing; rerun the finetune job of {run}")
-    meta = json.loads(meta_path.read_text())
-    if meta["options"]["task"] != task:
-        raise LnpeftError(f"{run}: a {meta['options']['task']} run listed as task {task}")
-    epochs = epochs.assign(lr=float(meta["options"]["lr"]), seed=int(meta["options"]["seed"]))
-    return epochs, meta
-
-
-def best_lr_epoch(epochs: pd.DataFrame, select: str, columns: list[str] | None = None,
-                  what: str = "runs") -> pd.Series:
-    """Table 2's choice of (lr, epoch) for one (method, task): every column averaged over seeds per
-    (lr, epoch), then the row with the highest `select`; ties go to the smaller lr, then the
-    earlier epoch. `epochs` holds the epoch rows of all its runs with columns lr, epoch, `select`
-    (and `columns`). Returns that row of seed means (lr, epoch, select, columns)."""
-    columns = list(dict.fromkeys([select, *(columns or [])]))
-    mean = epochs.groupby(["lr", "epoch"], as_index=False)[columns].mean()
-    if mean[select].isna().all():
-        raise LnpeftError(f"{what}: no dev score in {select!r}")
-    return mean.sort_values([select, "lr", "epoch"], ascending=[False, True, True]).iloc[0]
-
-
 def best_scores(method: str, task: str, runs: tuple[Path, ...]) -> tuple[pd.DataFrame, pd.DataFrame, float]:
-    """Long rows of the best (lr, epoch) of one (method, task) (seed means, then each seed's), and
-    its % of full parameters."""
+    """Long rows of the chosen (lr, epoch) of one (method, task) (`lnpeft.report.selection`: seed
+    means, then each seed's), and its % of full parameters."""
     spec = get_task(task)
-    frames, metas = zip(*(_read_run(Path(r), task) for r in runs))
-    epochs = pd.concat(frames, ignore_index=True)
+    epochs = read_run_epochs(runs, task)
     select = f"{spec.dev_splits[0]}/{spec.metric}"
     metric_cols = [f"{s}/{m}" for s in spec.dev_splits for m in (spec.metric, *spec.secondary_metrics)]
     missing = [c for c in metric_cols if c not in epochs.columns]
     if missing:
         raise LnpeftError(f"{method}/{task}: epochs.parquet lacks {missing}; is this a {task} run?")
-    best = best_lr_epoch(epochs, select, metric_cols, what=f"{method}/{task}")
+    choice = choose(epochs, select, what=f"{method}/{task}")
+    chosen = chosen_rows(epochs, choice)
+    means = chosen[metric_cols].mean()
     rows = [
         {"method": method, "task": spec.score_name(split), "split": "dev", "metric": metric,
-         "value": float(best[f"{split}/{metric}"]), "lr": float(best["lr"]), "epoch": int(best["epoch"])}
+         "value": float(means[f"{split}/{metric}"]), "lr": choice.lr, "epoch": choice.epoch,
+         "seeds": choice.seeds_text}
         for split in spec.dev_splits for metric in (spec.metric, *spec.secondary_metrics)
     ]
-    chosen = epochs[(epochs["lr"] == best["lr"]) & (epochs["epoch"] == best["epoch"])].sort_values("seed")
     seed_rows = [
         {"method": method, "task": spec.score_name(split), "split": "dev", "metric": metric,
-         "seed": int(row["seed"]), "value": float(row[f"{split}/{metric}"]), "lr": float(best["lr"]),
-         "epoch": int(best["epoch"])}
+         "seed": int(row["seed"]), "value": float(row[f"{split}/{metric}"]), "lr": choice.lr, "epoch": choice.epoch}
         for split in spec.dev_splits for metric in (spec.metric, *spec.secondary_metrics)
         for _, row in chosen.iterrows()
     ]
-    percent = 100.0 * metas[0]["trainable"] / metas[0]["total"]
+    meta = json.loads((Path(chosen["run"].iloc[0]) / "run.json").read_text())
+    percent = 100.0 * meta["trainable"] / meta["total"]
     return pd.DataFrame(rows, columns=SCORE_COLUMNS), pd.DataFrame(seed_rows, columns=SEED_COLUMNS), percent
 
 

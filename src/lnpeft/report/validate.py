@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lnpeft.data.artifacts import read_parquet
-from lnpeft.data.tasks import SUBMISSION_FILES, TaskSpec
+from lnpeft.data.tasks import OFFICIAL_ROWS, SUBMISSION_FILES, TaskSpec
 from lnpeft.errors import LnpeftError, quote
 from lnpeft.report.glue_format import HEADER, submission_targets
 
@@ -115,9 +115,35 @@ def _check_rows(name: str, path: Path, indices: list[int]) -> list[str]:
     return errors
 
 
+def official_problems(names: list[str], rows: dict[str, int]) -> list[str]:
+    """What keeps a well-formed zip from the GLUE server: a missing file, or a file whose row count
+    is not the official test split's (`OFFICIAL_ROWS`; a demo's subsampled test data gives those)."""
+    return missing_files(names) + row_count_problems(rows)
+
+
+def missing_files(names: list[str]) -> list[str]:
+    return [f"{n}: missing (the server scores all {len(SUBMISSION_FILES)} files)"
+            for n in SUBMISSION_FILES if n not in names]
+
+
+def row_count_problems(rows: dict[str, int]) -> list[str]:
+    """Files (name -> rows) whose row count is not the official GLUE test split's."""
+    targets = submission_targets()
+    problems = []
+    for name in SUBMISSION_FILES:
+        if name in rows:
+            spec, split = targets[name]
+            want = OFFICIAL_ROWS[spec.name][split]
+            if rows[name] != want:
+                problems.append(f"{name}: {rows[name]} rows; the GLUE server expects {want}, the official "
+                                f"{spec.name} {split} split (a subsampled or demo test set)")
+    return problems
+
+
 def validate_zip(path: Path | str, data_dir: Path | str | None = None,
-                 allow_incomplete: bool = False) -> list[str]:
-    """Every problem of a submission zip, one line each (empty: valid)."""
+                 allow_incomplete: bool = False, official: bool = False) -> list[str]:
+    """Every problem of a submission zip, one line each (empty: valid). `official`: also the row
+    counts of the official GLUE test splits, and all 11 files (what the server accepts)."""
     path = Path(path)
     targets = submission_targets()
     try:
@@ -125,6 +151,7 @@ def validate_zip(path: Path | str, data_dir: Path | str | None = None,
     except _UNREADABLE as err:
         return [f"{path}: not a readable zip ({type(err).__name__}: {err})"]
     errors: list[str] = []
+    rows: dict[str, int] = {}
     with zf:
         names = zf.namelist()
         for name in names:
@@ -155,8 +182,11 @@ def validate_zip(path: Path | str, data_dir: Path | str | None = None,
                 continue
             file_errors, indices = _check_file(name, spec, text)
             errors.extend(file_errors)
+            rows[name] = len(indices)
             if data_dir is not None:
                 errors.extend(_check_rows(name, Path(data_dir) / spec.name / f"{split}.parquet", indices))
+    if official:  # the server takes all 11 files at their official sizes, whatever allow_incomplete says
+        errors.extend(row_count_problems(rows) + (missing_files(names) if allow_incomplete else []))
     return errors
 
 
@@ -166,12 +196,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results/data: check row counts and indices against each test split")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="accept a zip without some of the 11 files")
+    parser.add_argument("--official", action="store_true",
+                        help="also require the official GLUE test row counts and all 11 files: what the server accepts")
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.zip.exists():
         raise LnpeftError(f"{args.zip}: no such file")
-    errors = validate_zip(args.zip, args.data_dir, args.allow_incomplete)
+    errors = validate_zip(args.zip, args.data_dir, args.allow_incomplete, official=args.official)
     for line in errors:
         print(line)
     if errors:
@@ -179,5 +211,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.data_dir is None:
         print("note: no --data-dir, so row counts and indices were not checked against the test data")
-    print(f"{args.zip}: valid")
+    if not args.official:
+        print("note: without --official the row counts of the official GLUE test splits were not checked")
+    print(f"{args.zip}: valid" + (" for the GLUE server" if args.official else ""))
     return 0
