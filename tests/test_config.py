@@ -317,3 +317,19 @@ def test_drift_fine_tune_uses_the_grids_optimiser_settings(tmp_path):
     # and every grid run spells the boolean as the CLI wants it (`--compile False` was an argparse error)
     grid = [line for line in proc.stdout.splitlines() if "lnpeft finetune" in line and "--save-model" not in line]
     assert all("--compile false " in line for line in grid)
+
+
+@needs_glue
+def test_one_fisher_per_task_through_the_first_seeds_init_serves_every_seed(tmp_path):
+    """The choice documented in fisher.smk and the Figure 2/5 captions: each task's Fisher reads the
+    init of seeds[0], and the Fisher-subset runs of every seed rank entries by the masks built from it."""
+    config = write_config(tmp_path, {"seeds": [3, 1], "training.pack_size": 1})
+    proc = snakemake(tmp_path, config, "-n", "-p", "fig2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    fisher = [line for line in lines if " lnpeft fisher " in line]
+    assert len(fisher) == 2 and all("/seed3 " in line for line in fisher)  # rte and stsb, both through seed 3
+    subsets = [line for line in lines if "lnpeft finetune " in line and "--method fisher" in line]
+    seeds = {re.search(r"--seed (\d+)", line)[1] for line in subsets}
+    masks = {re.search(r"--mask (\S+)", line)[1] for line in subsets if "--task rte" in line}
+    assert seeds == {"3", "1"} and masks == {"results/masks/all-minilm-l6-v2/individual/rte.parquet"}

@@ -1,6 +1,10 @@
 # Stage fisher (paper Sections 2 and 3.3, Table 1, Figure 3): the empirical Fisher (Eq. 2) at each
 # task's init checkpoint from batched per-sample gradients (src/lnpeft/analysis/fisher.py), then Table 1
 # (components ranked by normalised Fisher) and the per-layer LayerNorm Fisher heat maps.
+# One Fisher per task, through the first seed's init (its seeded head): the masks built from it rank
+# the LayerNorm entries for every seed's Fisher-subset runs, as the paper computes the Fisher once
+# per task before fine-tuning. The pretrained encoder is the same for every seed; only the head's
+# random init differs, and with it the Fisher's gradients (tests/test_config.py pins this choice).
 
 
 rule compute_fisher:
