@@ -333,3 +333,19 @@ def test_one_fisher_per_task_through_the_first_seeds_init_serves_every_seed(tmp_
     seeds = {re.search(r"--seed (\d+)", line)[1] for line in subsets}
     masks = {re.search(r"--mask (\S+)", line)[1] for line in subsets if "--task rte" in line}
     assert seeds == {"3", "1"} and masks == {"results/masks/all-minilm-l6-v2/individual/rte.parquet"}
+
+
+def test_deberta_with_packs_is_refused_before_any_job(tmp_path):
+    """A DeBERTa pack used to fail in its GPU job (and be retried at 2x and 3x the time); now the
+    workflow refuses it at start, from the folder's config.json."""
+    from test_families_workflow import save_tiny_encoder
+
+    from lnpeft.plan.workflow_config import check_model_supports_methods
+
+    save_tiny_encoder(tmp_path / "encoder", "deberta-v2")
+    config = {"model": {"name": "d", "source": "folder", "location": str(tmp_path / "encoder")},
+              "methods": ["full", "layernorm"], "training": {"pack_size": 4}}
+    with pytest.raises(ConfigError, match=r"training\.pack_size: 4, but the deberta-v2 model in \S+encoder/config"
+                                          r"\.json cannot be packed .*; set training\.pack_size: 1"):
+        check_model_supports_methods(config)
+    check_model_supports_methods({**config, "training": {"pack_size": 1}})  # one job per run: fine

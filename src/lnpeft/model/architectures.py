@@ -69,6 +69,10 @@ class Architecture:
     bias_switches: tuple[tuple[str, bool], ...] = ()
     """(config.json key, its default) that give the encoder biases when true; empty: it always has
     biases. Lets the workflow refuse BitFit on a bias-free model at start, without loading it."""
+    packable: bool = True
+    """Whether parameter-efficient runs of this family can share a pack (`lnpeft.train.packing`):
+    not when a trained module runs on a tensor the batch shares (DeBERTa's relative position
+    embeddings), which a pack cannot split into its members' rows."""
     n_layers: int | None = None
     """Bound by `for_config`; needed only to place a `next_layer` component's last-layer module."""
     layernorm: tuple[str, ...] = (LAYERNORM_COMPONENT,)
@@ -151,7 +155,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ("attention.self.query", "attention.self.query_proj"),
         ("attention.self.key", "attention.self.key_proj"),
         ("attention.self.value", "attention.self.value_proj"),
-    )),
+    ), packable=False),
     "distilbert": Architecture(base="distilbert", layer_path="transformer.layer", renames=(
         ("attention.self.query", "attention.q_lin"),
         ("attention.self.key", "attention.k_lin"),

@@ -322,6 +322,11 @@ def check_model_supports_methods(config: dict) -> None:
     if "bitfit" in config["methods"] and not has_encoder_biases(contents):
         raise ConfigError(f"methods: 'bitfit' selects nothing: the {model_type} model in {path} has no biases "
                           "outside its head; remove bitfit from methods (and from stats.a/b, submission.methods)")
+    pack_size = int((config.get("training") or {}).get("pack_size", 1))
+    if pack_size > 1 and not ARCHITECTURES[model_type].packable:
+        raise ConfigError(f"training.pack_size: {pack_size}, but the {model_type} model in {path} cannot be packed "
+                          "(its relative position embeddings go through trained modules without a batch dimension); "
+                          "set training.pack_size: 1")
 
 
 def check_config(config: dict) -> None:
