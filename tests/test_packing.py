@@ -329,3 +329,30 @@ def test_a_modernbert_pack_gives_each_member_its_separate_forward():
                 params[name].view(-1)[run.indices[name]] = value
         torch.testing.assert_close(logits[3 * g:3 * g + 3], alone(input_ids=ids, attention_mask=mask).logits,
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_a_pack_out_of_memory_halves_and_finishes_as_the_whole_pack(minilm, packed, tmp_path, monkeypatch):
+    """An injected out-of-memory error whenever more than 3 runs share a forward, from epoch 2 on:
+    the pack of 7 halves (and its halves again, down to packs that fit), each member resumes from its
+    epoch-1 checkpoint, and every run ends as it did in the whole pack."""
+    from transformers import BertForSequenceClassification
+
+    original, steps = BertForSequenceClassification.forward, {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        rows = kwargs["input_ids"].shape[0]
+        if self.training:
+            steps["n"] += 1
+        if rows > 3 * BATCH and steps["n"] > TRAIN // BATCH:  # past epoch 1's steps, a pack of > 3
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertForSequenceClassification, "forward", forward)
+    cfgs = configs(minilm, tmp_path)
+    runs = ft.finetune_pack(cfgs)
+    assert [r.error is None for r in runs] == [True] * len(FINITE) + [False]
+    for member, run in enumerate(runs[:-1]):
+        assert_same_run(Path(packed["cfgs"][member].out), Path(run.out))
+        info = json.loads((Path(run.out) / "run.json").read_text())
+        assert info["pack"] < 4 and info["pack_halved_from"][0] == len(MEMBERS)
+    assert "loss is" in str(runs[-1].error)

@@ -302,15 +302,47 @@ def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
     return pd.DataFrame(run.rows)
 
 
-def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list[RunState]:
+def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto",
+                  halved_from: tuple[int, ...] = ()) -> list[RunState]:
     """Train the runs `cfgs` (one, or a pack sharing `PACK_SHARED`) in one loop over one frozen model.
 
     Each run writes its own folder (`lnpeft.train.run_state`). A member of a pack whose loss turns
     non-finite is marked failed (`RunState.error`, failed.json) and the others finish; a run alone
     raises. `dropout` (packs only): shared | independent | auto (shared on CPU; `lnpeft.train.packing`).
+
+    A pack that runs out of memory is halved in this process: each half trains after the other,
+    its members resuming from their last epoch checkpoints, as after a kill (run.json records the
+    pack sizes it came from, `pack_halved_from`). A run alone that runs out of memory raises.
     """
+    try:
+        return _train(cfgs, dropout, halved_from)
+    except OutOfMemoryError as err:
+        if len(cfgs) == 1:
+            raise
+        reason = str(err)
+    # out of the except block: the error's traceback (and with it the pack's model) is gone
+    _release_memory()
+    half = (len(cfgs) + 1) // 2
+    print(f"out of memory with {len(cfgs)} runs in one pack ({reason}); halving it: {half} runs, then "
+          f"{len(cfgs) - half}, each resuming from its last epoch checkpoint", flush=True)
+    history = (*halved_from, len(cfgs))
+    return finetune_pack(cfgs[:half], dropout, history) + finetune_pack(cfgs[half:], dropout, history)
+
+
+def _release_memory() -> None:
+    """Drop what the failed pack held (its model, activations) before the halves load theirs."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _train(cfgs: Sequence[FinetuneConfig], dropout: str, halved_from: tuple[int, ...]) -> list[RunState]:
+    """The loop of `finetune_pack`, for one pack size."""
     check_pack(cfgs)
     cfg0, copies = cfgs[0], len(cfgs)
+    alone = copies == 1 and not halved_from  # a run alone raises its failure; a pack's member fails alone
     spec = get_task(cfg0.task)
     verify_init(cfg0.init)  # a corrupted or changed init fails here, before any training
     # an init or split made for another task or seed (a stage run by hand) fails here too
@@ -397,7 +429,7 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
                         try:
                             _check_losses(losses[g], checked, step, f"run {run.name} ({run.out})", epoch)
                         except NonFiniteLossError as err:
-                            if copies == 1:
+                            if alone:
                                 raise
                             run.fail(err)
                             active[g] = False
@@ -425,7 +457,7 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
             try:
                 check_finite(run, preds, epoch)
             except NonFiniteOutputError as err:
-                if copies == 1:
+                if alone:
                     raise
                 run.fail(err)
                 active[g] = False
@@ -459,7 +491,7 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
             try:
                 check_finite(run, {s: p[g] for s, p in test_preds.items()})
             except NonFiniteOutputError as err:
-                if copies == 1:
+                if alone:
                     raise
                 run.fail(err)
         if run.error is None:
@@ -467,7 +499,8 @@ def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto") -> list
             run.finish({"total": n_total, "trainable": run.trainable.count(model),
                         "metric": f"{first_dev}/{spec.metric}", "device": str(device), "threads": threads,
                         "recipe": recipe.name, "torch": torch.__version__,
-                        **({"pack": copies} if copies > 1 else {})}, tested)
+                        **({"pack": copies} if not alone else {}),
+                        **({"pack_halved_from": list(halved_from)} if halved_from else {})}, tested)
     return runs
 
 
