@@ -356,3 +356,99 @@ def test_a_pack_out_of_memory_halves_and_finishes_as_the_whole_pack(minilm, pack
         info = json.loads((Path(run.out) / "run.json").read_text())
         assert info["pack"] < 4 and info["pack_halved_from"][0] == len(MEMBERS)
     assert "loss is" in str(runs[-1].error)
+
+
+class _HostTraffic:
+    """Counts, during a block, what would make a GPU wait on the host: tensors moved between devices
+    (`.to(device)`, `.cpu()`, `.cuda()`, counted as called, so a CPU run sees them too) and
+    synchronising reads (`.item()`, `nonzero`, `bool(tensor)`), each by the file that asked for it."""
+
+    SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.is_nonzero", "aten.equal")
+
+    def __init__(self):
+        from torch.overrides import TorchFunctionMode
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+        self.moves: list[str] = []
+        self.syncs: list[str] = []
+
+        class Moves(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if func in (torch.Tensor.cpu, torch.Tensor.cuda) or (func is torch.Tensor.to and any(
+                        isinstance(v, (torch.device, str)) for v in [*args[1:], *kwargs.values()])):
+                    outer.moves.append(outer.caller())
+                return func(*args, **kwargs)
+
+        class Syncs(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if str(func.overloadpacket) in outer.SYNC_OPS:
+                    outer.syncs.append(outer.caller())
+                return func(*args, **(kwargs or {}))
+
+        self.modes = (Moves(), Syncs())
+
+    @staticmethod
+    def caller() -> str:
+        import traceback
+
+        frames = [f.filename for f in traceback.extract_stack()[:-2]
+                  if "/torch/" not in f.filename and "test_packing" not in f.filename]
+        return frames[-1] if frames else "?"
+
+    def __enter__(self):
+        for mode in self.modes:
+            mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for mode in reversed(self.modes):
+            mode.__exit__(*exc)
+
+    def ours(self, kind: str) -> list[str]:
+        return [f for f in getattr(self, kind) if "/lnpeft/" in f]
+
+
+def test_a_packed_step_moves_nothing_between_host_and_device(tmp_path):
+    """One packed forward and backward of LayerNorm, random, BitFit and a Fisher subset: lnpeft's
+    code moves no tensor between devices and reads nothing back (the per-member index copies of
+    every LayerNorm at every forward are gone), and the pack asks the host no more than one run
+    does (what remains is transformers' attention-mask check, the same for both)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from lnpeft.model.methods import MethodOptions
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    model = BertForSequenceClassification(config)
+    ln = select(model, "layernorm").whole
+    params = dict(model.named_parameters())
+    entries = [(n, i) for n in ln if not n.startswith("classifier") for i in range(params[n].numel())]
+    write_parquet(pd.DataFrame({
+        "param": [n for n, _ in entries], "layer": np.zeros(len(entries), dtype=np.int64), "kind": "output",
+        "index": np.array([i for _, i in entries], dtype=np.int64), "score": np.linspace(1, 0, len(entries)),
+        "rank": np.arange(len(entries), dtype=np.int64)}), tmp_path / "mask.parquet", "masks")
+    sets = [select(model, "layernorm"), select(model, "random", MethodOptions(seed=0)), select(model, "bitfit"),
+            select(model, "fisher", MethodOptions(0, 0.3, tmp_path / "mask.parquet"))]
+    ids = torch.randint(5, 60, (4, 12))
+    mask = torch.ones(4, 12, dtype=torch.long)
+    mask[0, 9:] = 0
+
+    def step(copies: int) -> _HostTraffic:
+        batch = packing.replicate({"input_ids": ids, "attention_mask": mask}, copies)
+        with _HostTraffic() as traffic, packing.batch_rows(copies * 4):
+            model(**batch).logits.float().sum().backward()
+        return traffic
+
+    alone = BertForSequenceClassification(config)
+    packing.in_place(alone, select(alone, "layernorm"))
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with _HostTraffic() as one:
+        alone(**batch).logits.sum().backward()
+    packing.pack(model, sets)
+    model.train()
+    packed = step(len(sets))
+    assert packed.ours("moves") == [] and packed.ours("syncs") == []
+    assert len(packed.moves) <= len(one.moves) and len(packed.syncs) <= len(one.syncs) <= 1

@@ -49,7 +49,8 @@ class RunParameters:
     whole: dict[str, nn.Parameter]
     """Tensor name -> the run's value of a tensor it trains entirely."""
     indices: dict[str, torch.Tensor]
-    """Tensor name -> flat indices (CPU, sorted) of the entries it trains of a partly trained tensor."""
+    """Tensor name -> flat indices (sorted; on the tensor's device in a pack) of the entries it trains
+    of a partly trained tensor."""
     values: dict[str, nn.Parameter]
     """Tensor name -> the run's values of those entries."""
     sync: Callable[[], None] = field(default=lambda: None)
@@ -100,59 +101,76 @@ def _check_rows(prefix: str, x: torch.Tensor) -> None:
             "runs cannot each have their own " + prefix + "; set training.pack_size: 1 for this model")
 
 
-def _effective(run: RunParameters, name: str, base: torch.Tensor) -> torch.Tensor:
-    """The tensor `name` as run `run` sees it (differentiable in the run's own values)."""
-    if name in run.whole:
-        return run.whole[name]
-    if name in run.values:
-        idx = run.indices[name].to(base.device)
-        return base.detach().reshape(-1).scatter(0, idx, run.values[name].to(base.dtype)).view_as(base)
-    return base
+def _stacker(runs: list[RunParameters], name: str, base: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A function giving tensor `name` as every member sees it, stacked [G, *shape], in a fixed
+    number of operations whatever G is: the frozen tensor broadcast, the members that train it
+    whole copied in with one index_copy, the trained entries of the others with one scatter (their
+    flat indices, offset by member, built here once, on the tensor's device: no host transfer and
+    no per-member loop at each forward)."""
+    g_n, n = len(runs), base.numel()
+    whole = [g for g, r in enumerate(runs) if name in r.whole]
+    part = [g for g, r in enumerate(runs) if name not in r.whole and name in r.values]
+    whole_rows = torch.tensor(whole, dtype=torch.long, device=base.device)
+    flat = torch.cat([g * n + runs[g].indices[name] for g in part]) if part else None
+
+    def stacked() -> torch.Tensor:
+        out = base.detach().reshape(1, n).expand(g_n, n)
+        if whole:
+            out = out.index_copy(0, whole_rows, torch.stack([runs[g].whole[name].reshape(n) for g in whole]).to(out.dtype))
+        if part:
+            values = torch.cat([runs[g].values[name] for g in part]).to(out.dtype)
+            out = out.reshape(-1).scatter(0, flat, values).view(g_n, n)
+        return out.reshape(g_n, *base.shape)
+
+    return stacked
 
 
 def _packed_linear(module: nn.Linear, prefix: str, runs: list[RunParameters]):
     w_name, b_name = f"{prefix}.weight", f"{prefix}.bias"
     whole_weight = any(w_name in r.whole for r in runs)
-    sparse = {}  # member -> (rows, cols, flat indices) of its trained weight entries
-    for g, r in enumerate(runs):
-        if w_name in r.values and not whole_weight:
-            idx = r.indices[w_name].to(module.weight.device)
-            sparse[g] = (idx // module.in_features, idx % module.in_features, idx)
+    weights = _stacker(runs, w_name, module.weight) if whole_weight else None
+    bias = (_stacker(runs, b_name, module.bias) if module.bias is not None
+            and any(b_name in r.whole or b_name in r.values for r in runs) else None)
+    sparse = [g for g, r in enumerate(runs) if w_name in r.values and not whole_weight]
+    if sparse:  # the random control's entries of every member, as one gather and one index_add
+        idx = torch.cat([runs[g].indices[w_name] for g in sparse])
+        member = torch.cat([torch.full_like(runs[g].indices[w_name], g) for g in sparse])
+        rows, cols = idx // module.in_features, idx % module.in_features
+        target = member * module.out_features + rows  # row of y viewed as [G * out, rows of a member]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         _check_rows(prefix, x)
         xs = x.reshape(len(runs), -1, x.shape[-1])  # (G, rows of one member, in)
-        if whole_weight:  # the head: every member its own matrix, one batched product
-            weights = torch.stack([_effective(r, w_name, module.weight) for r in runs])
-            y = torch.bmm(xs, weights.transpose(1, 2).to(xs.dtype))
+        if weights is not None:  # the head: every member its own matrix, one batched product
+            y = torch.bmm(xs, weights().transpose(1, 2).to(xs.dtype))
         else:
             y = F.linear(xs, module.weight)  # the frozen matrix once, over all G*B rows
             if sparse:
-                parts = list(y.unbind(0))
-                for g, (rows, cols, idx) in sparse.items():
-                    delta = runs[g].values[w_name] - module.weight.detach().reshape(-1)[idx]
-                    xg = xs[g].index_select(1, cols)
-                    parts[g] = parts[g].index_add(1, rows, (xg * delta.to(xg.dtype)).to(parts[g].dtype))
-                y = torch.stack(parts)
+                values = torch.cat([runs[g].values[w_name] for g in sparse])
+                delta = values - module.weight.detach().reshape(-1)[idx]
+                contrib = xs.transpose(1, 2)[member, cols] * delta.to(xs.dtype).unsqueeze(1)  # (K, rows)
+                g_n, r_n, o_n = y.shape
+                y = (y.transpose(1, 2).reshape(g_n * o_n, r_n).index_add(0, target, contrib.to(y.dtype))
+                     .reshape(g_n, o_n, r_n).transpose(1, 2))
         if module.bias is not None:
-            y = y + torch.stack([_effective(r, b_name, module.bias) for r in runs]).unsqueeze(1).to(y.dtype)
+            b = bias() if bias is not None else module.bias.detach().expand(len(runs), -1)
+            y = y + b.unsqueeze(1).to(y.dtype)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     return forward
 
 
 def _packed_layernorm(module: nn.LayerNorm, prefix: str, runs: list[RunParameters]):
-    w_name, b_name = f"{prefix}.weight", f"{prefix}.bias"
+    gamma = _stacker(runs, f"{prefix}.weight", module.weight)
+    beta = _stacker(runs, f"{prefix}.bias", module.bias) if module.bias is not None else None
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         _check_rows(prefix, x)
         xhat = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
         xs = xhat.reshape(len(runs), -1, xhat.shape[-1])
-        gamma = torch.stack([_effective(r, w_name, module.weight) for r in runs]).unsqueeze(1)
-        if module.bias is None:  # ModernBERT's norms
-            return (xs * gamma).reshape(x.shape)
-        beta = torch.stack([_effective(r, b_name, module.bias) for r in runs]).unsqueeze(1)
-        return (xs * gamma + beta).reshape(x.shape)
+        if beta is None:  # ModernBERT's norms
+            return (xs * gamma().unsqueeze(1)).reshape(x.shape)
+        return (xs * gamma().unsqueeze(1) + beta().unsqueeze(1)).reshape(x.shape)
 
     return forward
 
@@ -168,9 +186,10 @@ def pack(model: nn.Module, trainables: list[TrainableSet]) -> list[RunParameters
     runs = []
     for t in trainables:
         whole = {n: nn.Parameter(params[n].detach().clone()) for n in t.whole}
-        values = {n: nn.Parameter(params[n].detach().reshape(-1)[i.to(params[n].device)].clone())
-                  for n, i in t.partial.items()}
-        runs.append(RunParameters(whole, {n: i.clone() for n, i in t.partial.items()}, values))
+        # indices on the tensor's device once, here: a forward never copies them from the host
+        indices = {n: i.to(params[n].device) for n, i in t.partial.items()}
+        values = {n: nn.Parameter(params[n].detach().reshape(-1)[indices[n]].clone()) for n in t.partial}
+        runs.append(RunParameters(whole, indices, values))
     touched = sorted({n.rsplit(".", 1)[0] for t in trainables for n in t.names})
     for prefix in touched:
         module = modules.get(prefix)

@@ -110,7 +110,7 @@ class RunState:
             return self.full_state()
         state = {n: p.detach().cpu().contiguous() for n, p in self.params.whole.items()}
         for name, idx in self.params.indices.items():
-            state[f"{name}@indices"] = idx.clone()
+            state[f"{name}@indices"] = idx.detach().cpu().clone()
             state[f"{name}@values"] = self.params.values[name].detach().cpu().contiguous()
         return state
 
