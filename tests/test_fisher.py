@@ -233,3 +233,17 @@ def test_out_of_memory_names_the_batch_and_the_knobs(monkeypatch, error):
                               "examples); lower fisher.batch_size (--batch-size) or training.max_length "
                               "(--max-length)")
     assert err.value.__cause__ is error
+
+
+@pytest.mark.parametrize("family", ["bert", "deberta-v2", "modernbert"])
+def test_fisher_loads_a_padded_attention_implementation(tmp_path, family):
+    """An unpadded (varlen) attention backend would hand the kernels [tokens, hidden] activations;
+    the Fisher pins SDPA, or eager where a family has no SDPA."""
+    from test_families_workflow import save_tiny_encoder
+
+    from lnpeft.analysis.fisher import load_for_fisher
+
+    save_tiny_encoder(tmp_path / "m", family)
+    model = load_for_fisher(tmp_path / "m")
+    assert model.config._attn_implementation in ("sdpa", "eager")
+    assert next(model.parameters()).dtype == torch.float32

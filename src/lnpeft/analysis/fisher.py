@@ -146,6 +146,21 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "null", "all") else int(text)
 
 
+def load_for_fisher(model_dir: Path | str):
+    """The model in fp32 with a padded attention implementation pinned: the per-sample kernels need
+    activations of shape [batch, tokens, hidden]; an unpadded (varlen) backend such as flash
+    attention packs tokens of the whole batch into one row and no sample's gradient can be told
+    apart. SDPA where the family has it, else the eager one."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32,
+                                                                  attn_implementation="sdpa")
+    except ValueError:  # a family without SDPA support (transformers says so as a ValueError)
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32,
+                                                                  attn_implementation="eager")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="init checkpoint folder (save_pretrained)")
     parser.add_argument("--data", required=True, help="training split parquet (results/data/{task}/train.parquet)")
@@ -162,7 +177,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from lnpeft.numerics import pin_threads
 
@@ -180,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
                           else ("cpu" if cfg.device == "auto" else cfg.device))
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+    model = load_for_fisher(model_dir)
     model.to(device).eval()
 
     df = select_rows(read_parquet(args.data, "data"), cfg.max_samples, cfg.seed, args.data)
