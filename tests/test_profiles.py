@@ -371,3 +371,22 @@ def test_copied_glue_files_rerun_nothing_changed_ones_rerun(tmp_path: Path) -> N
         f.write("an added sentence\t1\n")
     plan = snakemake(tmp_path, config, *local, "-n", "data")
     assert "prepare_glue" in plan.stdout and "SST-2/dev.tsv" in plan.stdout
+
+
+def test_gpu_jobs_state_the_gpu_memory_of_their_pack(tmp_path):
+    """A pack asks for the frozen model once plus each member's activations (a run alone: one), and
+    full fine-tuning for its gradients and AdamW state too: a resource a profile maps to its
+    cluster's GPU memory constraint."""
+    from lnpeft.plan.config_file import load_config
+    from lnpeft.plan.runtime import gpu_memory_mb
+
+    log = dry_run(tmp_path, "slurm", REPO / "configs" / "demo.yaml", "all")  # the demo: packs of up to 5
+    asked: dict[str, set[int]] = {}
+    for rule, res in job_resources(log):
+        if "gpu_memory_mb" in res:
+            asked.setdefault(rule, set()).add(int(res["gpu_memory_mb"]))
+    assert set(asked) == {"train_pack", "finetune", "finetune_for_drift", "compute_fisher"}
+    config = load_config([REPO / "config.yaml", REPO / "configs" / "demo.yaml"])
+    one, five = gpu_memory_mb(config, "sst2", 1), gpu_memory_mb(config, "sst2", 5)
+    assert five > one and five in asked["train_pack"]
+    assert max(asked["finetune"]) == gpu_memory_mb(config, "sst2", 1, full=True) > one

@@ -414,6 +414,22 @@ def fisher_runtime(wildcards, attempt):
     return runtime.fisher_minutes(config, wildcards.task, attempt)
 
 
+def gpu_memory_mb_run(wildcards):
+    """GPU memory of one run's job (full fine-tuning: gradients and AdamW state of every weight)."""
+    full = getattr(wildcards, "method", "fisher") == "full"
+    return runtime.gpu_memory_mb(config, wildcards.task, 1, full=full)
+
+
+def gpu_memory_mb_pack(wildcards):
+    """GPU memory of a pack: the frozen model once, every member's activations."""
+    return runtime.gpu_memory_mb(config, wildcards.task, len(get_pack(wildcards).members))
+
+
+def gpu_memory_mb_full(wildcards):
+    """GPU memory of the full fine-tune behind Figure 1."""
+    return runtime.gpu_memory_mb(config, wildcards.task, 1, full=True)
+
+
 def gpu_mem_mb(wildcards, attempt):
     """Host memory of a GPU job (the model, the tokenised splits, the optimizer state)."""
     return 32000 * attempt

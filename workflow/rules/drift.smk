@@ -23,6 +23,7 @@ rule finetune_for_drift:
         mem_mb=gpu_mem_mb,
         runtime=drift_runtime,
         gpu=1,
+        gpu_memory_mb=gpu_memory_mb_full,
     params:
         init=subpath(input.init, parent=True),
         seed=SEEDS[0],

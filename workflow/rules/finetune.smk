@@ -34,6 +34,7 @@ rule finetune:
         mem_mb=gpu_mem_mb,
         runtime=train_runtime,
         gpu=1,
+        gpu_memory_mb=gpu_memory_mb_run,
     params:
         **training_params(),
         init=subpath(input.init, parent=True),
@@ -69,6 +70,7 @@ if PACK_SIZE == 1:
             mem_mb=gpu_mem_mb,
             runtime=train_runtime,
             gpu=1,
+            gpu_memory_mb=gpu_memory_mb_run,
         params:
             **training_params(),
             init=subpath(input.init, parent=True),
@@ -101,6 +103,7 @@ else:
             mem_mb=gpu_mem_mb,
             runtime=pack_runtime,
             gpu=1,
+            gpu_memory_mb=gpu_memory_mb_pack,
         params:
             **training_params(),
             init=subpath(input.init, parent=True),

@@ -27,6 +27,7 @@ rule compute_fisher:
         mem_mb=gpu_mem_mb,
         runtime=fisher_runtime,
         gpu=1,
+        gpu_memory_mb=gpu_memory_mb_run,
     params:
         init=subpath(input.init, parent=True),
         max_samples=task_param("fisher", "max_samples"),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lnpeft.data.tasks import get_task, task_rows
 from lnpeft.plan.cost import Throughput, read_throughput, rows, run_cost
-from lnpeft.plan.workflow_config import for_task
+from lnpeft.plan.workflow_config import for_task, local_model_config
 
 TRAIN_PER_S = 150
 """Conservative training examples per second (forward and backward)."""
@@ -93,6 +93,44 @@ def fisher_minutes(config: dict, task: str, attempt: int = 1) -> int:
     if tp is None:
         return int((10 + n / FISHER_PER_S / 60) * attempt)
     return _fit(config, n / tp.fisher_ours, attempt)
+
+
+# GPU memory of a job, an estimate until bench/gpu_check.sh measures it: BERT-large at batch 32 and
+# 128 tokens is taken to fit 16 GB in fp32 (README's claim, not yet measured on a GPU), which puts
+# a run's activations at ~105 bytes per token, layer and hidden unit; frozen weights are held once
+# per job, so a pack of G adds G runs' activations, not G models.
+ACTIVATION_BYTES = 105
+"""Training activations per token x layer x hidden unit, fp32 (bf16 autocast stores about half)."""
+BERT_LARGE = {"layers": 24, "hidden": 1024, "params": 335_000_000}
+"""The shape assumed when the model's config.json cannot be read before any job (a hub model not
+yet cached)."""
+
+
+def gpu_memory_mb(config: dict, task: str, members: int = 1, full: bool = False) -> int:
+    """GPU memory a job of `members` runs needs (MB, rounded up): the weights once, AdamW's state
+    and gradients of what is trained (all of it for full fine-tuning), each run's activations."""
+    config = for_task(config, task)
+    shape = model_shape(config)
+    training = config["training"]
+    tokens = training["batch_size"] * training["max_length"]
+    activations = members * ACTIVATION_BYTES * tokens * shape["layers"] * shape["hidden"]
+    weights = 4 * shape["params"] * (4 if full else 1)  # fp32 weights (+ gradients and two AdamW moments)
+    return math.ceil((weights + activations) / 1e6) + 1024  # + 1 GB for the CUDA context and allocator
+
+
+def model_shape(config: dict) -> dict[str, int]:
+    """Layers, hidden size and parameter count from the model's config.json when it can be read
+    now (a folder, a package, a cached hub model), else BERT-large's."""
+    found = local_model_config(config)
+    if found is None:
+        return BERT_LARGE
+    c = found[1]
+    layers = c.get("num_hidden_layers") or c.get("n_layers") or BERT_LARGE["layers"]
+    hidden = c.get("hidden_size") or c.get("dim") or BERT_LARGE["hidden"]
+    inter = c.get("intermediate_size") or c.get("hidden_dim") or 4 * hidden
+    vocab = c.get("vocab_size", 30_000)
+    return {"layers": layers, "hidden": hidden,
+            "params": layers * (4 * hidden * hidden + 2 * hidden * inter) + vocab * hidden}
 
 
 def describe(config: dict) -> str:
