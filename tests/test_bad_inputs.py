@@ -297,8 +297,10 @@ def test_nan_loss_names_run_and_step_and_keeps_the_last_good_checkpoint(toy, tmp
     ckpt = torch.load(run / "resume.pt", weights_only=False)
     assert ckpt["epoch"] == 1 and len(ckpt["best_predictions"]) == 32  # epoch 1's dev predictions
     assert ckpt["best_state"] is None and ckpt["params"]  # best = the checkpointed epoch's tensors
-    # no output file: a run's files are written at its end, so nothing here looks complete
-    assert sorted(p.name for p in run.iterdir()) == ["resume.pt"]
+    # no output file: a run's files are written at its end, so nothing here looks complete; the
+    # failure is recorded for a retry of the job to end at once (tests/test_faults.py)
+    assert sorted(p.name for p in run.iterdir()) == ["failed.json", "resume.pt"]
+    assert json.loads((run / "failed.json").read_text())["error"] == "NonFiniteLossError"
 
 
 def _raise_in_forward(monkeypatch, error: Exception, training: bool) -> None:
@@ -326,7 +328,7 @@ def test_out_of_memory_in_training_names_the_knobs(toy, tmp_path, monkeypatch, e
         r"\(a batch of 16 examples x \d+ tokens on cpu\); lower training\.batch_size \(--batch-size, now 16\) "
         r"or training\.max_length \(--max-length, now 32\)", str(err.value)), str(err.value)
     assert err.value.__cause__ is error
-    assert sorted(p.name for p in run.iterdir()) == []
+    assert sorted(p.name for p in run.iterdir()) == ["failed.json"]  # no output; the failure, for a retry
 
 
 def test_out_of_memory_in_the_optimizer_step_names_the_knobs(toy, tmp_path, monkeypatch):
@@ -338,7 +340,7 @@ def test_out_of_memory_in_the_optimizer_step_names_the_knobs(toy, tmp_path, monk
     run = tmp_path / "run"
     with pytest.raises(ft.OutOfMemoryError, match=r"out of memory at epoch 1, step 1 .*lower training\.batch_size"):
         ft.finetune(ft_config(toy, run))
-    assert sorted(p.name for p in run.iterdir()) == []
+    assert sorted(p.name for p in run.iterdir()) == ["failed.json"]  # no output; the failure, for a retry
 
 
 def test_out_of_memory_in_evaluation_names_the_eval_batch_size(toy, tmp_path, monkeypatch):

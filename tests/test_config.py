@@ -317,6 +317,8 @@ def test_drift_fine_tune_uses_the_grids_optimiser_settings(tmp_path):
     # and every grid run spells the boolean as the CLI wants it (`--compile False` was an argparse error)
     grid = [line for line in proc.stdout.splitlines() if "lnpeft finetune" in line and "--save-model" not in line]
     assert all("--compile false " in line for line in grid)
+    # single runs pass Snakemake's attempt: a retry of a deterministic failure ends at once
+    assert all("--attempt 1 " in line for line in drift + [g for g in grid if "finetune-pack" not in g])
 
 
 @needs_glue

@@ -316,3 +316,30 @@ def test_minilm_end_to_end_twice_is_identical(tmp_path):
     data_diff, byte_diff = compare_parquet(*runs)
     assert data_diff == []
     print(f"parquet files with differing bytes: {byte_diff}")
+
+
+def test_a_deterministic_failure_exits_3_and_its_retry_fails_at_once(tiny_run_inputs, tmp_path, capsys, monkeypatch):
+    """Snakemake resubmits a failed job at 2x and 3x the time whatever failed it. A run whose loss
+    turns NaN fails the same way every time: it exits 3, records the failure, and a retry of the
+    same run (--attempt 2, as the rules pass Snakemake's attempt) fails at once with that message,
+    without training; a new attempt 1 (a fresh invocation, after a fix) trains again."""
+    from lnpeft import cli
+    from lnpeft.train import finetune as ft
+
+    out = tmp_path / "run"
+    argv = finetune_argv(tiny_run_inputs, out, lr="1e6", **{"max-grad-norm": "0"})
+    assert cli.main([*argv, "--attempt", "1"]) == 3
+    first = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "loss is nan" in first or "loss is inf" in first
+    record = json.loads((out / "failed.json").read_text())
+    assert record["deterministic"] and record["error"] == "NonFiniteLossError"
+    trained = []
+    monkeypatch.setattr(ft, "finetune_pack", lambda *a, **k: trained.append(1) or pytest.fail("trained again"))
+    assert cli.main([*argv, "--attempt", "2"]) == 3
+    retry = capsys.readouterr().err.strip().splitlines()[-1]
+    assert retry.startswith("lnpeft finetune: error: run sst2/full/lr1e+06_seed0") and "recorded in" in retry
+    assert "by attempt 1: the same inputs fail the same way; fix the cause and run again)" in retry and not trained
+    # other options (the fix: another lr) are another run: no record applies
+    monkeypatch.undo()
+    assert cli.main(finetune_argv(tiny_run_inputs, out, lr="3e-3") + ["--attempt", "2"]) == 0
+    assert not (out / "failed.json").exists()

@@ -45,7 +45,7 @@ def _error(capsys) -> str:
 
 @needs_glue
 def test_finetune_with_another_tasks_init_is_refused(made, tmp_path, capsys):
-    assert cli.main(_finetune(made, tmp_path, task="rte", data="rte")) == 2
+    assert cli.main(_finetune(made, tmp_path, task="rte", data="rte")) == 3  # exit 3: the same inputs fail again
     assert _error(capsys) == (f"lnpeft finetune: error: {made['init'] / 'init.json'} is the init of "
                               "task 'sst2', not of --task rte; give the init folder of rte "
                               "(results/init/<model>/rte/seed<seed>)")
@@ -54,7 +54,7 @@ def test_finetune_with_another_tasks_init_is_refused(made, tmp_path, capsys):
 
 @needs_glue
 def test_finetune_as_another_seed_is_refused(made, tmp_path, capsys):
-    assert cli.main(_finetune(made, tmp_path, seed="7")) == 2
+    assert cli.main(_finetune(made, tmp_path, seed="7")) == 3  # exit 3: the same inputs fail again
     assert _error(capsys).endswith(f"{made['init'] / 'init.json'} seeded its head with seed 0, not --seed 7; a run "
                                    "of seed 7 starts from the init of seed 7")
 
@@ -63,7 +63,7 @@ def test_finetune_as_another_seed_is_refused(made, tmp_path, capsys):
 def test_finetune_on_another_tasks_splits_is_refused(made, tmp_path, capsys):
     """--task sst2 through the SST-2 init, but CoLA's files (both single-sentence, 2 labels: it
     would train)."""
-    assert cli.main(_finetune(made, tmp_path, task="sst2", data="cola")) == 2
+    assert cli.main(_finetune(made, tmp_path, task="sst2", data="cola")) == 3  # exit 3: the same inputs fail again
     assert _error(capsys).endswith(f"{made['cola'] / 'train.parquet'} was prepared for task 'cola' "
                                    f"({made['cola'] / 'MANIFEST.json'}), but --task says 'sst2'; give the splits of sst2")
 
@@ -72,7 +72,7 @@ def test_finetune_on_another_tasks_splits_is_refused(made, tmp_path, capsys):
 def test_fisher_on_another_tasks_split_is_refused(made, tmp_path, capsys):
     argv = ["fisher", "--model", str(made["init"]), "--out", str(tmp_path / "f.parquet"), "--max-samples", "8",
             "--batch-size", "4", "--max-length", "32", "--threads", "1"]
-    assert cli.main([*argv, "--data", str(made["cola"] / "train.parquet")]) == 2
+    assert cli.main([*argv, "--data", str(made["cola"] / "train.parquet")]) == 3  # exit 3: the same inputs fail again
     assert _error(capsys).endswith(f"{made['cola'] / 'train.parquet'} was prepared for task 'cola' "
                                    f"({made['cola'] / 'MANIFEST.json'}), but {made['init'] / 'init.json'} says "
                                    "'sst2'; give the splits of sst2")
@@ -80,7 +80,7 @@ def test_fisher_on_another_tasks_split_is_refused(made, tmp_path, capsys):
     # the matching split works, and masks then refuse a table given under another task's name
     assert cli.main([*argv, "--data", str(made["sst2"] / "train.parquet")]) == 0
     assert cli.main(["masks", "--fisher", f"cola={tmp_path / 'f.parquet'}", "--scheme", "individual",
-                     "--task", "cola", "--out", str(tmp_path / "m.parquet")]) == 2
+                     "--task", "cola", "--out", str(tmp_path / "m.parquet")]) == 3
     assert re.search(r"f\.parquet is the Fisher of .*sst2/train\.parquet \(task 'sst2', .*MANIFEST\.json\), given "
                      r"as cola=.*; label each table with its own task$", _error(capsys))
 

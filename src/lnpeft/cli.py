@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from lnpeft.errors import LnpeftError
+from lnpeft.errors import EXIT_DETERMINISTIC, LnpeftError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         if not is_lnpeft_error(err) or os.environ.get("LNPEFT_DEBUG"):
             raise
         print(f"lnpeft {command}: error: {err}", file=sys.stderr)
+        if getattr(err, "deterministic", False):
+            return EXIT_DETERMINISTIC  # retrying with the same inputs fails the same way
         return 2
 
 

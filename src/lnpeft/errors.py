@@ -14,16 +14,35 @@ _DISK_FULL_TEXT = {
 }
 
 
+EXIT_DETERMINISTIC = 3
+"""Exit status of a failure that the same inputs reproduce (a non-finite loss, out of GPU memory at
+the same size, inputs that do not belong together): a retry with more time cannot help."""
+
+
 class LnpeftError(Exception):
     """An expected failure: `lnpeft` prints it as one clear line, exit status 2, no traceback."""
+
+    deterministic = False
+    """The same inputs fail the same way (exit EXIT_DETERMINISTIC)."""
+
+
+class RecordedFailure(LnpeftError):
+    """A retry of a job whose run failed deterministically: it fails at once with the recorded
+    message instead of training again to the same failure."""
+
+    deterministic = True
 
 
 class NonFiniteOutputError(FloatingPointError):
     """A model gave NaN or infinite outputs: no metric or prediction is made from them."""
 
+    deterministic = True
+
 
 class OutOfMemoryError(RuntimeError):
     """Out of (GPU or host) memory; the message names the run, the step and the knob to turn."""
+
+    deterministic = True  # the same batch on the same GPU runs out again
 
 
 class DiskFullError(OSError):

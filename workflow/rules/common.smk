@@ -216,6 +216,8 @@ TRAINING_FLAGS = (
     " --warmup-ratio {params.warmup_ratio} --weight-decay {params.weight_decay}"
     " --max-grad-norm {params.max_grad_norm} --compile {params.compile} --threads {threads}"
 )
+# what a single run's rules add: Snakemake's attempt, so a retry of a deterministic failure ends at once
+ATTEMPT_FLAG = " --attempt {resources.attempt}"
 
 
 def drift_batch_size(wildcards):
@@ -428,6 +430,12 @@ def gpu_memory_mb_pack(wildcards):
 def gpu_memory_mb_full(wildcards):
     """GPU memory of the full fine-tune behind Figure 1."""
     return runtime.gpu_memory_mb(config, wildcards.task, 1, full=True)
+
+
+def job_attempt(wildcards, attempt):
+    """Snakemake's attempt of the job (1, then 2 and 3 on retries): `lnpeft finetune --attempt`
+    fails a retry at once when the run's last attempt failed deterministically."""
+    return attempt
 
 
 def gpu_mem_mb(wildcards, attempt):

@@ -24,6 +24,7 @@ rule finetune_for_drift:
         runtime=drift_runtime,
         gpu=1,
         gpu_memory_mb=gpu_memory_mb_full,
+        attempt=job_attempt,
     params:
         init=subpath(input.init, parent=True),
         seed=SEEDS[0],
@@ -43,7 +44,7 @@ rule finetune_for_drift:
         " --epochs {params.epochs} --batch-size {params.batch_size}"
         " --eval-batch-size {params.eval_batch_size} --max-length {params.max_length} --threads {threads}"
         " --warmup-ratio {params.warmup_ratio} --weight-decay {params.weight_decay}"
-        " --max-grad-norm {params.max_grad_norm} --compile {params.compile}"
+        " --max-grad-norm {params.max_grad_norm} --compile {params.compile} --attempt {resources.attempt}"
         " --out {output.run} --save-model {output.model} > {log} 2>&1"
 
 

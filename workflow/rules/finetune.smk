@@ -35,6 +35,7 @@ rule finetune:
         runtime=train_runtime,
         gpu=1,
         gpu_memory_mb=gpu_memory_mb_run,
+        attempt=job_attempt,
     params:
         **training_params(),
         init=subpath(input.init, parent=True),
@@ -43,7 +44,7 @@ rule finetune:
     shell:
         f"{OFFLINE} lnpeft finetune --init {{params.init}} {{params.splits}}"
         " --task {wildcards.task} --method {wildcards.method} --lr {wildcards.lr} --seed {wildcards.seed}"
-        f" {TRAINING_FLAGS} --out {{params.out}} > {{log}} 2>&1"
+        f" {TRAINING_FLAGS}{ATTEMPT_FLAG} --out {{params.out}} > {{log}} 2>&1"
 
 
 if PACK_SIZE == 1:
@@ -71,6 +72,7 @@ if PACK_SIZE == 1:
             runtime=train_runtime,
             gpu=1,
             gpu_memory_mb=gpu_memory_mb_run,
+            attempt=job_attempt,
         params:
             **training_params(),
             init=subpath(input.init, parent=True),
@@ -80,7 +82,7 @@ if PACK_SIZE == 1:
             f"{OFFLINE} lnpeft finetune --init {{params.init}} {{params.splits}}"
             " --task {wildcards.task} --method fisher --mask {input.mask} --fraction {wildcards.fraction}"
             " --lr {wildcards.lr} --seed {wildcards.seed}"
-            f" {TRAINING_FLAGS} --out {{params.out}} > {{log}} 2>&1"
+            f" {TRAINING_FLAGS}{ATTEMPT_FLAG} --out {{params.out}} > {{log}} 2>&1"
 
 else:
 

@@ -23,6 +23,8 @@ from lnpeft.errors import LnpeftError
 class MismatchError(LnpeftError):
     """Inputs of one stage made for different tasks or seeds."""
 
+    deterministic = True
+
 
 def init_record(folder: Path | str) -> tuple[dict, Path] | None:
     """The init folder's init.json and its path, or None for a folder `lnpeft init` did not make."""

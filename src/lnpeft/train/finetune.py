@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import math
 import random
 import time
@@ -26,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lnpeft.data.artifacts import atomic_dir
+from lnpeft.data.artifacts import atomic_dir, write_json
 from lnpeft.data.batching import Encoded, collate, length_grouped_batches, load_split, model_inputs
 from lnpeft.data.metrics import compute_metrics
 from lnpeft.data.tasks import get_task
-from lnpeft.errors import NonFiniteOutputError, OutOfMemoryError, is_oom
+from lnpeft.errors import NonFiniteOutputError, OutOfMemoryError, RecordedFailure, is_oom
 from lnpeft.model.init import verify_init
 from lnpeft.model.methods import METHODS, MethodOptions, select
 from lnpeft.model.provenance import check_inputs
@@ -80,6 +81,9 @@ class FinetuneConfig:
     threads: int | None = None
     """torch CPU threads (Snakemake's `threads:`); None: OMP_NUM_THREADS, else torch's default.
     Always pinned (`lnpeft.numerics`): CPU numbers are bit-identical for the same count."""
+    attempt: int = 1
+    """Snakemake's attempt of this job: a retry (> 1) of a run alone whose last attempt failed
+    deterministically (failed.json) fails at once, instead of training to the same failure."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -102,11 +106,11 @@ class FinetuneConfig:
 
 
 class NonFiniteLossError(FloatingPointError):
-    pass
+    deterministic = True  # the same data, seed and lr diverge again
 
 
 PACK_SHARED = ("init", "train", "dev", "test", "task", "seed", "epochs", "batch_size", "eval_batch_size",
-               "max_length", "warmup_ratio", "compile", "recipe", "threads")
+               "max_length", "warmup_ratio", "compile", "recipe", "threads", "attempt")
 """Options every run of a pack shares: the frozen model, the data, the batch order, the schedule's
 length. Method, learning rate, weight decay, clipping, mask and fraction are each run's own."""
 
@@ -295,11 +299,42 @@ def epoch_row(run: RunState, spec, epoch: int, loss: float, devs: dict[str, Enco
 
 
 def finetune(cfg: FinetuneConfig) -> pd.DataFrame:
-    """One run: a pack of one. Raises what made it fail (NonFiniteLossError, OutOfMemoryError)."""
-    (run,) = finetune_pack([cfg])
+    """One run: a pack of one. Raises what made it fail (NonFiniteLossError, OutOfMemoryError).
+
+    A deterministic failure is recorded in the run's failed.json; a retry of the job (`attempt` >
+    1: Snakemake resubmits failed jobs at twice and three times the time) with the same options
+    fails at once with that message rather than train again to the same end."""
+    recorded = _recorded_failure(cfg)
+    if recorded is not None and cfg.attempt > 1:
+        raise RecordedFailure(f"{recorded} (recorded in {Path(cfg.out) / 'failed.json'} by attempt "
+                              f"{cfg.attempt - 1}: the same inputs fail the same way; fix the cause and run again)")
+    try:
+        (run,) = finetune_pack([cfg])
+    except (NonFiniteLossError, NonFiniteOutputError, OutOfMemoryError) as err:  # failures after training began
+        _record_failure(cfg, err)
+        raise
     if run.error is not None:
         raise run.error
     return pd.DataFrame(run.rows)
+
+
+def _fingerprint(cfg: FinetuneConfig) -> dict:
+    return {k: v for k, v in cfg.to_json().items() if k not in ("threads", "attempt")}
+
+
+def _record_failure(cfg: FinetuneConfig, err: BaseException) -> None:
+    write_json({"run": run_name(cfg), "error": type(err).__name__, "message": str(err), "deterministic": True,
+                "options": _fingerprint(cfg)}, Path(cfg.out) / "failed.json")
+
+
+def _recorded_failure(cfg: FinetuneConfig) -> str | None:
+    """The message of a deterministic failure this very run (same options) recorded, if any."""
+    path = Path(cfg.out) / "failed.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    same = record.get("deterministic") and record.get("options") == _fingerprint(cfg)
+    return record.get("message") if same else None
 
 
 def finetune_pack(cfgs: Sequence[FinetuneConfig], dropout: str = "auto",
@@ -522,7 +557,7 @@ def add_arguments(parser: argparse.ArgumentParser, member: bool = False) -> None
     parser.add_argument("--seed", required=True, type=int)
     if not member:
         parser.add_argument("--out", required=True, type=Path, help="run directory")
-    for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "threads"):
+    for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "threads", "attempt"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=d[name].default)
     for name in ("warmup_ratio", "weight_decay", "max_grad_norm") + (() if member else ("fraction",)):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=d[name].default)

@@ -32,7 +32,7 @@ from lnpeft.train.packing import RunParameters
 RESUME_FORMAT = 2
 """resume.pt layout; 2: partly trained tensors' entries stored apart (`partial`)."""
 
-EXECUTION_OPTIONS = ("threads", "compile")
+EXECUTION_OPTIONS = ("threads", "compile", "attempt")
 """Options a resumed run may change: threads and compilation are execution choices (Snakemake's
 cores, the device), not part of what is trained."""
 
