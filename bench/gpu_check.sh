@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared device check (issue 13): on a lent GPU machine, within about 8 minutes, the
 # gpu-marked tests (the CUDA training recipe, alone and packed, against fp32 on CPU) and the
-# training-step (every method, and a pack of 6 against its runs one by one) and Fisher benchmarks
+# training-step (every method, and packs of 4 and 16 against their runs one by one, in one run: the
+# packing gain at pack size 1, 4 and 16) and Fisher benchmarks
 # at the BERT-large shape on real GLUE lengths, then `lnpeft estimate` and the
 # paper run's time requests from those numbers. Everything lands in $OUT (JSON and logs).
 #   here:     bash bench/gpu_prepare.sh            (writes .device/: GLUE samples, tokenizer)
@@ -19,7 +20,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 [ -d .device/glue ] && export LNPEFT_GLUE_DIR=${LNPEFT_GLUE_DIR:-$PWD/.device/glue}
 [ -d .device/tokenizer ] && export LNPEFT_TOKENIZER=${LNPEFT_TOKENIZER:-$PWD/.device/tokenizer}
 if [ -n "${GPU_CHECK_QUICK:-}" ]; then SIZE=(--quick); FSIZE=(--quick); else
-  SIZE=(--shapes bert-large --methods full,layernorm,bitfit,random,fisher --baseline-methods full,layernorm --pack 6)
+  SIZE=(--shapes bert-large --methods full,layernorm,bitfit,random,fisher --baseline-methods full,layernorm --pack 4,16)
   FSIZE=(--shape bert-large); fi
 : > "$OUT/status.txt"
 
@@ -41,7 +42,7 @@ PY
 if [ "$DEVICE" = cuda ]; then
   step gpu_tests 150 $PY -m pytest -m gpu -q -p no:cacheprovider -o addopts="" tests/test_gpu.py
 fi
-step train_step 270 $PY bench/train_step.py "${SIZE[@]}" --device "$DEVICE" --out "$OUT/train_step.json"
+step train_step 300 $PY bench/train_step.py "${SIZE[@]}" --device "$DEVICE" --out "$OUT/train_step.json"
 step fisher 90 $PY bench/fisher.py "${FSIZE[@]}" --device "$DEVICE" --out "$OUT/fisher.json"
 if [ -s "$OUT/train_step.json" ] && [ -s "$OUT/fisher.json" ]; then
   # the paper run priced, and its SLURM time limits asked, from the numbers just measured

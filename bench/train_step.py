@@ -78,7 +78,7 @@ class Stepper:
                  mask_path: Path | None, fraction: float = 0.1, lr: float = 1e-4,
                  weight_decay: float = 0.0, pack_size: int = 1) -> None:
         model = copy.deepcopy(base_model).to(device).train()
-        members = ([PACK[i % len(PACK)] for i in range(pack_size)] if method == "pack"
+        members = (pack_members(pack_size) if method.startswith("pack")
                    else [(method, fraction if method == "fisher" else None)])
         sets = [select(model, m, MethodOptions(seed=0, fraction=f, mask=mask_path if m == "fisher" else None))
                 for m, f in members]
@@ -151,17 +151,19 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
     with tempfile.TemporaryDirectory() as tmp:
         mask_path = write_fisher_mask(base, Path(tmp) / "mask.parquet")
         trainable = {m: base_trainable(base, m, mask_path) for m in {*args.methods, *args.baseline_methods}}
-        trainable["pack"] = sum(base_trainable(base, m, mask_path, f or 0.1) for m, f in pack_members(args.pack))
+        for size in args.packs:
+            trainable[f"pack{size}"] = sum(base_trainable(base, m, mask_path, f or 0.1) for m, f in pack_members(size))
         for task, data in tasks.items():
             batches = make_batches(data, args.batch_size, args.steps, args.max_length)
             runs = [(m, mode) for mode in batches
                     for m in (args.methods if mode == "grouped" else args.baseline_methods)]
-            if args.pack > 1:  # the same grouped batches, each repeated for every member
-                batches["packed"] = batches["grouped"]
-                runs.append(("pack", "packed"))
-            peaks = {run: peak_memory(base, run, batches, device, compile_, mask_path, args.pack) for run in runs}
+            for size in args.packs:  # the same grouped batches, each repeated for every member
+                batches[f"packed{size}"] = batches["grouped"]
+                runs.append((f"pack{size}", f"packed{size}"))
+            peaks = {run: peak_memory(base, run, batches, device, compile_, mask_path, pack_of(run[0]))
+                     for run in runs}
             steppers = {(m, mode): Stepper(base, m, device, compile_ and mode != "padded128", mask_path,
-                                           pack_size=args.pack)
+                                           pack_size=pack_of(m))
                         for m, mode in runs}
             for (m, mode), stepper in steppers.items():
                 # CUDA: the warm-up visits every timed batch once, so each shape's compilation
@@ -183,12 +185,13 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
                 bl = batches[mode]
                 real = sum(int(b["attention_mask"].sum()) for b in bl)
                 padded = sum(b["input_ids"].numel() for b in bl)
-                copies = args.pack if mode == "packed" else 1
+                copies = pack_of(method)
                 real, padded = real * copies, padded * copies
                 n_ex = sum(len(b["labels"]) for b in bl) * copies
                 step = float(t.mean())  # the mean over the same batches: the time per step of an epoch
                 records.append({
-                    "shape": shape, "task": task, "method": method, "mode": mode,
+                    "shape": shape, "task": task, "method": "pack" if copies > 1 else method,
+                    "mode": "packed" if copies > 1 else mode,
                     "batch_size": args.batch_size, "steps_timed": int(t.size), "step_s": step,
                     "step_s_median": float(np.median(t)),
                     "examples_per_s": n_ex / len(bl) / step,
@@ -197,7 +200,7 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
                     "padding_fraction": 1 - real / padded, "mean_width": padded / n_ex,
                     "peak_mem_mb": peaks[(method, mode)], "trainable": trainable[method],
                     "compiled": bool(compile_ and mode != "padded128"),
-                    **(pack_record(times, args.pack) if mode == "packed" else {}),
+                    **(pack_record(times, copies) if copies > 1 else {}),
                 })
             ratio = lambda a, b: float(np.median(times[a] / times[b]))  # noqa: E731
             r = {}
@@ -211,15 +214,20 @@ def bench_shape(shape: str, tasks: dict[str, Encoded], args, device: torch.devic
                 if (m, "grouped") in times and (m, "padded128") in times:
                     # same examples, so examples/s speed-up = step-time ratio
                     r[f"{m}_grouped_speedup"] = ratio((m, "padded128"), (m, "grouped"))
-            packed = [x for x in records if x["mode"] == "packed" and (x["shape"], x["task"]) == (shape, task)]
-            if packed and "speedup" in packed[0]:
-                r["pack_speedup"] = packed[0]["speedup"]
+            for x in records:
+                if x["mode"] == "packed" and (x["shape"], x["task"]) == (shape, task) and "speedup" in x:
+                    r[f"pack{x['pack_size']}_speedup"] = x["speedup"]
             ratios[f"{shape}/{task}"] = r
     return records, ratios
 
 
 def pack_members(size: int) -> list[tuple[str, float | None]]:
     return [PACK[i % len(PACK)] for i in range(size)]
+
+
+def pack_of(method: str) -> int:
+    """The runs of a step: `pack16` -> 16; a method alone -> 1."""
+    return int(method.removeprefix("pack")) if method.startswith("pack") else 1
 
 
 def pack_record(times: dict, size: int) -> dict:
@@ -231,7 +239,7 @@ def pack_record(times: dict, size: int) -> dict:
     if all((m, "grouped") in times for m in members):
         separate = sum(times[(m, "grouped")] for m in members)
         out |= {"separate_step_s": float(separate.mean()),
-                "speedup": float(np.median(separate / times[("pack", "packed")]))}
+                "speedup": float(np.median(separate / times[(f"pack{size}", f"packed{size}")]))}
     return out
 
 
@@ -294,8 +302,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, help="interleaved rounds (default 2; 1 quick)")
     ap.add_argument("--rows", type=int, default=20000, help="rows sampled per task (padding stats, batches)")
     ap.add_argument("--compile", choices=("auto", "true", "false"), default="auto")
-    ap.add_argument("--pack", type=int, default=6,
-                    help="also a packed step of this many mixed runs (PACK), against its members one by one; 1: none")
+    ap.add_argument("--pack", default="6",
+                    help="also a packed step of this many mixed runs (PACK), against its members one by one; "
+                         "several sizes comma-separated (4,16), each measured in this run; 1: none")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -307,6 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     common.set_clock(args.clock)
     args.methods = args.methods.split(",")
+    args.packs = [size for size in (int(s) for s in str(args.pack).split(",")) if size > 1]
     args.baseline_methods = (args.methods if args.baseline_methods is None else []
                              if args.baseline_methods == "none" else args.baseline_methods.split(","))
     shapes = (args.shapes.split(",") if args.shapes else ["tiny"] if args.quick

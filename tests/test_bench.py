@@ -197,3 +197,24 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     estimate = json.loads((out / "estimate.json").read_text())
     assert estimate["requests"].startswith("measured: ")  # the time limits follow the numbers just measured
     assert estimate["stages"]["total"]["requested_hours"] > 0
+
+
+def test_train_step_measures_several_pack_sizes_in_one_run(tmp_path):
+    """`--pack 2,4`: each size's packed step against its members stepped one by one, on the same
+    batches in the same run (what bench/gpu_check.sh asks at 4 and 16 on a GPU)."""
+    out = tmp_path / "ts.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "LNPEFT_GLUE_DIR": str(_glue_dir())}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"), "--quick", "--device", "cpu",
+                           "--threads", "1", "--tasks", "sst2", "--methods", "layernorm,bitfit,random,fisher",
+                           "--baseline-methods", "none", "--pack", "2,4", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    packed = {r["pack_size"]: r for r in data["results"] if r["mode"] == "packed"}
+    assert sorted(packed) == [2, 4] and all(r["method"] == "pack" and r["speedup"] > 0 for r in packed.values())
+    assert packed[4]["members"] == ["layernorm", "bitfit", "random", "fisher-f0.1"]
+    assert set(data["ratios"]["tiny/sst2"]) >= {"pack2_speedup", "pack4_speedup"}
+    from lnpeft.plan.cost import read_throughput
+
+    assert read_throughput(out).pack_speedup == pytest.approx(packed[4]["speedup"])  # the largest pack measured

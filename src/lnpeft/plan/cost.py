@@ -103,8 +103,10 @@ def read_throughput(path: Path, shape: str | None = None, fisher_path: Path | No
         elif r["mode"] == "padded128":
             base.setdefault(r["method"], []).append(r["examples_per_s"])
     mean = lambda v: sum(v) / len(v)  # noqa: E731
-    packed = [r["speedup"] for r in data["results"]
+    packed = [r for r in data["results"]
               if r["shape"] == shape and r["mode"] == "packed" and r.get("speedup") is not None]
+    largest = max((r.get("pack_size", 0) for r in packed), default=0)
+    packed = [r["speedup"] for r in packed if r.get("pack_size", 0) == largest]  # the largest pack measured
     fisher_ours = DEFAULT_THROUGHPUT["fisher"]["ours_samples_per_s"]
     fisher_base = DEFAULT_THROUGHPUT["fisher"]["baseline_samples_per_s"]
     if fisher_path is not None:
