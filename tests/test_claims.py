@@ -70,3 +70,22 @@ def test_seeds_of_and_verdict():
     assert list(seeds_of(rows, "bitfit", "sst2", "accuracy")) == [0.7, 0.8]
     assert verdict([True, True]) == "holds" and verdict([True, False]) == "partly holds"
     assert verdict([False]) == "does not hold"
+
+
+def test_subset_differences_pair_by_seed_or_use_the_prediction_interval():
+    from lnpeft.report.claims import subset_differences
+
+    metric = {"sst2": "accuracy"}
+    seed_scores = _seed_rows({("layernorm", "sst2"): [0.80, 0.81, 0.79]}, metric)
+
+    def rows(seeds: dict[int, list[float]]) -> pd.DataFrame:  # read_epoch_rows' layout, one lr
+        return pd.DataFrame([{"task": "sst2", "method": "fisher-individual-f0.2", "scheme": "individual",
+                              "fraction": 0.2, "lr": 1e-2, "seed": s, "epoch": e + 1, "dev": v}
+                             for s, vs in seeds.items() for e, v in enumerate(vs)])
+
+    one = subset_differences(rows({0: [0.70, 0.78]}), seed_scores, ["sst2"], metric, "individual", 0.2)["sst2"]
+    assert one == single_run_difference(0.78, pd.Series([0.80, 0.81, 0.79]))  # its best epoch, against 3 seeds
+    three = subset_differences(rows({0: [0.79], 1: [0.80], 2: [0.78]}), seed_scores, ["sst2"], metric,
+                               "individual", 0.2)["sst2"]
+    assert three == paired_difference(pd.Series([0.79, 0.80, 0.78]), pd.Series([0.80, 0.81, 0.79]))
+    assert subset_differences(rows({0: [0.7]}), seed_scores, ["sst2"], metric, "global", 0.2) == {}

@@ -136,3 +136,35 @@ def test_readme_reproduction_block_is_filled_from_the_committed_write_up():
         assert re.search(rf"^\| \({claim}\) .* \| \*\*{verdict}\*\* \|", text, re.M)
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text):
         assert (doc.parent / image).is_file(), image
+
+
+def test_plateaus_count_flat_curves():
+    from lnpeft.report.claims import plateaus
+
+    rows = []
+    for method, best, means in (("full", 3, [0.5, 0.6, 0.7]),          # still rising at its last epoch
+                                ("layernorm", 3, [0.5, 0.698, 0.701]),  # last epoch moved 0.3 points: flat
+                                ("bitfit", 2, [0.5, 0.7, 0.6])):         # peaked before the last epoch
+        for epoch, mean in enumerate(means, start=1):
+            rows.append({"task": "sst2", "method": method, "quantity": "dev", "epoch": epoch, "best_epoch": best,
+                         "mean": mean})
+    assert plateaus(pd.DataFrame(rows)) == (2, 3)
+
+
+def test_table1_ranked_again_over_the_judged_tasks_and_kruskal_over_them():
+    from scipy import stats
+
+    from lnpeft.report.writeup import kruskal_over, table1_over
+
+    table1 = pd.DataFrame({"rank": [1, 2], "component": ["attention.output.LayerNorm", "output.LayerNorm"],
+                           "score": [1.1, 0.9], "sst2": [0.2, 0.8], "cola": [0.9, 0.1]})
+    again = table1_over(table1, ["sst2"])  # cola's column left out: output.LayerNorm first
+    assert list(again["component"]) == ["output.LayerNorm", "attention.output.LayerNorm"]
+    assert list(again["rank"]) == [1, 2] and again["score"].tolist() == [0.8, 0.2]
+    assert fisher_claim(again)[0] == "holds" and fisher_claim(table1)[0] == "does not hold"
+    methods = pd.DataFrame({"sst2": [0.80, 0.82], "rte": [0.60, 0.58], "cola": [0.0, 0.0]},
+                           index=["bitfit", "layernorm"])
+    got = kruskal_over(methods, ["sst2", "rte"])
+    want = stats.kruskal([0.80, 0.60], [0.82, 0.58])
+    assert got == f"Kruskal-Wallis H = {want.statistic:.3f}, p = {want.pvalue:.3f} (bitfit vs layernorm)"
+    assert kruskal_over(methods, ["sst2"]) == "not computed (fewer than 2 tasks)"

@@ -125,3 +125,55 @@ def seeds_of(seed_scores: pd.DataFrame, method: str, column: str, metric: str) -
 def verdict(ok: list[bool]) -> str:
     """holds (every part), partly holds (some), does not hold (none)."""
     return "holds" if all(ok) else "partly holds" if any(ok) else "does not hold"
+
+
+def reading(diff: Difference, worse: str = "lower", better: str = "higher") -> str:
+    """A difference in words: within the seeds' noise, or which way outside it."""
+    if diff.within_noise is None:
+        return "one seed: no interval"
+    if diff.within_noise:
+        return "within the seeds' noise"
+    return f"{better} (outside the noise)" if diff.mean > 0 else f"{worse} (outside the noise)"
+
+
+def method_differences(seed_scores: pd.DataFrame, columns: list[str], metrics: dict[str, str],
+                       a: str, b: str) -> dict[str, Difference]:
+    """A - B per task column, paired by seed, at each method's chosen (lr, epoch)."""
+    return {c: paired_difference(seeds_of(seed_scores, a, c, metrics[c]), seeds_of(seed_scores, b, c, metrics[c]))
+            for c in columns}
+
+
+def subset_differences(rows: pd.DataFrame, seed_scores: pd.DataFrame, columns: list[str], metrics: dict[str, str],
+                       scheme: str, fraction: float) -> dict[str, Difference]:
+    """A Fisher subset (one scheme, one fraction) minus all of LayerNorm per task column: paired by
+    seed when the subset has several seeds, else its one run against LayerNorm's seeds (the
+    prediction interval of one more seed). `rows`: lnpeft.report.runs.read_epoch_rows of the runs."""
+    from lnpeft.data.tasks import column_task
+    from lnpeft.report.selection import choose, chosen_rows
+
+    out = {}
+    for column in columns:
+        task = column_task(column)[0].name
+        group = rows[(rows["task"] == task) & (rows["scheme"] == scheme) & (rows["fraction"] == fraction)]
+        if group.empty:
+            continue
+        choice = choose(group, "dev", what=f"{task} {scheme} f={fraction:g}")
+        subset = chosen_rows(group, choice).set_index("seed")["dev"].astype(float)
+        layernorm = seeds_of(seed_scores, "layernorm", column, metrics[column])
+        out[column] = (paired_difference(subset, layernorm) if len(subset) > 1
+                       else single_run_difference(float(subset.iloc[0]), layernorm))
+    return out
+
+
+def plateaus(curves: pd.DataFrame, moved: float = 0.005) -> tuple[int, int]:
+    """(task, method) pairs whose dev curve has flattened: the chosen epoch is not the last, or the
+    last epoch moved the seed mean by less than `moved` (half a point); and how many pairs there are."""
+    dev = curves[curves["quantity"] == "dev"]
+    flat = total = 0
+    for _, group in dev.groupby(["task", "method"], sort=False):
+        group = group.sort_values("epoch")
+        total += 1
+        last = int(group["epoch"].iloc[-1])
+        step = abs(group["mean"].iloc[-1] - group["mean"].iloc[-2]) if len(group) > 1 else math.inf
+        flat += int(int(group["best_epoch"].iloc[0]) != last or step < moved)
+    return flat, total
