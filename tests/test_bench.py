@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,3 +219,37 @@ def test_train_step_measures_several_pack_sizes_in_one_run(tmp_path):
     from lnpeft.plan.cost import read_throughput
 
     assert read_throughput(out).pack_speedup == pytest.approx(packed[4]["speedup"])  # the largest pack measured
+
+
+def test_the_peer_comparison_in_the_docs_is_the_committed_measurement():
+    """docs/performance.md's peer paragraph is written by bench/peer_trainer.py from
+    bench/results/peer_trainer.json, never typed: the block equals what the JSON renders."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from peer_trainer import render_block
+
+    from lnpeft.report.summary import markers
+
+    result = json.loads((REPO / "bench" / "results" / "peer_trainer.json").read_text())
+    begin, end = markers("peer")
+    block = (REPO / "docs" / "performance.md").read_text().split(begin, 1)[1].split(end, 1)[0].removeprefix("\n")
+    assert block == render_block(result)
+    assert set(result["cpu_seconds"]) == {"lnpeft_fp32", "lnpeft_bf16", "peer"}
+    assert all(len(v) == result["rounds"] for v in result["cpu_seconds"].values())
+    ratios = np.array(result["cpu_seconds"]["lnpeft_fp32"]) / np.array(result["cpu_seconds"]["peer"])
+    assert result["ratios"]["lnpeft_fp32_over_peer"] == pytest.approx(float(np.median(ratios)))
+
+
+@pytest.mark.slow
+def test_peer_trainer_runs_one_round(tmp_path):
+    """The benchmark itself, one round: both lnpeft recipes and the Trainer + peft peer finish and
+    score the same dev split."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "LNPEFT_GLUE_DIR": str(_glue_dir())}
+    out = tmp_path / "peer.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "peer_trainer.py"), "--rounds", "1", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    for name in ("lnpeft_fp32", "lnpeft_bf16", "peer"):
+        assert len(result["scores"][name]["dev_accuracy"]) == 2 and result["cpu_seconds"][name][0] > 0
+    assert result["scores"]["peer"]["test_predictions"] == 100

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = sorted((REPO / "docs").glob("*.md"))
@@ -15,15 +16,23 @@ LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def slug(heading: str) -> str:
-    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, spaces as hyphens."""
-    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    """GitHub's anchor of a markdown heading: lower case, punctuation but `-` and `_` dropped, spaces as
+    hyphens (`## The `pack_size` key` -> `the-pack_size-key`)."""
+    text = re.sub(r"[`*]", "", heading.strip().lower())
     text = re.sub(r"[^\w\- ]", "", text)
     return text.replace(" ", "-")
 
 
 def anchors(path: Path) -> set[str]:
+    """The anchors of a page's headings; GitHub numbers a repeated one: `#x`, `#x-1`, `#x-2`."""
     text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)  # a `#` in a code block is no heading
-    return {slug(m) for m in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+    seen: dict[str, int] = {}
+    found = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.M):
+        base = slug(heading)
+        found.add(f"{base}-{seen[base]}" if base in seen else base)
+        seen[base] = seen.get(base, 0) + 1
+    return found
 
 
 def broken_links(page: Path) -> list[str]:
@@ -50,13 +59,15 @@ def test_every_relative_link_resolves(page):
 
 def test_a_broken_link_is_found(tmp_path):
     page = tmp_path / "page.md"
-    (tmp_path / "other.md").write_text("# Other page\n\n## A section\n")
-    page.write_text("[ok](other.md#a-section) [file](missing.md) [anchor](other.md#nothing) "
+    (tmp_path / "other.md").write_text("# Other page\n\n## A section\n\n## A section\n\n### The `pack_size` key\n")
+    page.write_text("[ok](other.md#a-section) [code](other.md#the-pack_size-key) [again](other.md#a-section-1) [third](other.md#a-section-2) "
+                    "[file](missing.md) [anchor](other.md#nothing) "
                     "![img](img.png) [web](https://example.org)\n```\n[in code](nowhere.md)\n```\n")
     global REPO
     saved, REPO = REPO, tmp_path
     try:
-        assert broken_links(page) == ["page.md: missing.md (no such file)",
+        assert broken_links(page) == ["page.md: other.md#a-section-2 (no heading #a-section-2)",
+                                      "page.md: missing.md (no such file)",
                                       "page.md: other.md#nothing (no heading #nothing)",
                                       "page.md: img.png (no such file)"]
     finally:
@@ -79,3 +90,63 @@ def test_development_page_names_every_module():
         if path.name == "__init__.py" or "grad_sample" in rel.parts:
             continue  # wings are named by their folder; the kernels have a README of their own
         assert f"`{rel.as_posix()}`" in page, f"docs/development.md does not describe {rel}"
+
+
+def schema_keys(node: dict, prefix: str = "") -> list[str]:
+    """Every key of the config schema, dotted (`training.pack_size`), parents before children."""
+    keys = []
+    for name, sub in node.get("properties", {}).items():
+        keys.append(prefix + name)
+        keys += schema_keys(sub, prefix + name + ".")
+    return keys
+
+
+def documented_keys(text: str) -> set[str]:
+    """The dotted names a page writes in backticks, `a.{b,c}` read as `a.b` and `a.c`."""
+    names = set()
+    for token in re.findall(r"`([a-z_][\w.{},<>*]*)`", text):
+        pieces = [""]
+        for part in re.split(r"(\{[^}]*\})", token):
+            options = part[1:-1].split(",") if part.startswith("{") else [part]
+            pieces = [p + o for p in pieces for o in options]
+        names.update(pieces)
+    return names
+
+
+def test_configuration_page_names_every_config_key():
+    """docs/configuration.md describes every key of the schema, so a new key needs a line there."""
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    documented = documented_keys((REPO / "docs" / "configuration.md").read_text())
+    missing = [key for key in schema_keys(schema)
+               if key not in documented and not any(d.startswith(key + ".") for d in documented)]
+    assert missing == [], f"docs/configuration.md does not name {missing}"
+    assert {"training.recipe", "resources.shape"} <= documented_keys("`training.recipe` `resources.{margin,shape}`")
+
+
+def test_models_page_maps_components_as_the_architecture_table_does():
+    """docs/models.md's component table is ARCHITECTURES written out: every module it names holds
+    that component in that family, and every family is one of its columns."""
+    from dataclasses import replace
+
+    from lnpeft.model.architectures import ARCHITECTURES, COMPONENTS
+
+    columns = {"bert": ("bert", "roberta", "xlm-roberta", "electra"), "deberta-v2": ("deberta-v2",),
+               "distilbert": ("distilbert",), "modernbert": ("modernbert",)}
+    assert sorted(t for ts in columns.values() for t in ts) == sorted(ARCHITECTURES)
+    for model_type, same in columns.items():  # one column, one mapping: only the base model differs
+        for other in same:
+            assert replace(ARCHITECTURES[other], base="") == replace(ARCHITECTURES[model_type], base="")
+    page = (REPO / "docs" / "models.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([\w.]+)` \|(.+)\|$", page, re.M)}
+    assert sorted(rows) == sorted(COMPONENTS)
+    for component, line in rows.items():
+        cells = [c.strip() for c in line.split("|")]
+        assert len(cells) == len(columns), line
+        for model_type, cell in zip(columns, cells):
+            arch = replace(ARCHITECTURES[model_type], n_layers=12)
+            names = [arch.param_name(layer, component, "weight") for layer in (5, 11)]
+            for module in re.findall(r"`([\w.]+)`", cell):
+                assert any(f".{module}.weight" in name for name in names), (component, model_type, module)
+            if any(p.parts > 1 for p in arch.pieces(names[0])):  # a fused tensor: which row block
+                piece = next(p for p in arch.pieces(names[0]) if p.component == component)
+                assert f"row block {piece.part + 1} of {piece.parts}" in cell, (component, model_type)

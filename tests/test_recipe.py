@@ -36,7 +36,7 @@ def test_auto_is_fp32_on_cpu_and_gpu_on_cuda():
     assert (gpu.name, gpu.bf16, gpu.fused_adamw, gpu.pin_memory) == ("gpu", True, True, True)
     on_cpu = resolve("gpu", torch.device("cpu"))
     assert (on_cpu.bf16, on_cpu.fused_adamw, on_cpu.pin_memory) == (True, True, False)
-    with pytest.raises(ValueError, match="--recipe must be one of auto, fp32, gpu"):
+    with pytest.raises(ValueError, match="--recipe must be one of auto, fp32, bf16, gpu"):
         resolve("fp16", torch.device("cpu"))
 
 
@@ -63,3 +63,44 @@ def test_gpu_recipe_on_cpu_alone_and_packed_agrees_with_fp32(toy, tmp_path, monk
         pd.testing.assert_series_equal(got["train_loss"], exact["train_loss"], rtol=BF16_RTOL)
     pd.testing.assert_series_equal(pd.DataFrame(runs[1].rows)["train_loss"], alone_bitfit["train_loss"],
                                    rtol=BF16_RTOL)
+
+
+def test_bf16_where_native_else_fp32_and_said(monkeypatch):
+    from lnpeft.train import recipe
+
+    monkeypatch.setattr(recipe, "native_bf16", lambda: True)
+    native = resolve("bf16", torch.device("cpu"))
+    assert (native.name, native.bf16, native.fused_adamw, native.pin_memory) == ("bf16", True, False, False)
+    assert resolve("bf16", torch.device("cuda")).fused_adamw  # CUDA: the fused optimizer as in `gpu`
+    monkeypatch.setattr(recipe, "native_bf16", lambda: False)
+    emulated = resolve("bf16", torch.device("cpu"))  # autocast would emulate bf16, slower than fp32
+    assert (emulated.name, emulated.bf16) == ("fp32 (bf16 asked; this CPU has no native bf16)", False)
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
+    from lnpeft.train import recipe
+
+    for flags, native in (("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True)):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(recipe, "Path", lambda p, info=info: info if p == "/proc/cpuinfo" else p)
+        recipe.native_bf16.cache_clear()
+        assert recipe.native_bf16() is native, flags
+    recipe.native_bf16.cache_clear()
+
+
+def test_a_bf16_run_is_the_same_run_to_run_and_recorded(toy, tmp_path, monkeypatch):
+    """Deterministic on one machine (forced to the native path, whatever this CPU has: autocast
+    emulates it elsewhere), recorded in run.json, and within bf16's tolerance of fp32."""
+    import json
+
+    from lnpeft.train import recipe
+
+    monkeypatch.setattr(recipe, "native_bf16", lambda: True)
+    a = ft.finetune(cfg(toy, tmp_path / "a", recipe="bf16"))
+    b = ft.finetune(cfg(toy, tmp_path / "b", recipe="bf16"))
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"), check_exact=True)
+    assert (tmp_path / "a" / "predictions.parquet").read_bytes() == (tmp_path / "b" / "predictions.parquet").read_bytes()
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["recipe"] == "bf16"
+    exact = ft.finetune(cfg(toy, tmp_path / "fp32"))
+    pd.testing.assert_frame_equal(a[["train_loss"]], exact[["train_loss"]], rtol=BF16_RTOL)

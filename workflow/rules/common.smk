@@ -200,6 +200,7 @@ def training_params():
         weight_decay=task_param("training", "weight_decay", 0.0),
         max_grad_norm=task_param("training", "max_grad_norm", 1.0),
         compile=compile_flag,
+        recipe=task_param("training", "recipe", "auto"),
     )
 
 
@@ -214,7 +215,8 @@ TRAINING_FLAGS = (
     "--epochs {params.epochs} --batch-size {params.batch_size}"
     " --eval-batch-size {params.eval_batch_size} --max-length {params.max_length}"
     " --warmup-ratio {params.warmup_ratio} --weight-decay {params.weight_decay}"
-    " --max-grad-norm {params.max_grad_norm} --compile {params.compile} --threads {threads}"
+    " --max-grad-norm {params.max_grad_norm} --compile {params.compile} --recipe {params.recipe}"
+    " --threads {threads}"
 )
 # what a single run's rules add: Snakemake's attempt, so a retry of a deterministic failure ends at once
 ATTEMPT_FLAG = " --attempt {resources.attempt}"

@@ -38,13 +38,15 @@ rule finetune_for_drift:
         weight_decay=task_param("training", "weight_decay", 0.0),
         max_grad_norm=task_param("training", "max_grad_norm", 1.0),
         compile=compile_flag,
+        recipe=task_param("training", "recipe", "auto"),
     shell:
         f"{OFFLINE} lnpeft finetune --init {{params.init}} --train {{input.train}} --dev {{input.dev}}"
         " --task {wildcards.task} --method full --lr {params.lr} --seed {params.seed}"
         " --epochs {params.epochs} --batch-size {params.batch_size}"
         " --eval-batch-size {params.eval_batch_size} --max-length {params.max_length} --threads {threads}"
         " --warmup-ratio {params.warmup_ratio} --weight-decay {params.weight_decay}"
-        " --max-grad-norm {params.max_grad_norm} --compile {params.compile} --attempt {resources.attempt}"
+        " --max-grad-norm {params.max_grad_norm} --compile {params.compile} --recipe {params.recipe}"
+        " --attempt {resources.attempt}"
         " --out {output.run} --save-model {output.model} > {log} 2>&1"
 
 

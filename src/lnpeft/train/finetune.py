@@ -71,7 +71,7 @@ class FinetuneConfig:
     compile: str = "auto"
     """auto (torch.compile on CUDA only) | true | false."""
     recipe: str = "auto"
-    """auto | fp32 | gpu (bf16 autocast, fused AdamW, pinned memory): lnpeft.train.recipe."""
+    """auto | fp32 | bf16 (where native) | gpu (bf16 autocast, fused AdamW, pinned memory): lnpeft.train.recipe."""
     mask: Path | None = None
     """Fisher subsets: masks parquet (artifacts "masks")."""
     fraction: float | None = None
@@ -563,7 +563,8 @@ def add_arguments(parser: argparse.ArgumentParser, member: bool = False) -> None
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=d[name].default)
     parser.add_argument("--compile", choices=("auto", "true", "false"), default="auto")
     parser.add_argument("--recipe", choices=RECIPES, default="auto",
-                        help="gpu: bf16 autocast and fused AdamW (also on CPU); fp32; auto: gpu on CUDA, else fp32")
+                        help="fp32 (exact); bf16 (autocast where the device has native bf16, else fp32); gpu: bf16 "
+                             "autocast and fused AdamW (also on CPU); auto: gpu on CUDA, else fp32")
     if not member:
         parser.add_argument("--mask", type=Path, help="fisher: masks parquet")
         parser.add_argument("--save-model", type=Path, help="save the final model here (drift)")
