@@ -94,7 +94,8 @@ FRAMES: dict[str, pd.DataFrame] = {
     "predictions": pd.DataFrame({"split": ["validation", "test"], "idx": [0, 1], "prediction": [1.0, 2.5]}),
     "scores": pd.DataFrame({
         "method": ["bitfit", "layernorm"], "task": ["rte", "stsb"], "split": ["dev", "dev"],
-        "metric": ["accuracy", "pearson"], "value": [0.625, 0.875], "lr": [2.0 ** -10, 2.0 ** -8], "epoch": [3, 7]}),
+        "metric": ["accuracy", "pearson"], "value": [0.625, 0.875], "lr": [2.0 ** -10, 2.0 ** -8], "epoch": [3, 7],
+        "seeds": ["0,1,2", "0"]}),
     "seed_scores": pd.DataFrame({
         "method": ["layernorm", "layernorm"], "task": ["rte", "rte"], "split": ["dev", "dev"],
         "metric": ["accuracy", "accuracy"], "seed": [0, 1], "value": [0.625, 0.5], "lr": [2.0 ** -10] * 2,
@@ -344,11 +345,11 @@ def test_a_wrong_column_names_the_file_column_found_and_expected(tmp_path, case,
 
 def test_a_stage_that_needs_fewer_columns_reads_a_file_without_the_others(tmp_path):
     path = tmp_path / "scores.parquet"
-    FRAMES["scores"].drop(columns=["lr", "epoch"]).to_parquet(path)
+    FRAMES["scores"].drop(columns=["lr", "epoch", "seeds"]).to_parquet(path)
     needed = ["method", "task", "split", "metric", "value"]
     got = read_parquet(path, "scores", columns=needed)
     pd.testing.assert_frame_equal(got, read_parquet(strict(tmp_path, "scores")[0], "scores")[needed])
-    with pytest.raises(ArtifactError, match=r"needs column\(s\) \['lr', 'epoch'\]"):
+    with pytest.raises(ArtifactError, match=r"needs column\(s\) \['lr', 'epoch', 'seeds'\]"):
         read_parquet(path, "scores")
     FRAMES["scores"].drop(columns=["value"]).to_parquet(path)
     with pytest.raises(ArtifactError, match=r"this stage needs scores column\(s\) \['value'\]"):
