@@ -42,7 +42,8 @@ def test_good_config_dry_run(tmp_path):
         assert re.search(rf"^{rule}\s+{count}$", out, re.M), out[-3000:]
 
 
-@pytest.mark.parametrize("overlay", [None, "configs/demo.yaml", "tests/workflow/tiny/config.yaml"])
+@pytest.mark.parametrize("overlay", [None, "configs/demo.yaml", "configs/minilm-converge.yaml",
+                                     "tests/workflow/tiny/config.yaml"])
 def test_shipped_configs_pass_the_schema_check(overlay):
     """check_schema (run before validate() in common.smk) accepts every config the project ships."""
     from pathlib import Path
