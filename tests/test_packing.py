@@ -452,3 +452,40 @@ def test_a_packed_step_moves_nothing_between_host_and_device(tmp_path):
     packed = step(len(sets))
     assert packed.ours("moves") == [] and packed.ours("syncs") == []
     assert len(packed.moves) <= len(one.moves) and len(packed.syncs) <= len(one.syncs) <= 1
+
+
+def _graph_nodes(root) -> set[str]:
+    seen, stack, names = set(), [root], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
+def test_a_packed_random_control_backward_adds_in_a_fixed_order():
+    """The random control's entries are read from the activations with index_select (backward:
+    index_add, in index order) and never with advanced indexing, whose backward on CPU is
+    index_put_ with accumulate: atomic adds across threads, so the trained values' last bits
+    varied from run to run (found by the SLURM-vs-local comparison of a packed random run)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from lnpeft.model.methods import MethodOptions
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    model = BertForSequenceClassification(config)
+    sets = [select(model, "random", MethodOptions(seed=s)) for s in (0, 1)]
+    packing.pack(model, sets)
+    model.train()
+    batch = packing.replicate({"input_ids": torch.randint(5, 60, (4, 12)),
+                               "attention_mask": torch.ones(4, 12, dtype=torch.long)}, len(sets))
+    with packing.batch_rows(2 * 4):
+        loss = model(**batch).logits.float().sum()
+    nodes = _graph_nodes(loss.grad_fn)
+    assert "IndexSelectBackward0" in nodes and "IndexAddBackward0" in nodes  # the random entries' path
+    assert not {"IndexBackward0", "IndexPutBackward0"} & nodes

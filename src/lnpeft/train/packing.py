@@ -137,6 +137,7 @@ def _packed_linear(module: nn.Linear, prefix: str, runs: list[RunParameters]):
         member = torch.cat([torch.full_like(runs[g].indices[w_name], g) for g in sparse])
         rows, cols = idx // module.in_features, idx % module.in_features
         target = member * module.out_features + rows  # row of y viewed as [G * out, rows of a member]
+        source = member * module.in_features + cols  # row of x viewed as [G * in, rows of a member]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         _check_rows(prefix, x)
@@ -148,8 +149,11 @@ def _packed_linear(module: nn.Linear, prefix: str, runs: list[RunParameters]):
             if sparse:
                 values = torch.cat([runs[g].values[w_name] for g in sparse])
                 delta = values - module.weight.detach().reshape(-1)[idx]
-                contrib = xs.transpose(1, 2)[member, cols] * delta.to(xs.dtype).unsqueeze(1)  # (K, rows)
                 g_n, r_n, o_n = y.shape
+                # index_select, not xs[member, cols]: advanced indexing's backward is index_put_ with
+                # accumulate, which on CPU adds with atomics across threads (bits vary run to run)
+                x_rows = xs.transpose(1, 2).reshape(g_n * xs.shape[-1], r_n).index_select(0, source)
+                contrib = x_rows * delta.to(xs.dtype).unsqueeze(1)  # (K, rows)
                 y = (y.transpose(1, 2).reshape(g_n * o_n, r_n).index_add(0, target, contrib.to(y.dtype))
                      .reshape(g_n, o_n, r_n).transpose(1, 2))
         if module.bias is not None:
