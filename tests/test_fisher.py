@@ -12,7 +12,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 from lnpeft.analysis.fisher import compute_fisher, per_sample_loss_sum
-from lnpeft.analysis.grad_sample import GRAD_SAMPLERS, SquaredGradSampler, compute_layer_norm_grad_sample
+from lnpeft.analysis.grad_sample import (SquaredGradSampler, compute_linear_grad_sample, compute_norm_grad_sample,
+                                         get_grad_sampler)
 from lnpeft.cli import main
 from lnpeft.data.artifacts import read_parquet, write_parquet
 from lnpeft.model.architectures import COMPONENTS, for_config, get_architecture
@@ -120,14 +121,15 @@ def test_layer_norm_kernel_skips_frozen_and_matches_autograd():
     ln.bias.requires_grad_(False)
     y = ln(x)
     g = torch.randn_like(y)
-    out = compute_layer_norm_grad_sample(ln, x, g)
+    out = compute_norm_grad_sample(ln, x, g)
     assert set(out) == {ln.weight}
     expected = torch.zeros(5)
     for b in range(3):
         (grad,) = torch.autograd.grad(ln(x[b:b + 1]), ln.weight, g[b:b + 1])
         expected += grad ** 2
     torch.testing.assert_close(out[ln.weight], expected)
-    assert torch.nn.LayerNorm in GRAD_SAMPLERS and torch.nn.Linear in GRAD_SAMPLERS
+    assert get_grad_sampler(ln) is compute_norm_grad_sample
+    assert get_grad_sampler(torch.nn.Linear(2, 2)) is compute_linear_grad_sample
 
 
 def test_sampler_rejects_unknown_layer():

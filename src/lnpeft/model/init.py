@@ -54,18 +54,24 @@ def head_config(spec: TaskSpec) -> dict:
 
 def seeded_init_(model: torch.nn.Module, names: list[str], seed: int) -> None:
     """Re-initialise the named parameters as BERT does (normal(0, initializer_range) weights, zero
-    biases, unit LayerNorm weights) from a generator seeded with `seed`, in sorted name order."""
+    biases, norm weights that leave the input unscaled: 1, Gemma's 0) from a generator seeded with
+    `seed`, in sorted name order."""
+    from lnpeft.model.norms import norm_of
+
     std = float(getattr(model.config, "initializer_range", 0.02))
     gen = torch.Generator().manual_seed(seed)
     params = dict(model.named_parameters())
-    # by module type too: ModernBERT's head has a LayerNorm called `norm`
-    norms = {f"{m}.weight" for m, module in model.named_modules() if isinstance(module, torch.nn.LayerNorm)}
+    # by module class (lnpeft.model.norms): ModernBERT's head has a LayerNorm called `norm`
+    norms = {f"{m}.weight": norm_of(module).unit_weight for m, module in model.named_modules()
+             if norm_of(module) is not None}
     with torch.no_grad():
         for name in sorted(names):
             p = params[name]
             if name.endswith("bias"):
                 p.zero_()
-            elif "LayerNorm" in name or "layer_norm" in name or name in norms:
+            elif name in norms:
+                p.fill_(norms[name])
+            elif "LayerNorm" in name or "layer_norm" in name:
                 p.fill_(1.0)
             else:
                 p.copy_(torch.normal(0.0, std, size=p.shape, generator=gen, dtype=torch.float32))

@@ -9,10 +9,12 @@ model with W_eff. A forward hook on the owning module gives v its gradient, whic
 weight gradient at those k entries only:
 
   Linear weight entry (o, i)   dL/dv = sum over tokens of g[..., o] * x[..., i]
-  LayerNorm weight entry c     dL/dv = sum over tokens of g[..., c] * xhat[..., c]
+  norm weight entry c          dL/dv = sum over tokens of g[..., c] * xhat[..., c]
   bias entry c                 dL/dv = sum over tokens of g[..., c]
 
-(g: gradient of the module's output; x: its input; xhat: the normalised input). The input's own
+(g: gradient of the module's output; x: its input; xhat: the normalised input). Which modules are
+linear layers or norms, and how each stores its weight and normalises, come from
+`lnpeft.model.linears` and `lnpeft.model.norms`. The input's own
 gradient flows through W_eff as usual. AdamW then steps v exactly as it would step W's entries
 under a gradient mask (same gradients, same clipping norm, same decoupled decay), at O(tokens x k)
 cost instead of O(tokens x out x in), and untrained entries are never written.
@@ -24,7 +26,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from lnpeft.model.linears import linear_of
 from lnpeft.model.methods import TrainableSet
+from lnpeft.model.norms import norm_of
 
 
 class _EntryGradients(torch.autograd.Function):
@@ -65,9 +69,11 @@ class PartialTensors:
             p = params[name]
             module_name, kind = name.rsplit(".", 1)
             module = modules.get(module_name)
-            if not isinstance(module, (nn.Linear, nn.LayerNorm)) or kind not in ("weight", "bias"):
-                raise TypeError(f"{name}: sub-tensor training supports Linear and LayerNorm weights and "
-                                f"biases, not {type(module).__name__}.{kind}")
+            if (module is None or (linear_of(module) is None and norm_of(module) is None)
+                    or kind not in ("weight", "bias")):
+                raise TypeError(f"{name}: sub-tensor training supports the weights and biases of the linear "
+                                f"layers of lnpeft.model.linears and the norms of lnpeft.model.norms, not "
+                                f"{type(module).__name__}.{kind}")
             if p.requires_grad:
                 raise ValueError(f"{name}: a partly trained tensor must be frozen (requires_grad=False)")
             idx = idx.to(p.device)
@@ -82,15 +88,12 @@ class PartialTensors:
         # index tensors are fixed: split flat Linear indices into (row, column) once, not per call
         w_name, b_name = entries.get("weight"), entries.get("bias")
         rows = cols = bias_idx = None
+        linear, norm = linear_of(module), norm_of(module)
         if w_name is not None:
             idx = self.indices[w_name]
-            if isinstance(module, nn.Linear):
-                rows, cols = idx // module.in_features, idx % module.in_features
-            else:
-                rows = cols = idx
+            rows, cols = linear.out_in(module, idx) if linear is not None else (idx, idx)
         if b_name is not None:
             bias_idx = self.indices[b_name]
-        layernorm = isinstance(module, nn.LayerNorm)
 
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
             if not torch.is_grad_enabled():
@@ -98,11 +101,9 @@ class PartialTensors:
             x_at = None
             if w_name is not None:  # the input entries the weight gradient needs, tokens x k (small)
                 x = inputs[0].detach()
+                if norm is not None:  # the normalised input, the module's own statistics, no affine part
+                    x = norm.normalise(module, x)
                 x_at = x.reshape(-1, x.shape[-1]).index_select(1, cols).float()
-                if layernorm:  # normalise with the module's own statistics (no affine part)
-                    _, mean, rstd = torch.native_layer_norm(x.float(), module.normalized_shape, None, None,
-                                                            module.eps)
-                    x_at = (x_at - mean.reshape(-1, 1)) * rstd.reshape(-1, 1)
             return _EntryGradients.apply(output, self.values.get(w_name), self.values.get(b_name), x_at,
                                          rows, bias_idx)
 

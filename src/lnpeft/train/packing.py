@@ -3,15 +3,17 @@
 A pack trains G parameter-efficient runs of one (task, seed) in one forward and backward pass over
 G x B rows: the run's batch of B examples repeated G times, member g owning rows g*B..(g+1)*B. The
 frozen weights are held once and applied to all G*B rows in one product. What a member trains lives
-in tensors of its own, applied to its rows only by the Linear and LayerNorm modules it touches:
+in tensors of its own, applied to its rows only by the linear layers and norms it touches
+(`lnpeft.model.linears`, `lnpeft.model.norms`):
 
-  LayerNorm      xhat * gamma_g + beta_g     (gamma_g: the member's whole tensor, or the frozen one
-                                              with the member's trained entries scattered in)
-  Linear bias    x @ W^T + b_g
-  Linear weight  whole (the head): a batched product with W_g; some entries (the random control):
+  norm           xhat * gamma_g + beta_g     (gamma_g: the member's whole tensor, or the frozen one
+                                              with the member's trained entries scattered in;
+                                              Gemma's norms scale by 1 + gamma_g)
+  linear bias    x @ W^T + b_g
+  linear weight  whole (the head): a batched product with W_g; some entries (the random control):
                  x @ W^T plus x's columns at those entries times (v_g - W[entries]), k per member
 
-Members never mix: attention, LayerNorm statistics and the loss stay within an example, so each
+Members never mix: attention, norm statistics and the loss stay within an example, so each
 member's gradients are those of its own run and a member whose loss turns non-finite cannot touch
 the others' numbers.
 
@@ -37,7 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lnpeft.model.linears import linear_of
 from lnpeft.model.methods import TrainableSet
+from lnpeft.model.norms import norm_of
 from lnpeft.model.partial_tensors import PartialTensors
 
 
@@ -125,7 +129,9 @@ def _stacker(runs: list[RunParameters], name: str, base: torch.Tensor) -> Callab
     return stacked
 
 
-def _packed_linear(module: nn.Linear, prefix: str, runs: list[RunParameters]):
+def _packed_linear(module: nn.Module, prefix: str, runs: list[RunParameters]):
+    kind = linear_of(module)
+    out_n, in_n = kind.sizes(module)
     w_name, b_name = f"{prefix}.weight", f"{prefix}.bias"
     whole_weight = any(w_name in r.whole for r in runs)
     weights = _stacker(runs, w_name, module.weight) if whole_weight else None
@@ -135,24 +141,25 @@ def _packed_linear(module: nn.Linear, prefix: str, runs: list[RunParameters]):
     if sparse:  # the random control's entries of every member, as one gather and one index_add
         idx = torch.cat([runs[g].indices[w_name] for g in sparse])
         member = torch.cat([torch.full_like(runs[g].indices[w_name], g) for g in sparse])
-        rows, cols = idx // module.in_features, idx % module.in_features
-        target = member * module.out_features + rows  # row of y viewed as [G * out, rows of a member]
-        source = member * module.in_features + cols  # row of x viewed as [G * in, rows of a member]
+        rows, cols = kind.out_in(module, idx)
+        target = member * out_n + rows  # row of y viewed as [G * out, rows of a member]
+        source = member * in_n + cols  # row of x viewed as [G * in, rows of a member]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         _check_rows(prefix, x)
         xs = x.reshape(len(runs), -1, x.shape[-1])  # (G, rows of one member, in)
         if weights is not None:  # the head: every member its own matrix, one batched product
-            y = torch.bmm(xs, weights().transpose(1, 2).to(xs.dtype))
+            stacked = weights().to(xs.dtype)  # [G, *stored shape]
+            y = torch.bmm(xs, stacked if kind.transposed else stacked.transpose(1, 2))
         else:
-            y = F.linear(xs, module.weight)  # the frozen matrix once, over all G*B rows
+            y = F.linear(xs, kind.weight_out_in(module.weight))  # the frozen matrix once, over all G*B rows
             if sparse:
                 values = torch.cat([runs[g].values[w_name] for g in sparse])
                 delta = values - module.weight.detach().reshape(-1)[idx]
                 g_n, r_n, o_n = y.shape
                 # index_select, not xs[member, cols]: advanced indexing's backward is index_put_ with
                 # accumulate, which on CPU adds with atomics across threads (bits vary run to run)
-                x_rows = xs.transpose(1, 2).reshape(g_n * xs.shape[-1], r_n).index_select(0, source)
+                x_rows = xs.transpose(1, 2).reshape(g_n * in_n, r_n).index_select(0, source)
                 contrib = x_rows * delta.to(xs.dtype).unsqueeze(1)  # (K, rows)
                 y = (y.transpose(1, 2).reshape(g_n * o_n, r_n).index_add(0, target, contrib.to(y.dtype))
                      .reshape(g_n, o_n, r_n).transpose(1, 2))
@@ -164,24 +171,23 @@ def _packed_linear(module: nn.Linear, prefix: str, runs: list[RunParameters]):
     return forward
 
 
-def _packed_layernorm(module: nn.LayerNorm, prefix: str, runs: list[RunParameters]):
+def _packed_norm(module: nn.Module, prefix: str, runs: list[RunParameters]):
+    norm = norm_of(module)
     gamma = _stacker(runs, f"{prefix}.weight", module.weight)
-    beta = _stacker(runs, f"{prefix}.bias", module.bias) if module.bias is not None else None
+    beta = _stacker(runs, f"{prefix}.bias", module.bias) if getattr(module, "bias", None) is not None else None
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         _check_rows(prefix, x)
-        xhat = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
-        xs = xhat.reshape(len(runs), -1, xhat.shape[-1])
-        if beta is None:  # ModernBERT's norms
-            return (xs * gamma().unsqueeze(1)).reshape(x.shape)
-        return (xs * gamma().unsqueeze(1) + beta().unsqueeze(1)).reshape(x.shape)
+        xs = norm.normalise(module, x).reshape(len(runs), -1, x.shape[-1])
+        y = norm.affine(xs, gamma().unsqueeze(1), beta().unsqueeze(1) if beta is not None else None)
+        return y.reshape(x.shape)  # fp32, as nn.LayerNorm gives under autocast
 
     return forward
 
 
 def pack(model: nn.Module, trainables: list[TrainableSet]) -> list[RunParameters]:
     """Freeze `model` and give every trainable set its own tensors, applied to its rows of a packed
-    batch (module doc). Raises TypeError naming a trained tensor that is not a Linear or LayerNorm
+    batch (module doc). Raises TypeError naming a trained tensor that is not a linear layer's or norm's
     weight or bias (packing knows only those; train such a method with pack_size 1)."""
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
@@ -198,12 +204,13 @@ def pack(model: nn.Module, trainables: list[TrainableSet]) -> list[RunParameters
     for prefix in touched:
         module = modules.get(prefix)
         kinds = {n.rsplit(".", 1)[1] for t in trainables for n in t.names if n.rsplit(".", 1)[0] == prefix}
-        if kinds - {"weight", "bias"} or not isinstance(module, (nn.Linear, nn.LayerNorm)):
-            raise TypeError(f"{prefix}: packed training trains Linear and LayerNorm weights and biases, "
-                            f"not {type(module).__name__} {sorted(kinds)}; use training.pack_size 1")
-        if isinstance(module, nn.LayerNorm) and module.weight is None:
-            raise TypeError(f"{prefix}: a LayerNorm without affine parameters cannot be trained")
-        build = _packed_linear if isinstance(module, nn.Linear) else _packed_layernorm
+        linear, norm = (linear_of(module), norm_of(module)) if module is not None else (None, None)
+        if kinds - {"weight", "bias"} or (linear is None and norm is None):
+            raise TypeError(f"{prefix}: packed training trains the weights and biases of linear layers and "
+                            f"norms, not {type(module).__name__} {sorted(kinds)}; use training.pack_size 1")
+        if norm is not None and getattr(module, "weight", None) is None:
+            raise TypeError(f"{prefix}: a norm without affine parameters cannot be trained")
+        build = _packed_linear if linear is not None else _packed_norm
         module.forward = build(module, prefix, runs)  # an instance attribute: hooks still run
     return runs
 
