@@ -15,6 +15,7 @@ from lnpeft.analysis.fisher import component_modules, compute_fisher
 from lnpeft.data.batching import model_inputs
 from lnpeft.model.architectures import ARCHITECTURES, COMPONENTS, for_config, get_architecture
 from lnpeft.model.methods import MethodOptions, count, select
+from lnpeft.model.norms import norm_of
 
 SMALL = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=64,
              max_position_embeddings=64, initializer_range=0.3)
@@ -29,18 +30,38 @@ CONFIGS = {
     # special tokens inside the tiny vocabulary; global attention in layer 0, a 4-token window in layer 1
     "modernbert": {**SMALL, "pad_token_id": 0, "bos_token_id": 1, "cls_token_id": 1, "eos_token_id": 2,
                    "sep_token_id": 2, "local_attention": 4, "global_attn_every_n_layers": 2},
+    # decoders: the classification head reads the last token that is not padding (id 0 here);
+    # grouped-query attention (2 query heads share 1 key/value head) where the family has it
+    **{family: {**SMALL, "num_key_value_heads": 1, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 2,
+                "head_dim": 8, "tie_word_embeddings": False} for family in ("llama", "mistral", "qwen2", "gemma")},
+    "gpt2": dict(n_embd=16, n_layer=2, n_head=2, n_inner=32, vocab_size=64, n_positions=64, initializer_range=0.3,
+                 pad_token_id=0, bos_token_id=2, eos_token_id=2),
 }
+DECODERS = ("llama", "mistral", "qwen2", "gemma", "gpt2")
 # written out by hand per family, independently of lnpeft.model.architectures
 OUTPUT_LN = {"distilbert": "output_layer_norm"}
-LAYER = {"distilbert": "transformer.layer", "modernbert": "layers"}
+LAYER = {"distilbert": "transformer.layer", "modernbert": "layers", **dict.fromkeys(DECODERS, "layers"),
+         "gpt2": "h"}
 HEAD = {"bert": ("classifier.",), "roberta": ("classifier.",), "xlm-roberta": ("classifier.",),
         "electra": ("classifier.",), "deberta-v2": ("pooler.", "classifier."),
-        "distilbert": ("pre_classifier.", "classifier."), "modernbert": ("head.", "classifier.")}
+        "distilbert": ("pre_classifier.", "classifier."), "modernbert": ("head.", "classifier."),
+        **dict.fromkeys(DECODERS, ("score.",))}
 PREFIX = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "electra": "electra",
-          "deberta-v2": "deberta", "distilbert": "distilbert", "modernbert": "model"}
+          "deberta-v2": "deberta", "distilbert": "distilbert", "modernbert": "model",
+          **dict.fromkeys(DECODERS, "model"), "gpt2": "transformer"}
 # ModernBERT (pre-LN, 2 layers): the norms that hand each layer's stream on, and no biases at all
 MODERNBERT_OUTPUT_LN = ("model.layers.1.attn_norm.weight", "model.final_norm.weight")
-KINDS = {"modernbert": ("weight",)}
+# the pre-LN families' output LayerNorms, written out: layer 1's input norm and the final norm
+PRE_LN_OUTPUT = {"modernbert": MODERNBERT_OUTPUT_LN,
+                 **dict.fromkeys(("llama", "mistral", "qwen2", "gemma"),
+                                 ("model.layers.1.input_layernorm.weight", "model.norm.weight")),
+                 "gpt2": ("transformer.h.1.ln_1.weight", "transformer.h.1.ln_1.bias", "transformer.ln_f.weight",
+                          "transformer.ln_f.bias")}
+KINDS = {"modernbert": ("weight",), "llama": ("weight",), "mistral": ("weight",), "gemma": ("weight",)}
+# (component, kind) a family holds more than once per layer, or only for some components
+EXTRA = {f: [("intermediate.dense", "weight")] for f in ("llama", "mistral", "qwen2", "gemma")}  # gate and up
+EXTRA["qwen2"] = EXTRA["qwen2"] + [(c, "bias") for c in COMPONENTS[:3]]  # q, k, v biases only
+KINDS["qwen2"] = ("weight",)
 
 
 def tiny(model_type: str, num_labels: int = 2, seed: int = 0):
@@ -49,10 +70,14 @@ def tiny(model_type: str, num_labels: int = 2, seed: int = 0):
     model = AutoModelForSequenceClassification.from_config(config)
     with torch.no_grad():  # pretrained-like norms (not exactly 1/0), so weight and bias entries differ
         for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
+            if norm_of(module) is not None:
                 for p in module.parameters():
                     p.add_(0.1 * torch.randn_like(p))
     return model.eval()
+
+
+def arch_pool(model, name: str) -> bool:
+    return for_config(model.config).is_encoder(name)
 
 
 def test_every_row_has_a_tiny_model_here():
@@ -66,11 +91,12 @@ def test_row_names_the_models_base_and_its_eight_components(model_type):
     assert arch.base == model.base_model_prefix == PREFIX[model_type]
     pieces = [p for n, _ in model.named_parameters() for p in arch.pieces(n)]
     kinds = KINDS.get(model_type, ("weight", "bias"))
-    assert sorted(p[:3] for p in pieces) == sorted((layer, c, k) for layer in range(2) for c in COMPONENTS
-                                                   for k in kinds)  # each exactly once
+    expected = [(layer, c, k) for layer in range(2) for c in COMPONENTS for k in kinds]
+    expected += [(layer, c, k) for layer in range(2) for c, k in EXTRA.get(model_type, [])]
+    assert sorted(p[:3] for p in pieces) == sorted(expected)  # each once, and what EXTRA adds
     names = {n for n, _ in model.named_parameters()}
-    for layer, component, kind, _, _ in pieces:
-        assert arch.param_name(layer, component, kind) in names
+    for piece in pieces:
+        assert arch.param_name(*piece[:3]) in names
 
 
 def test_modernbert_pieces_are_written_out_by_hand():
@@ -102,9 +128,9 @@ def test_method_counts_equal_a_brute_force_count(model_type):
     ln_suffix = OUTPUT_LN.get(model_type, "output.LayerNorm")
     layer = f"{PREFIX[model_type]}.{LAYER.get(model_type, 'encoder.layer')}."
     ln_re = re.compile(rf"^{re.escape(layer)}\d+\.{re.escape(ln_suffix)}\.(weight|bias)$")
-    if model_type == "modernbert":
-        ln = sum(params[n].numel() for n in MODERNBERT_OUTPUT_LN)
-        assert ln == 2 * 16
+    if model_type in PRE_LN_OUTPUT:
+        ln = sum(params[n].numel() for n in PRE_LN_OUTPUT[model_type])
+        assert ln == len(PRE_LN_OUTPUT[model_type]) * 16
     else:
         ln = sum(p.numel() for n, p in params.items() if ln_re.match(n))
         assert ln == 2 * 2 * 16
@@ -119,8 +145,11 @@ def test_method_counts_equal_a_brute_force_count(model_type):
         assert count(model, method)["trainable"] == n, method
     # the random control draws only inside the encoder (a pre-LN final norm included)
     chosen = select(model, "random", MethodOptions(seed=3))
-    assert all(n.startswith(layer) or n.startswith(HEAD[model_type]) or n == f"{PREFIX[model_type]}.final_norm.weight"
-               for n in chosen.names)
+    pool = {n for n in params if n.startswith(layer) or n in PRE_LN_OUTPUT.get(model_type, ())}
+    if model_type in PRE_LN_OUTPUT:  # layer 0's input norm normalises the embeddings: not a component
+        pool -= {n for n in params if re.match(rf"^{re.escape(layer)}0\.(input_layernorm|ln_1|attn_norm)\.", n)}
+    assert set(chosen.names) - pool <= {n for n in params if n.startswith(HEAD[model_type])}
+    assert {n for n in params if arch_pool(model, n)} == pool
 
 
 @pytest.mark.parametrize("model_type", [m for m in CONFIGS if m != "bert"])  # BERT: tests/test_fisher.py
@@ -131,8 +160,11 @@ def test_batched_fisher_equals_per_sample_loop(model_type, num_labels):
     reference = naive_fisher(model, examples)
     batched, n = compute_fisher(model, padded_batches(examples, batch_size=4))
     assert n == len(examples) and set(batched) == set(reference)
-    # one module per component; ModernBERT: Wqkv holds three, layer 0 has no attn_norm, plus final_norm
-    assert len(component_modules(model)) == (12 if model_type == "modernbert" else 2 * len(COMPONENTS))
+    # one module per component; ModernBERT: Wqkv holds three, layer 0 has no attn_norm, plus final_norm;
+    # Llama's layout: gate and up are both intermediate.dense, plus layer 1's input norm and the final
+    # norm; GPT-2: c_attn holds three, plus layer 1's ln_1 and ln_f
+    modules = {"modernbert": 12, "gpt2": 12, **dict.fromkeys(("llama", "mistral", "qwen2", "gemma"), 18)}
+    assert len(component_modules(model)) == modules.get(model_type, 2 * len(COMPONENTS))
     for name, ref in reference.items():
         got = batched[name]
         if ref.abs().max() < 1e-12:  # key biases: softmax ignores a shift shared by all keys

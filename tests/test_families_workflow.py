@@ -1,5 +1,5 @@
-"""The tiny workflow end to end on tiny random-config encoders of other families, given as a
-`save_pretrained` folder (model.source: folder): every target but the GLUE submission."""
+"""The tiny workflow end to end on tiny random-config encoders and decoders of other families, given
+as a `save_pretrained` folder (model.source: folder): every target but the GLUE submission."""
 
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ def save_tiny_encoder(folder, model_type: str, **extra) -> None:
 
 
 @needs_glue
-@pytest.mark.parametrize("family", ["modernbert", *(pytest.param(f, marks=pytest.mark.slow)
-                                                    for f in ("distilbert", "deberta-v2", "deberta-v3", "electra"))])
+@pytest.mark.parametrize("family", ["modernbert", "llama", "qwen2", "gpt2",
+                                    *(pytest.param(f, marks=pytest.mark.slow) for f in
+                                      ("distilbert", "deberta-v2", "deberta-v3", "electra", "gemma", "mistral"))])
 def test_tiny_workflow_on_another_family(tmp_path, family):
     from transformers import AutoModelForSequenceClassification
 
@@ -49,8 +50,8 @@ def test_tiny_workflow_on_another_family(tmp_path, family):
     if model_type == "deberta-v2":  # its relative position embeddings go through trained modules unbatched:
         overrides["training.pack_size"] = 1  # no packing (test_packing: the clear error it gives)
     methods = ["full", "bitfit", "layernorm", "random"]
-    if model_type == "modernbert":  # no biases: BitFit is refused at start (tests/test_config.py)
-        methods = ["full", "layernorm", "random"]
+    if model_type in ("modernbert", "llama", "gemma", "mistral"):  # no biases: BitFit is refused at start
+        methods = ["full", "layernorm", "random"]                     # (tests/test_config.py)
         overrides |= {"methods": methods, "stats.a": "random"}
     config = write_config(tmp_path, overrides)
     proc = snakemake(tmp_path, config, *FAMILY_TARGETS)
@@ -65,7 +66,7 @@ def test_tiny_workflow_on_another_family(tmp_path, family):
     for method in methods:
         assert table2.loc[method, "percent_of_full"] == pytest.approx(count(model, method)["percent"])
     fisher = read_parquet(results / "fisher" / name / "rte.parquet", "fisher")
-    kinds = 1 if model_type == "modernbert" else 2  # ModernBERT's norms have no bias
+    kinds = 1 if model_type in ("modernbert", "llama", "qwen2", "gemma", "mistral") else 2  # RMSNorm: no bias
     assert len(fisher) == 2 * kinds * 16 and set(fisher["component"]) == {"output.LayerNorm"}
     drift = read_parquet(results / "drift" / name / "stsb.parquet", "drift")
     assert set(drift["component"]) == set(table1["component"]) and (drift["D"] > 0).all()

@@ -296,18 +296,27 @@ def test_a_module_applied_to_a_tensor_the_batch_shares_is_a_clear_error():
         assert bert(input_ids=ids.repeat(2, 1)).logits.shape == (6, 2)
 
 
-def test_a_modernbert_pack_gives_each_member_its_separate_forward():
-    """ModernBERT: norms without a bias, a fused Wqkv, a sliding-window layer and padding. Each
-    member's rows of a packed forward equal the forward of the model holding that member's values."""
+PACK_FAMILIES = {"modernbert": ("layernorm", "random"), "llama": ("layernorm", "random"),
+                 "qwen2": ("layernorm", "bitfit", "random"), "gemma": ("layernorm", "random"),
+                 "gpt2": ("layernorm", "bitfit", "random"), "mistral": ("layernorm", "random")}
+
+
+@pytest.mark.parametrize("family", PACK_FAMILIES)
+def test_a_pack_gives_each_member_its_separate_forward_and_gradients(family):
+    """Pre-LN families: ModernBERT (norms without a bias, a fused Wqkv, a sliding-window layer) and
+    the decoders (RMSNorm, Gemma's 1 + w, GPT-2's Conv1D with its fused c_attn, causal attention
+    read at the last token that is not padding). Each member's rows of a packed forward, and the
+    gradients of its trained tensors, equal those of the model holding that member's values alone."""
     import copy
 
     from test_architectures import tiny
 
     from lnpeft.model.methods import MethodOptions
 
-    model = tiny("modernbert")
+    model = tiny(family)
     reference = copy.deepcopy(model)
-    runs = packing.pack(model, [select(model, "layernorm"), select(model, "random", MethodOptions(seed=1))])
+    sets = [select(model, m, MethodOptions(seed=1)) for m in PACK_FAMILIES[family]]
+    runs = packing.pack(model, sets)
     torch.manual_seed(4)
     with torch.no_grad():  # every member its own values, away from the frozen ones
         for run in runs:
@@ -315,10 +324,12 @@ def test_a_modernbert_pack_gives_each_member_its_separate_forward():
                 p.add_(0.2 * torch.randn_like(p))
     ids = torch.randint(5, 60, (3, 9))
     mask = torch.ones(3, 9, dtype=torch.long)
-    mask[0, 6:] = 0
-    with packing.batch_rows(6):
-        logits = model(input_ids=ids.repeat(2, 1), attention_mask=mask.repeat(2, 1)).logits
-    assert not torch.allclose(logits[:3], logits[3:])  # the members really differ
+    ids[0, 6:], mask[0, 6:] = 0, 0  # id 0: the tiny configs' padding token
+    g_n = len(runs)
+    with packing.batch_rows(3 * g_n):
+        logits = model(input_ids=ids.repeat(g_n, 1), attention_mask=mask.repeat(g_n, 1)).logits
+    logits.pow(2).sum().backward()
+    assert not torch.allclose(logits[:3], logits[3:6])  # the members really differ
     for g, run in enumerate(runs):
         alone = copy.deepcopy(reference)
         params = dict(alone.named_parameters())
@@ -327,8 +338,14 @@ def test_a_modernbert_pack_gives_each_member_its_separate_forward():
                 params[name].copy_(value)
             for name, value in run.values.items():
                 params[name].view(-1)[run.indices[name]] = value
-        torch.testing.assert_close(logits[3 * g:3 * g + 3], alone(input_ids=ids, attention_mask=mask).logits,
-                                   rtol=1e-5, atol=1e-6)
+        expected = alone(input_ids=ids, attention_mask=mask).logits
+        expected.pow(2).sum().backward()
+        torch.testing.assert_close(logits[3 * g:3 * g + 3], expected, rtol=1e-5, atol=1e-6)
+        for name, value in [*run.whole.items(), *run.values.items()]:
+            grad = params[name].grad
+            grad = grad.view(-1)[run.indices[name]] if name in run.values else grad
+            # float rounding, measured against the tensor's largest entry
+            torch.testing.assert_close(value.grad, grad, rtol=1e-4, atol=1e-5 * float(grad.abs().max()), msg=name)
 
 
 def test_a_pack_out_of_memory_halves_and_finishes_as_the_whole_pack(minilm, packed, tmp_path, monkeypatch):

@@ -202,6 +202,68 @@ def test_entry_gradients_are_the_dense_gradients_at_those_entries():
     assert not any(m._forward_hooks for m in model)
 
 
+def _norm_and_linear(norm: str, linear: str) -> nn.Sequential:
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    from transformers.pytorch_utils import Conv1D
+
+    first = nn.Linear(5, 3) if linear == "Linear" else Conv1D(3, 5)  # Conv1D(nf=out, nx=in)
+    make = {"LayerNorm": lambda: nn.LayerNorm(3), "RMSNorm": lambda: nn.RMSNorm(3),
+            "LlamaRMSNorm": lambda: LlamaRMSNorm(3), "GemmaRMSNorm": lambda: GemmaRMSNorm(3)}
+    return nn.Sequential(first, make[norm](), nn.Tanh(), nn.Linear(3, 2))
+
+
+@pytest.mark.parametrize("norm,linear", [("RMSNorm", "Linear"), ("LlamaRMSNorm", "Conv1D"),
+                                         ("GemmaRMSNorm", "Linear"), ("LayerNorm", "Conv1D")])
+def test_entry_gradients_of_every_registered_norm_and_linear_class(norm, linear):
+    """Each class of lnpeft.model.norms and lnpeft.model.linears: a trained value's gradient is
+    the dense gradient of its tensor at that entry (Conv1D's weight is stored [in, out])."""
+    torch.manual_seed(0)
+    model = _norm_and_linear(norm, linear)
+    with torch.no_grad():
+        for p in model[1].parameters():
+            p.add_(torch.randn_like(p))
+    partial = {"0.weight": torch.tensor([0, 2, 4, 7, 14]), "0.bias": torch.tensor([1]), "1.weight": torch.tensor([0, 2])}
+    if norm == "LayerNorm":
+        partial["1.bias"] = torch.tensor([2])
+    dense = copy.deepcopy(model)
+    model.requires_grad_(False)
+    entries = PartialTensors(model, TrainableSet((), partial))
+    x = torch.randn(2, 4, 5)
+    model(x).square().sum().backward()
+    dense(x).square().sum().backward()
+    for name, idx in partial.items():
+        torch.testing.assert_close(entries.values[name].grad,
+                                   dict(dense.named_parameters())[name].grad.reshape(-1)[idx], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gpt2"])
+def test_decoder_random_control_entry_gradients_are_the_dense_ones(family):
+    """The random control on a decoder draws entries of RMSNorm (Gemma's 1 + w), nn.Linear and
+    GPT-2's Conv1D ([in, out]) tensors: each trained value's gradient equals the dense gradient of
+    its tensor at that entry (the classification read at the last token that is not padding)."""
+    from test_architectures import tiny
+
+    base = tiny(family)
+    trainable = select(base, "random", MethodOptions(seed=3))
+    kinds = {type(dict(base.named_modules())[n.rsplit(".", 1)[0]]).__name__ for n in trainable.partial}
+    assert ("Conv1D" if family == "gpt2" else "Linear") in kinds
+    dense = copy.deepcopy(base)
+    model = copy.deepcopy(base)
+    params = in_place(model, trainable)
+    ids = torch.randint(5, 60, (3, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    ids[1, 6:], mask[1, 6:] = 0, 0  # padding (id 0 in the tiny configs)
+    model(input_ids=ids, attention_mask=mask).logits.square().sum().backward()
+    dense(input_ids=ids, attention_mask=mask).logits.square().sum().backward()
+    dense_params = dict(dense.named_parameters())
+    for name, values in params.values.items():
+        full = dense_params[name].grad
+        # float rounding against the tensor's largest gradient (a key bias's is ~0: softmax ignores it)
+        torch.testing.assert_close(values.grad, full.reshape(-1)[trainable.partial[name]], rtol=1e-4,
+                                   atol=1e-5 * float(full.abs().max()), msg=name)
+
+
 def test_unsupported_tensors_are_refused():
     model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
     model.requires_grad_(False)

@@ -1,4 +1,4 @@
-"""Per-architecture parameter naming, keyed by `config.model_type`: a new encoder is a new row.
+"""Per-architecture parameter naming, keyed by `config.model_type`: a new family is a new row.
 
 Everything that needs to know "which tensor is layer 7's output LayerNorm" asks this table, so
 methods, drift, Fisher and masks agree on names. A tensor holds one or more *pieces* of the paper's
@@ -38,16 +38,17 @@ LAYERNORM_CONFIG_KEY = "lnpeft_layernorm"
 
 
 class Piece(NamedTuple):
-    """One component's share of a tensor: rows part/parts along dim 0 (0/1: the whole tensor)."""
+    """One component's share of a tensor: block part/parts along `dim` (0/1: the whole tensor)."""
 
     layer: int
     component: str
     kind: str
     part: int = 0
     parts: int = 1
+    dim: int = 0
 
     def take(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor if self.parts == 1 else tensor.chunk(self.parts, dim=0)[self.part]
+        return tensor if self.parts == 1 else tensor.chunk(self.parts, dim=self.dim)[self.part]
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,18 @@ class Architecture:
     """The base model's attribute inside the *ForSequenceClassification wrapper
     (`model.base_model_prefix`). Every parameter outside it is the task head (always trained):
     BERT's classifier, RoBERTa's and ELECTRA's two-layer classifier, DistilBERT's pre_classifier
-    and classifier, DeBERTa's pooler and classifier, ModernBERT's head and classifier."""
+    and classifier, DeBERTa's pooler and classifier, ModernBERT's head and classifier, the
+    decoders' score."""
     layer_path: str = "encoder.layer"
     renames: tuple[tuple[str, str], ...] = ()
     """(paper component, this family's module path inside a layer) where the family's name differs
-    from BERT's; everything downstream (drift, Fisher, Table 1, figures) speaks the paper's names."""
+    from BERT's; everything downstream (drift, Fisher, Table 1, figures) speaks the paper's names.
+    A component may have several modules (Llama's gate_proj and up_proj are both intermediate.dense)."""
     fused: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    """(module inside a layer, the paper components its weight's equal row blocks hold, in order)."""
+    """(module inside a layer, the paper components its weight's equal output blocks hold, in order)."""
+    fused_dim: int = 0
+    """The weight's output axis, along which `fused` blocks lie: 0 for nn.Linear ([out, in]), 1 for
+    GPT-2's Conv1D ([in, out]); a bias's blocks lie along its only axis."""
     next_layer: tuple[tuple[str, str, str], ...] = ()
     """Pre-LN families: (paper component, module inside layer i+1 that plays its role for layer i,
     module under `base` that plays it for the last layer)."""
@@ -73,6 +79,9 @@ class Architecture:
     """Whether parameter-efficient runs of this family can share a pack (`lnpeft.train.packing`):
     not when a trained module runs on a tensor the batch shares (DeBERTa's relative position
     embeddings), which a pack cannot split into its members' rows."""
+    last_token: bool = False
+    """Sequence classification reads the last token that is not padding (the decoders): the model
+    needs a pad token id, which `lnpeft init` takes from the tokenizer (EOS if it has none)."""
     n_layers: int | None = None
     """Bound by `for_config`; needed only to place a `next_layer` component's last-layer module."""
     layernorm: tuple[str, ...] = (LAYERNORM_COMPONENT,)
@@ -87,9 +96,11 @@ class Architecture:
 
     @cached_property
     def _to_paper(self) -> dict[str, str]:
-        family = dict(self.renames)
+        family: dict[str, list[str]] = {}
+        for component, module in self.renames:
+            family.setdefault(component, []).append(module)
         elsewhere = {c for _, cs in self.fused for c in cs} | {c for c, _, _ in self.next_layer}
-        return {family.get(c, c): c for c in COMPONENTS if c not in elsewhere}
+        return {m: c for c in COMPONENTS if c not in elsewhere for m in family.get(c, [c])}
 
     def pieces(self, name: str) -> list[Piece]:
         """The component pieces a parameter holds ([] for embeddings, pooler, head):
@@ -103,7 +114,8 @@ class Architecture:
                 return [Piece(layer, self._to_paper[module], kind)]
             for fused, components in self.fused:
                 if module == fused:
-                    return [Piece(layer, c, kind, i, len(components)) for i, c in enumerate(components)]
+                    dim = self.fused_dim if kind == "weight" else 0
+                    return [Piece(layer, c, kind, i, len(components), dim) for i, c in enumerate(components)]
             for component, inside, _ in self.next_layer:
                 if module == inside and layer > 0:
                     return [Piece(layer - 1, component, kind)]
@@ -126,8 +138,13 @@ class Architecture:
         return not name.startswith(f"{self.base}.")
 
     def is_encoder(self, name: str) -> bool:
-        """Inside the encoder layers, or a component piece outside them (a pre-LN final norm)."""
-        return name.startswith(f"{self.base}.{self.layer_path}.") or bool(self.pieces(name))
+        """Inside the encoder layers, or a component piece outside them (a pre-LN final norm): the
+        random control's pool. Not a pre-LN layer 0's input norm, which normalises the embeddings
+        as BERT's embedding LayerNorm does."""
+        if self.pieces(name):
+            return True
+        m = self._layer_re.match(name)
+        return m is not None and all(m.group(2) != inside for _, inside, _ in self.next_layer)
 
     def is_layernorm(self, name: str) -> bool:
         return any(p.component in self.layernorm for p in self.pieces(name))
@@ -142,7 +159,29 @@ class Architecture:
                 if self.n_layers is not None and layer == self.n_layers - 1:
                     return f"{self.base}.{last}.{kind}"
                 return f"{self.base}.{self.layer_path}.{layer + 1}.{inside}.{kind}"
-        return f"{self.base}.{self.layer_path}.{layer}.{dict(self.renames).get(component, component)}.{kind}"
+        module = next((m for c, m in self.renames if c == component), component)
+        return f"{self.base}.{self.layer_path}.{layer}.{module}.{kind}"
+
+
+def _decoder(**kwargs: Any) -> Architecture:
+    """The Llama layout (Mistral, Qwen2, Gemma share it): q/k/v/o projections, a gated MLP whose
+    gate and up projections are both intermediate.dense."""
+    return Architecture(
+        base="model", layer_path="layers",
+        renames=(
+            ("attention.self.query", "self_attn.q_proj"),
+            ("attention.self.key", "self_attn.k_proj"),
+            ("attention.self.value", "self_attn.v_proj"),
+            ("attention.output.dense", "self_attn.o_proj"),
+            ("attention.output.LayerNorm", "post_attention_layernorm"),
+            ("intermediate.dense", "mlp.gate_proj"),
+            ("intermediate.dense", "mlp.up_proj"),
+            ("output.dense", "mlp.down_proj"),
+        ),
+        next_layer=(("output.LayerNorm", "input_layernorm", "norm"),),
+        last_token=True,
+        **kwargs,
+    )
 
 
 # keyed by config.model_type
@@ -182,6 +221,28 @@ ARCHITECTURES: dict[str, Architecture] = {
         fused=(("attn.Wqkv", ("attention.self.query", "attention.self.key", "attention.self.value")),),
         next_layer=(("output.LayerNorm", "attn_norm", "final_norm"),),
         bias_switches=(("attention_bias", False), ("mlp_bias", False), ("norm_bias", False)),
+    ),
+    # Decoders (sequence classification reads the last non-padding token; the head is `score`).
+    # Pre-LN as ModernBERT: layer i+1's input norm plays layer i's output LayerNorm (the last
+    # layer's: the final norm), the norm before the MLP plays attention.output.LayerNorm, and layer
+    # 0's input norm normalises the embeddings (BERT's embedding LayerNorm: not a component).
+    "llama": _decoder(bias_switches=(("attention_bias", False), ("mlp_bias", False))),
+    "mistral": _decoder(bias_switches=(("attention_bias", False),)),  # no key: never biases
+    "qwen2": _decoder(),  # biases on q, k and v, always
+    "gemma": _decoder(bias_switches=(("attention_bias", False),)),  # RMSNorm scaling by 1 + w
+    # GPT-2: c_attn is a Conv1D ([in, 3 x hidden]) whose column thirds are query, key and value
+    "gpt2": Architecture(
+        base="transformer", layer_path="h",
+        renames=(
+            ("attention.output.dense", "attn.c_proj"),
+            ("attention.output.LayerNorm", "ln_2"),
+            ("intermediate.dense", "mlp.c_fc"),
+            ("output.dense", "mlp.c_proj"),
+        ),
+        fused=(("attn.c_attn", ("attention.self.query", "attention.self.key", "attention.self.value")),),
+        fused_dim=1,
+        next_layer=(("output.LayerNorm", "ln_1", "ln_f"),),
+        last_token=True,
     ),
 }
 

@@ -95,6 +95,25 @@ def load_seeded(checkpoint: Path | str, spec: TaskSpec, seed: int):
     return model, missing
 
 
+def ensure_pad_token(model: torch.nn.Module, tokenizer, checkpoint: Path | str) -> dict:
+    """Batches are padded with the tokenizer's pad token, and a decoder's classification reads the
+    last token that is not padding (`Architecture.last_token`), so such a model needs one: a
+    tokenizer without one gets its EOS, and config.json's pad_token_id follows the tokenizer.
+    Returns what was done, for init.json."""
+    from lnpeft.model.architectures import for_config
+
+    added = None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"{checkpoint}: the tokenizer has neither a pad nor an EOS token; give it one "
+                             "(tokenizer.pad_token = ...; tokenizer.save_pretrained(...)) and cache it again")
+        tokenizer.pad_token = added = tokenizer.eos_token
+    if for_config(model.config).last_token and model.config.pad_token_id != tokenizer.pad_token_id:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return {"pad_token": tokenizer.pad_token, "pad_token_id": tokenizer.pad_token_id, "pad_token_from_eos": bool(added),
+            "padding_side": tokenizer.padding_side}
+
+
 def make_init(cfg: InitConfig) -> dict:
     """Verify the checkpoint, build the seeded model, save model + tokenizer + init.json atomically."""
     from transformers import AutoTokenizer
@@ -107,6 +126,7 @@ def make_init(cfg: InitConfig) -> dict:
         setattr(model.config, LAYERNORM_CONFIG_KEY, list(layernorm))
     select(model, "layernorm")  # a set this family lacks fails here, before any training job
     tokenizer = AutoTokenizer.from_pretrained(cfg.checkpoint)
+    padding = ensure_pad_token(model, tokenizer, cfg.checkpoint)
     with atomic_dir(cfg.out) as tmp:  # the folder appears complete or not at all
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -116,6 +136,7 @@ def make_init(cfg: InitConfig) -> dict:
             "checkpoint": str(cfg.checkpoint),
             "checkpoint_manifest_sha256": manifest_sha256(cfg.checkpoint),
             "new_weights": missing,
+            "padding": padding,
             "options": asdict(cfg) | {"out": None},
             # what verify_init re-checks before Fisher, drift and fine-tuning load the folder
             "files": {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
