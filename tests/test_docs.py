@@ -131,11 +131,13 @@ def test_models_page_maps_components_as_the_architecture_table_does():
     from lnpeft.model.architectures import ARCHITECTURES, COMPONENTS
 
     columns = {"bert": ("bert", "roberta", "xlm-roberta", "electra"), "deberta-v2": ("deberta-v2",),
-               "distilbert": ("distilbert",), "modernbert": ("modernbert",)}
+               "distilbert": ("distilbert",), "modernbert": ("modernbert",),
+               "llama": ("llama", "mistral", "qwen2", "gemma"), "gpt2": ("gpt2",)}
     assert sorted(t for ts in columns.values() for t in ts) == sorted(ARCHITECTURES)
-    for model_type, same in columns.items():  # one column, one mapping: only the base model differs
+    for model_type, same in columns.items():  # one column, one mapping: only the base model and biases differ
         for other in same:
-            assert replace(ARCHITECTURES[other], base="") == replace(ARCHITECTURES[model_type], base="")
+            assert (replace(ARCHITECTURES[other], base="", bias_switches=(), packable=True)
+                    == replace(ARCHITECTURES[model_type], base="", bias_switches=(), packable=True))
     page = (REPO / "docs" / "models.md").read_text()
     rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([\w.]+)` \|(.+)\|$", page, re.M)}
     assert sorted(rows) == sorted(COMPONENTS)
@@ -145,8 +147,10 @@ def test_models_page_maps_components_as_the_architecture_table_does():
         for model_type, cell in zip(columns, cells):
             arch = replace(ARCHITECTURES[model_type], n_layers=12)
             names = [arch.param_name(layer, component, "weight") for layer in (5, 11)]
+            names += [f"{arch.base}.{arch.layer_path}.5.{m}.weight" for c, m in arch.renames if c == component]
             for module in re.findall(r"`([\w.]+)`", cell):
                 assert any(f".{module}.weight" in name for name in names), (component, model_type, module)
             if any(p.parts > 1 for p in arch.pieces(names[0])):  # a fused tensor: which row block
                 piece = next(p for p in arch.pieces(names[0]) if p.component == component)
-                assert f"row block {piece.part + 1} of {piece.parts}" in cell, (component, model_type)
+                axis = "column" if piece.dim == 1 else "row"
+                assert f"{axis} block {piece.part + 1} of {piece.parts}" in cell, (component, model_type)
