@@ -278,3 +278,30 @@ def test_a_layernorm_set_of_both_norms_is_read_from_config_json(tmp_path, model_
     setattr(model.config, LAYERNORM_CONFIG_KEY, ["intermediate.dense"])
     with pytest.raises(ValueError, match="lnpeft_layernorm: the LayerNorm set must be .* got \\['intermediate.dense'\\]"):
         select(model, "layernorm")
+
+
+def test_a_7b_random_draw_allocates_only_the_entries_it_draws():
+    """A Llama-7B-sized model on the meta device (no weights exist): the random control draws its
+    139,264 entries out of 6.6e9 without a permutation of all of them (that would be 53 GB)."""
+    import tracemalloc
+
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=32, vocab_size=32000, num_labels=2, pad_token_id=0)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    tracemalloc.start()
+    try:
+        chosen = select(model, "random", MethodOptions(seed=0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    params = dict(model.named_parameters())
+    assert sum(p.numel() for p in params.values()) > 6.5e9
+    drawn = sum(int(i.numel()) for i in chosen.partial.values())
+    assert drawn + sum(params[n].numel() for n in chosen.whole) == count(model, "layernorm")["trainable"]
+    assert drawn == 32 * 4096 and len(chosen.partial) > 100  # spread over the layers' tensors
+    for name, idx in chosen.partial.items():
+        assert idx.unique().numel() == idx.numel() and 0 <= int(idx.min()) and int(idx.max()) < params[name].numel()
+    assert peak < 64e6, f"the draw allocated {peak / 1e6:.0f} MB"
