@@ -305,3 +305,22 @@ def test_a_7b_random_draw_allocates_only_the_entries_it_draws():
     for name, idx in chosen.partial.items():
         assert idx.unique().numel() == idx.numel() and 0 <= int(idx.min()) and int(idx.max()) < params[name].numel()
     assert peak < 64e6, f"the draw allocated {peak / 1e6:.0f} MB"
+
+
+def test_every_registered_norm_and_linear_class_exists():
+    """The tables are keyed by qualified class names (a look-up imports nothing): a misspelt key
+    would never match, so each must name a real class, and an instance must find its entry."""
+    import importlib
+
+    from lnpeft.model.class_table import qualified_name
+    from lnpeft.model.linears import LINEARS, linear_of
+    from lnpeft.model.norms import NORMS, norm_of
+
+    for table, find in ((NORMS, norm_of), (LINEARS, linear_of)):
+        for name, entry in table.items():
+            module, _, cls_name = name.rpartition(".")
+            cls = getattr(importlib.import_module(module), cls_name)
+            assert qualified_name(cls) == name
+            instance = cls.__new__(cls)  # no __init__: the look-up reads the class only
+            assert find(instance) is entry
+    assert norm_of(torch.nn.Linear(2, 2)) is None and linear_of(torch.nn.LayerNorm(2)) is None

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lnpeft.model.class_table import lookup
+
 
 @dataclass(frozen=True)
 class LinearKind:
@@ -50,8 +52,4 @@ def register_linear(qualified_name: str, kind: LinearKind) -> None:
 
 def linear_of(module: nn.Module) -> LinearKind | None:
     """The entry of `module`'s class (or of its nearest registered base class); None otherwise."""
-    for cls in type(module).__mro__:
-        found = LINEARS.get(f"{cls.__module__}.{cls.__qualname__}")
-        if found is not None:
-            return found
-    return None
+    return lookup(LINEARS, module)

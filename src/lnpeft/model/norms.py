@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lnpeft.model.class_table import lookup
+
 
 @dataclass(frozen=True)
 class Norm:
@@ -73,8 +75,4 @@ def register_norm(qualified_name: str, norm: Norm) -> None:
 
 def norm_of(module: nn.Module) -> Norm | None:
     """The entry of `module`'s class (or of its nearest registered base class); None if not a norm."""
-    for cls in type(module).__mro__:
-        found = NORMS.get(f"{cls.__module__}.{cls.__qualname__}")
-        if found is not None:
-            return found
-    return None
+    return lookup(NORMS, module)
