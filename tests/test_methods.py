@@ -167,6 +167,7 @@ def test_masks_are_boolean_views_of_the_indices():
 def test_unknown_model_type_and_method():
     with pytest.raises(ValueError, match="unknown method"):
         methods.select(tiny_bert(), "lora")
-    config = AutoConfig.for_model("gpt2", n_layer=1, n_embd=16, n_head=2, vocab_size=50)
-    with pytest.raises(ValueError, match="gpt2.*ARCHITECTURES"):
+    config = AutoConfig.for_model("opt", num_hidden_layers=1, hidden_size=16, num_attention_heads=2, ffn_dim=32,
+                                  word_embed_proj_dim=16, vocab_size=50)
+    with pytest.raises(ValueError, match="'opt' is not supported.*ARCHITECTURES"):
         methods.select(meta(config), "layernorm")
