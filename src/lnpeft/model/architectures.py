@@ -27,6 +27,9 @@ COMPONENTS: tuple[str, ...] = (
 )
 """The eight per-layer components of Table 1 and Figure 1, in forward order."""
 
+QKV: tuple[str, ...] = COMPONENTS[:3]
+"""Query, key and value: the components a fused attention projection holds, in order."""
+
 LAYERNORM_COMPONENT = "output.LayerNorm"
 """The paper's "LayerNorm": each layer's output LayerNorm (not the attention-output one)."""
 
@@ -218,7 +221,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             ("intermediate.dense", "mlp.Wi"),
             ("output.dense", "mlp.Wo"),
         ),
-        fused=(("attn.Wqkv", ("attention.self.query", "attention.self.key", "attention.self.value")),),
+        fused=(("attn.Wqkv", QKV),),
         next_layer=(("output.LayerNorm", "attn_norm", "final_norm"),),
         bias_switches=(("attention_bias", False), ("mlp_bias", False), ("norm_bias", False)),
     ),
@@ -239,7 +242,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             ("intermediate.dense", "mlp.c_fc"),
             ("output.dense", "mlp.c_proj"),
         ),
-        fused=(("attn.c_attn", ("attention.self.query", "attention.self.key", "attention.self.value")),),
+        fused=(("attn.c_attn", QKV),),
         fused_dim=1,
         next_layer=(("output.LayerNorm", "ln_1", "ln_f"),),
         last_token=True,

@@ -62,8 +62,8 @@ def seeded_init_(model: torch.nn.Module, names: list[str], seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     params = dict(model.named_parameters())
     # by module class (lnpeft.model.norms): ModernBERT's head has a LayerNorm called `norm`
-    norms = {f"{m}.weight": norm_of(module).unit_weight for m, module in model.named_modules()
-             if norm_of(module) is not None}
+    norms = {f"{m}.weight": norm.unit_weight for m, module in model.named_modules()
+             if (norm := norm_of(module)) is not None}
     with torch.no_grad():
         for name in sorted(names):
             p = params[name]
