@@ -273,3 +273,45 @@ def test_full_task_folders_from_real_train_rows(tmp_path, task, folder, drop):
     text_cols = ("sentence1", "sentence2") if task == "mnli" else ("question1", "question2")
     first = dict(zip(head, src[1].split("\t")))
     assert (dev["text_a"].iloc[0], dev["text_b"].iloc[0]) == tuple(first[c] for c in text_cols)
+
+
+@needs_glue
+def test_held_out_dev_and_test_from_the_training_file(tmp_path):
+    """QQP here has only train.tsv: data.held_out takes its dev and test splits from seeded, disjoint
+    training rows that are no longer trained on, without reading (or needing) their files."""
+    (tmp_path / "QQP").mkdir()
+    (tmp_path / "QQP" / "train.tsv").write_bytes((GLUE / "QQP" / "train.tsv").read_bytes())
+    cfg = DataConfig("qqp", str(tmp_path / "out"), glue_dir=str(tmp_path), subsample_train=1000,
+                     held_out_validation=400, held_out_test=100, seed=3)
+    manifest = prepare(cfg)
+    out = {s: read_parquet(tmp_path / "out" / f"{s}.parquet", "data") for s in ("train", "validation", "test")}
+    assert {s: len(df) for s, df in out.items()} == {"train": 1000, "validation": 400, "test": 100}
+    ids = {s: set(df["idx"]) for s, df in out.items()}
+    assert not ids["train"] & ids["validation"] and not ids["train"] & ids["test"]
+    assert not ids["validation"] & ids["test"]
+    source = pd.read_csv(GLUE / "QQP" / "train.tsv", sep="\t", quoting=3, keep_default_na=False).set_index("id")
+    for df in out.values():  # real rows, labels kept (the held-out test split is scored by Table 3)
+        assert df["label"].notna().all()
+        assert (source.loc[df["idx"], "question1"].to_numpy() == df["text_a"].to_numpy()).all()
+        assert (source.loc[df["idx"], "is_duplicate"].to_numpy() == df["label"].to_numpy()).all()
+        assert (np.diff(source.index.get_indexer(df["idx"])) > 0).all()  # in file order
+    assert manifest["splits"]["validation"]["held_out_from"] == "train"
+    assert manifest["splits"]["train"]["held_out"] == {"validation": 400, "test": 100}
+    assert list(manifest["splits"]) == ["train", "validation", "test"]
+    again = prepare(DataConfig(**{**cfg.__dict__, "out": str(tmp_path / "again")}))
+    assert again["splits"] == manifest["splits"]
+    for s in out:  # the same seed gives the same rows
+        assert read_parquet(tmp_path / "again" / f"{s}.parquet", "data").equals(out[s])
+    # the held-out rows do not depend on the training cap
+    other = DataConfig(**{**cfg.__dict__, "out": str(tmp_path / "other"), "subsample_train": 50})
+    prepare(other)
+    assert read_parquet(tmp_path / "other" / "validation.parquet", "data").equals(out["validation"])
+
+
+@needs_glue
+def test_held_out_refuses_what_it_cannot_do(tmp_path):
+    with pytest.raises(ValueError, match=r"mnli: held_out validation needs a task with one validation split, it has 2"):
+        prepare(DataConfig("mnli", str(tmp_path / "m"), glue_dir=str(GLUE), held_out_validation=10))
+    with pytest.raises(ValueError, match=r"RTE/train.tsv: held_out asks for 3000 rows of a training file of 2490"):
+        prepare(DataConfig("rte", str(tmp_path / "r"), glue_dir=str(GLUE), held_out_validation=3000))
+    assert not (tmp_path / "r").exists()  # nothing written

@@ -114,7 +114,19 @@ def get_glue_files(wildcards):
         return []
     from lnpeft.data.glue_tsv import split_file
 
-    return [str(split_file(glue_dir(), spec, s)) for s in spec.splits]
+    held = held_out_splits(wildcards.task)
+    return [str(split_file(glue_dir(), spec, s)) for s in spec.splits if s not in held]
+
+
+def held_out_caps(task):
+    """The task's data.held_out: {validation: N, test: M} rows taken from its training file."""
+    return {k: n for k, n in TASK_CONFIG.get(task, config)["data"].get("held_out", {}).items() if n is not None}
+
+
+def held_out_splits(task):
+    """The task's splits made of held-out training rows: their own files are not read."""
+    spec, caps = get_task(task), held_out_caps(task)
+    return [*(spec.dev_splits if "validation" in caps else ()), *(spec.test_splits if "test" in caps else ())]
 
 
 def prepare_data_source_flags(wildcards):
@@ -133,6 +145,11 @@ def prepare_data_subsample_flags(wildcards):
     (tasks the run only reads, such as WNLI and AX for the submission, take the global caps)."""
     caps = TASK_CONFIG.get(wildcards.task, config)["data"].get("subsample", {})
     return " ".join(f"--subsample-{k} {n}" for k, n in sorted(caps.items()) if n is not None)
+
+
+def prepare_data_held_out_flags(wildcards):
+    """--held-out-{validation,test} N: dev/test rows taken from the training file (data.held_out)."""
+    return " ".join(f"--held-out-{k} {n}" for k, n in sorted(held_out_caps(wildcards.task).items()))
 
 
 def init_dir(task, seed):

@@ -22,6 +22,7 @@ rule prepare_glue:
     params:
         source=prepare_data_source_flags,
         subsample=prepare_data_subsample_flags,
+        held_out=prepare_data_held_out_flags,
         max_bad_rows=lookup(dpath="data/max_bad_rows", within=config, default=0),
         empty_text=lookup(dpath="data/empty_text", within=config, default="report"),
         seed=lookup(dpath="data/seed", within=config, default=0),
@@ -29,7 +30,7 @@ rule prepare_glue:
     shell:
         "lnpeft prepare-data --task {wildcards.task} {params.source} --out {params.out}"
         " --max-bad-rows {params.max_bad_rows} --empty-text {params.empty_text}"
-        " {params.subsample} --seed {params.seed} > {log} 2>&1"
+        " {params.subsample} {params.held_out} --seed {params.seed} > {log} 2>&1"
 
 
 use rule prepare_glue as prepare_glue_mnli with:

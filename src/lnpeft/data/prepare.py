@@ -6,6 +6,11 @@ files, lnpeft.data.user_tasks) into typed parquet.
 on test) and `MANIFEST.json`: the source and its sha256s, per split the rows read, kept and
 skipped (file and line), empty texts, and the seeded subsample. Every split is read and checked
 before anything is written, so a failure leaves no parquet behind.
+
+`--held-out-validation N` / `--held-out-test M` (config `data.held_out`) take a task's dev or test
+split from its training file instead of the split's own file, for a copy of GLUE that has only a
+training file (QQP and MNLI in a partial glue_data/): N (and M) seeded training rows, disjoint, no
+longer trained on; the training subsample is drawn from the rows left. The manifest records it.
 """
 
 from __future__ import annotations
@@ -46,13 +51,18 @@ class DataConfig:
     """Rows kept of each test split."""
     seed: int = 0
     """Seed of the subsampling."""
+    held_out_validation: int | None = None
+    """Rows of the training file held out as the dev split (its file is not read)."""
+    held_out_test: int | None = None
+    """Rows of the training file held out as the test split, labels kept (its file is not read)."""
 
     def __post_init__(self) -> None:
         if self.empty_text not in ("report", "error"):
             raise ValueError(f"empty_text must be 'report' or 'error', not {self.empty_text!r}")
         if self.max_bad_rows < 0:
             raise ValueError(f"max_bad_rows must be >= 0, not {self.max_bad_rows}")
-        for name in ("subsample_train", "subsample_validation", "subsample_test"):
+        for name in ("subsample_train", "subsample_validation", "subsample_test", "held_out_validation",
+                     "held_out_test"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (or omitted for all rows), not {value}")
@@ -77,6 +87,36 @@ def subsample_positions(n: int, size: int | None, seed: int, split: str) -> np.n
     return np.sort(rng.choice(n, size=size, replace=False))
 
 
+def held_out_sizes(cfg: DataConfig, spec: TaskSpec) -> dict[str, int]:
+    """split -> rows it takes from the training file (none unless asked)."""
+    asked = {"validation": cfg.held_out_validation, "test": cfg.held_out_test}
+    sizes = {}
+    for kind, splits in (("validation", spec.dev_splits), ("test", spec.test_splits)):
+        if asked[kind] is None:
+            continue
+        if len(splits) != 1:
+            raise ValueError(f"{spec.name}: held_out {kind} needs a task with one {kind} split, it has "
+                             f"{len(splits)} ({', '.join(splits)}); give their files instead")
+        sizes[splits[0]] = asked[kind]
+    return sizes
+
+
+def hold_out(train: pd.DataFrame, sizes: dict[str, int], seed: int,
+             where: str) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Seeded disjoint row sets of `train` (each in file order) for the held-out splits, and the
+    rows left to train on; the draw does not depend on the later subsample."""
+    need = sum(sizes.values())
+    if need >= len(train):
+        raise ValueError(f"{where}: held_out asks for {need} rows of a training file of {len(train)} rows; "
+                         "leave some to train on (lower data.held_out)")
+    order = np.random.default_rng([seed, zlib.crc32(b"held_out")]).permutation(len(train))
+    out, start = {}, 0
+    for split, n in sizes.items():
+        out[split] = train.iloc[np.sort(order[start:start + n])].reset_index(drop=True)
+        start += n
+    return out, train.iloc[np.sort(order[start:])].reset_index(drop=True)
+
+
 def _frame(spec: TaskSpec, idx, text_a, text_b, label) -> pd.DataFrame:
     """The data artifact's columns with its types: Int64 labels for classification, float64 STS-B."""
     dtype = "float64" if spec.is_regression else "Int64"
@@ -88,9 +128,9 @@ def _frame(spec: TaskSpec, idx, text_a, text_b, label) -> pd.DataFrame:
     })
 
 
-def _read_tsv(cfg: DataConfig, spec: TaskSpec) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+def _read_tsv(cfg: DataConfig, spec: TaskSpec, wanted: list[str]) -> tuple[dict[str, pd.DataFrame], dict, dict]:
     frames, splits, files = {}, {}, {}
-    for split in spec.splits:
+    for split in wanted:
         part = glue_tsv.read_split(cfg.glue_dir, spec, split, max_bad_rows=cfg.max_bad_rows)
         if cfg.empty_text == "error" and part.empty_text:
             column, lines = next(iter(part.empty_text.items()))
@@ -112,7 +152,7 @@ def _read_tsv(cfg: DataConfig, spec: TaskSpec) -> tuple[dict[str, pd.DataFrame],
     return frames, splits, source
 
 
-def _read_hub(cfg: DataConfig, spec: TaskSpec) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+def _read_hub(cfg: DataConfig, spec: TaskSpec, wanted: list[str]) -> tuple[dict[str, pd.DataFrame], dict, dict]:
     import datasets  # heavy import, only for this source
 
     try:
@@ -123,7 +163,7 @@ def _read_hub(cfg: DataConfig, spec: TaskSpec) -> tuple[dict[str, pd.DataFrame],
             "(offline? set data.source: tsv with a glue_data/ folder, or a local data.hub_path)"
         ) from err
     frames, splits = {}, {}
-    for split in spec.splits:
+    for split in wanted:
         if split not in ds:
             raise ValueError(
                 f"{cfg.hub_path} config {spec.name!r} has no split {split!r} (it has {list(ds)})"
@@ -153,15 +193,15 @@ def _read_hub(cfg: DataConfig, spec: TaskSpec) -> tuple[dict[str, pd.DataFrame],
         frames[split] = _frame(spec, df["idx"].tolist(), df[spec.text_columns[0]].tolist(), text_b,
                                label.tolist() if spec.is_regression else label)
         splits[split] = {"rows_read": len(df), "rows_valid": len(df), "skipped": [], "empty_text": empty}
-    fingerprints = {s: getattr(ds[s], "_fingerprint", None) for s in spec.splits}
+    fingerprints = {s: getattr(ds[s], "_fingerprint", None) for s in wanted}
     source = {"kind": "hub", "hub_path": cfg.hub_path, "fingerprints": fingerprints}
     return frames, splits, source
 
 
-def _read_user(cfg: DataConfig, spec: TaskSpec) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+def _read_user(cfg: DataConfig, spec: TaskSpec, wanted: list[str]) -> tuple[dict[str, pd.DataFrame], dict, dict]:
     src = user_tasks.source(spec.name)
     frames, splits, files = {}, {}, {}
-    for split in spec.splits:
+    for split in wanted:
         part = user_tasks.read_split(spec, src, split)
         if cfg.empty_text == "error" and part.empty_text:
             column, where = next(iter(part.empty_text.items()))
@@ -195,7 +235,19 @@ def prepare(cfg: DataConfig) -> dict:
         reader = _read_tsv
     else:
         reader = _read_hub
-    frames, splits, source = reader(cfg, spec)
+    held = held_out_sizes(cfg, spec)
+    frames, splits, source = reader(cfg, spec, [s for s in spec.splits if s not in held])
+    if held:  # the held-out splits from the training rows, the training split from the rest
+        train = spec.train_split
+        parts, frames[train] = hold_out(frames[train], held, cfg.seed,
+                                        splits[train].get("file", f"{spec.name}/{train}"))
+        splits[train]["held_out"] = dict(held)
+        for split, df in parts.items():
+            frames[split] = df
+            splits[split] = {"held_out_from": train, "rows_read": len(df), "rows_valid": len(df),
+                             "skipped": [], "empty_text": {}}
+        frames = {s: frames[s] for s in spec.splits}  # the task's split order
+        splits = {s: splits[s] for s in spec.splits}
     out = Path(cfg.out)
     kept = {}
     for split, df in frames.items():
@@ -234,6 +286,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subsample-validation", type=int, default=None)
     parser.add_argument("--subsample-test", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="seed of the subsampling")
+    parser.add_argument("--held-out-validation", type=int, default=None,
+                        help="take the dev split from this many training rows (its file is not read)")
+    parser.add_argument("--held-out-test", type=int, default=None,
+                        help="take the test split from this many training rows, labels kept")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -247,9 +303,13 @@ def run(args: argparse.Namespace) -> int:
         hub_path=args.hub_path, max_bad_rows=args.max_bad_rows, empty_text=args.empty_text,
         subsample_train=args.subsample_train, subsample_validation=args.subsample_validation,
         subsample_test=args.subsample_test, seed=args.seed,
+        held_out_validation=args.held_out_validation, held_out_test=args.held_out_test,
     )
     manifest = prepare(cfg)
     for split, info in manifest["splits"].items():
+        if "held_out_from" in info:
+            print(f"{cfg.task}/{split}: {info['rows_kept']} rows held out of {info['held_out_from']}")
+            continue
         print(f"{cfg.task}/{split}: read {info['rows_read']}, kept {info['rows_kept']}, "
               f"skipped {len(info['skipped'])}")
     return 0
