@@ -19,6 +19,8 @@ from lnpeft.model.norms import norm_of
 
 SMALL = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=64,
              max_position_embeddings=64, initializer_range=0.3)
+GATED = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text")
+"""The decoders of the Llama layout (gated MLP, RMSNorm)."""
 CONFIGS = {
     "bert": SMALL,
     "roberta": {**SMALL, "pad_token_id": 1},
@@ -33,11 +35,11 @@ CONFIGS = {
     # decoders: the classification head reads the last token that is not padding (id 0 here);
     # grouped-query attention (2 query heads share 1 key/value head) where the family has it
     **{family: {**SMALL, "num_key_value_heads": 1, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 2,
-                "head_dim": 8, "tie_word_embeddings": False} for family in ("llama", "mistral", "qwen2", "gemma")},
+                "head_dim": 8, "tie_word_embeddings": False} for family in GATED},
     "gpt2": dict(n_embd=16, n_layer=2, n_head=2, n_inner=32, vocab_size=64, n_positions=64, initializer_range=0.3,
                  pad_token_id=0, bos_token_id=2, eos_token_id=2),
 }
-DECODERS = ("llama", "mistral", "qwen2", "gemma", "gpt2")
+DECODERS = (*GATED, "gpt2")
 # written out by hand per family, independently of lnpeft.model.architectures
 OUTPUT_LN = {"distilbert": "output_layer_norm"}
 LAYER = {"distilbert": "transformer.layer", "modernbert": "layers", **dict.fromkeys(DECODERS, "layers"),
@@ -53,13 +55,12 @@ PREFIX = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "elect
 MODERNBERT_OUTPUT_LN = ("model.layers.1.attn_norm.weight", "model.final_norm.weight")
 # the pre-LN families' output LayerNorms, written out: layer 1's input norm and the final norm
 PRE_LN_OUTPUT = {"modernbert": MODERNBERT_OUTPUT_LN,
-                 **dict.fromkeys(("llama", "mistral", "qwen2", "gemma"),
-                                 ("model.layers.1.input_layernorm.weight", "model.norm.weight")),
+                 **dict.fromkeys(GATED, ("model.layers.1.input_layernorm.weight", "model.norm.weight")),
                  "gpt2": ("transformer.h.1.ln_1.weight", "transformer.h.1.ln_1.bias", "transformer.ln_f.weight",
                           "transformer.ln_f.bias")}
-KINDS = {"modernbert": ("weight",), "llama": ("weight",), "mistral": ("weight",), "gemma": ("weight",)}
+KINDS = {"modernbert": ("weight",), **dict.fromkeys(GATED, ("weight",))}
 # (component, kind) a family holds more than once per layer, or only for some components
-EXTRA = {f: [("intermediate.dense", "weight")] for f in ("llama", "mistral", "qwen2", "gemma")}  # gate and up
+EXTRA = {f: [("intermediate.dense", "weight")] for f in GATED}  # gate and up
 EXTRA["qwen2"] = EXTRA["qwen2"] + [(c, "bias") for c in COMPONENTS[:3]]  # q, k, v biases only
 KINDS["qwen2"] = ("weight",)
 
@@ -118,6 +119,25 @@ def test_modernbert_pieces_are_written_out_by_hand():
         get_architecture("modernbert").pieces("model.final_norm.weight")
 
 
+@pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text"])
+def test_gemma_2_and_3_sandwich_norms_are_written_out_by_hand(model_type):
+    """The MLP reads through pre_feedforward_layernorm (attention.output.LayerNorm); the norms on a
+    sublayer's output (and Gemma 3's q_norm, k_norm) are no component, yet inside the encoder."""
+    model = tiny(model_type)
+    arch = for_config(model.config)
+    assert arch.parse("model.layers.1.pre_feedforward_layernorm.weight") == (1, "attention.output.LayerNorm", "weight")
+    assert arch.parse("model.layers.1.input_layernorm.weight") == (0, "output.LayerNorm", "weight")
+    assert arch.parse("model.norm.weight") == (1, "output.LayerNorm", "weight")
+    others = ["post_attention_layernorm", "post_feedforward_layernorm"]
+    others += ["self_attn.q_norm", "self_attn.k_norm"] if model_type == "gemma3_text" else []
+    params = dict(model.named_parameters())
+    for module in others:
+        name = f"model.layers.1.{module}.weight"
+        assert name in params and arch.pieces(name) == [] and arch.is_encoder(name), name
+        assert type(dict(model.named_modules())[name[:-len(".weight")]]).__name__.endswith("RMSNorm")
+    assert not [n for n in select(model, "layernorm").names if any(f".{m}." in n for m in others)]
+
+
 @pytest.mark.parametrize("model_type", CONFIGS)
 def test_method_counts_equal_a_brute_force_count(model_type):
     model = tiny(model_type)
@@ -163,7 +183,7 @@ def test_batched_fisher_equals_per_sample_loop(model_type, num_labels):
     # one module per component; ModernBERT: Wqkv holds three, layer 0 has no attn_norm, plus final_norm;
     # Llama's layout: gate and up are both intermediate.dense, plus layer 1's input norm and the final
     # norm; GPT-2: c_attn holds three, plus layer 1's ln_1 and ln_f
-    modules = {"modernbert": 12, "gpt2": 12, **dict.fromkeys(("llama", "mistral", "qwen2", "gemma"), 18)}
+    modules = {"modernbert": 12, "gpt2": 12, **dict.fromkeys(GATED, 18)}
     assert len(component_modules(model)) == modules.get(model_type, 2 * len(COMPONENTS))
     for name, ref in reference.items():
         got = batched[name]

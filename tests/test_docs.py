@@ -132,7 +132,8 @@ def test_models_page_maps_components_as_the_architecture_table_does():
 
     columns = {"bert": ("bert", "roberta", "xlm-roberta", "electra"), "deberta-v2": ("deberta-v2",),
                "distilbert": ("distilbert",), "modernbert": ("modernbert",),
-               "llama": ("llama", "mistral", "qwen2", "gemma"), "gpt2": ("gpt2",)}
+               "llama": ("llama", "mistral", "qwen2", "gemma"), "gemma2": ("gemma2", "gemma3_text"),
+               "gpt2": ("gpt2",)}
     assert sorted(t for ts in columns.values() for t in ts) == sorted(ARCHITECTURES)
     for model_type, same in columns.items():  # one column, one mapping: only the base model and biases differ
         for other in same:

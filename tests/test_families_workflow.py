@@ -36,7 +36,8 @@ def save_tiny_encoder(folder, model_type: str, **extra) -> None:
 @needs_glue
 @pytest.mark.parametrize("family", ["modernbert", "llama", "qwen2", "gpt2",
                                     *(pytest.param(f, marks=pytest.mark.slow) for f in
-                                      ("distilbert", "deberta-v2", "deberta-v3", "electra", "gemma", "mistral"))])
+                                      ("distilbert", "deberta-v2", "deberta-v3", "electra", "gemma", "gemma2",
+                                       "gemma3_text", "mistral"))])
 def test_tiny_workflow_on_another_family(tmp_path, family):
     from transformers import AutoModelForSequenceClassification
 
@@ -50,7 +51,7 @@ def test_tiny_workflow_on_another_family(tmp_path, family):
     if model_type == "deberta-v2":  # its relative position embeddings go through trained modules unbatched:
         overrides["training.pack_size"] = 1  # no packing (test_packing: the clear error it gives)
     methods = ["full", "bitfit", "layernorm", "random"]
-    if model_type in ("modernbert", "llama", "gemma", "mistral"):  # no biases: BitFit is refused at start
+    if model_type in ("modernbert", "llama", "gemma", "gemma2", "gemma3_text", "mistral"):  # no biases: BitFit is refused at start
         methods = ["full", "layernorm", "random"]                     # (tests/test_config.py)
         overrides |= {"methods": methods, "stats.a": "random"}
     config = write_config(tmp_path, overrides)
@@ -66,7 +67,8 @@ def test_tiny_workflow_on_another_family(tmp_path, family):
     for method in methods:
         assert table2.loc[method, "percent_of_full"] == pytest.approx(count(model, method)["percent"])
     fisher = read_parquet(results / "fisher" / name / "rte.parquet", "fisher")
-    kinds = 1 if model_type in ("modernbert", "llama", "qwen2", "gemma", "mistral") else 2  # RMSNorm: no bias
+    kinds = 1 if model_type in ("modernbert", "llama", "qwen2", "gemma", "gemma2", "gemma3_text",
+                                "mistral") else 2  # RMSNorm (ModernBERT's LayerNorm): no bias
     assert len(fisher) == 2 * kinds * 16 and set(fisher["component"]) == {"output.LayerNorm"}
     drift = read_parquet(results / "drift" / name / "stsb.parquet", "drift")
     assert set(drift["component"]) == set(table1["component"]) and (drift["D"] > 0).all()

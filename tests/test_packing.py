@@ -298,7 +298,8 @@ def test_a_module_applied_to_a_tensor_the_batch_shares_is_a_clear_error():
 
 PACK_FAMILIES = {"modernbert": ("layernorm", "random"), "llama": ("layernorm", "random"),
                  "qwen2": ("layernorm", "bitfit", "random"), "gemma": ("layernorm", "random"),
-                 "gpt2": ("layernorm", "bitfit", "random"), "mistral": ("layernorm", "random")}
+                 "gpt2": ("layernorm", "bitfit", "random"), "mistral": ("layernorm", "random"),
+                 "gemma2": ("layernorm", "random"), "gemma3_text": ("layernorm", "random")}
 
 
 @pytest.mark.parametrize("family", PACK_FAMILIES)

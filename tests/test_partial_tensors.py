@@ -237,7 +237,7 @@ def test_entry_gradients_of_every_registered_norm_and_linear_class(norm, linear)
                                    dict(dense.named_parameters())[name].grad.reshape(-1)[idx], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "gpt2"])
 def test_decoder_random_control_entry_gradients_are_the_dense_ones(family):
     """The random control on a decoder draws entries of RMSNorm (Gemma's 1 + w), nn.Linear and
     GPT-2's Conv1D ([in, out]) tensors: each trained value's gradient equals the dense gradient of

@@ -166,9 +166,9 @@ class Architecture:
         return f"{self.base}.{self.layer_path}.{layer}.{module}.{kind}"
 
 
-def _decoder(**kwargs: Any) -> Architecture:
+def _decoder(mlp_norm: str = "post_attention_layernorm", **kwargs: Any) -> Architecture:
     """The Llama layout (Mistral, Qwen2, Gemma share it): q/k/v/o projections, a gated MLP whose
-    gate and up projections are both intermediate.dense."""
+    gate and up projections are both intermediate.dense; `mlp_norm` is the norm the MLP reads through."""
     return Architecture(
         base="model", layer_path="layers",
         renames=(
@@ -176,7 +176,7 @@ def _decoder(**kwargs: Any) -> Architecture:
             ("attention.self.key", "self_attn.k_proj"),
             ("attention.self.value", "self_attn.v_proj"),
             ("attention.output.dense", "self_attn.o_proj"),
-            ("attention.output.LayerNorm", "post_attention_layernorm"),
+            ("attention.output.LayerNorm", mlp_norm),
             ("intermediate.dense", "mlp.gate_proj"),
             ("intermediate.dense", "mlp.up_proj"),
             ("output.dense", "mlp.down_proj"),
@@ -233,6 +233,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mistral": _decoder(bias_switches=(("attention_bias", False),)),  # no key: never biases
     "qwen2": _decoder(),  # biases on q, k and v, always
     "gemma": _decoder(bias_switches=(("attention_bias", False),)),  # RMSNorm scaling by 1 + w
+    # Gemma 2 and 3 wrap each sublayer in two norms: the MLP reads through pre_feedforward_layernorm
+    # (Llama's post_attention_layernorm); post_attention_layernorm and post_feedforward_layernorm
+    # normalise a sublayer's output before it joins the stream, and Gemma 3's q_norm and k_norm each
+    # head's queries and keys: none has a BERT counterpart, so they are no component (full
+    # fine-tuning and the random control's pool include them; the LayerNorm method does not).
+    "gemma2": _decoder("pre_feedforward_layernorm", bias_switches=(("attention_bias", False),)),
+    "gemma3_text": _decoder("pre_feedforward_layernorm", bias_switches=(("attention_bias", False),)),
     # GPT-2: c_attn is a Conv1D ([in, 3 x hidden]) whose column thirds are query, key and value
     "gpt2": Architecture(
         base="transformer", layer_path="h",

@@ -6,7 +6,7 @@ how xhat is formed and the offset:
 
   LayerNorm (BERT, GPT-2)          xhat = (x - mean) / sqrt(var + eps)   offset 0, bias
   RMSNorm (Llama, Mistral, Qwen2)  xhat = x / sqrt(mean(x^2) + eps)      offset 0, no bias
-  Gemma's RMSNorm                  as RMSNorm                             offset 1: w = 0 is "untrained"
+  Gemma 1-3's RMSNorm              as RMSNorm                             offset 1: w = 0 is "untrained"
 
 The methods, partial training (`lnpeft.model.partial_tensors`), packing (`lnpeft.train.packing`),
 the per-sample Fisher kernel and the seeded head init read this table, so a new norm class is a new
@@ -65,6 +65,8 @@ NORMS: dict[str, Norm] = {
     "transformers.models.mistral.modeling_mistral.MistralRMSNorm": Norm(_rms("variance_epsilon")),
     "transformers.models.qwen2.modeling_qwen2.Qwen2RMSNorm": Norm(_rms("variance_epsilon")),
     "transformers.models.gemma.modeling_gemma.GemmaRMSNorm": Norm(_rms("eps"), offset=1.0),
+    "transformers.models.gemma2.modeling_gemma2.Gemma2RMSNorm": Norm(_rms("eps"), offset=1.0),
+    "transformers.models.gemma3.modeling_gemma3.Gemma3RMSNorm": Norm(_rms("eps"), offset=1.0),
 }
 """Qualified class name -> its entry; subclasses of a registered class share its entry."""
 
