@@ -310,3 +310,27 @@ def test_a_measured_throughput_file_wins_over_the_model_size(tmp_path, tiny_conf
     assert main(["estimate", "--configfile", str(tiny_config), "--configfile", str(llama)]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("priced by FLOPs: model N = ")
 
+
+def test_a_7b_decoder_counted_from_its_config_alone(tmp_path):
+    """Llama-2-7B's shape, config.json only (no weights): its count by hand, and time limits 21x
+    BERT-large's at the conservative rate."""
+    from lnpeft.model.size import flop_params_of
+    from lnpeft.plan import runtime
+
+    folder = tmp_path / "llama-7b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "intermediate_size": 11008, "vocab_size": 32000}))
+    per_layer = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096  # q k v o, gate up down, two RMSNorms
+    n = 32 * per_layer + 4096  # + the final norm; the 32000 x 4096 embedding table is left out
+    assert flop_params_of(folder) == n == 6_476_271_616
+    config = folder_config(tmp_path, folder)
+    factor = n / bert_large_params()
+    assert runtime.size_factor(config) == pytest.approx(factor) and 21 < factor < 22
+    epoch = (100 / runtime.TRAIN_PER_S + (50 + 20) / runtime.EVAL_PER_S) * factor  # RTE after the caps
+    assert runtime.train_minutes(config, "rte", "layernorm") == int(15 + 2 * epoch / 60)
+    assert "x21.3 for the model's size" in runtime.describe(config)
+    # a model smaller than BERT-large keeps BERT-large's conservative rate
+    save_llama(tmp_path / "llama")
+    assert runtime.size_factor(folder_config(tmp_path, tmp_path / "llama")) == 1.0
