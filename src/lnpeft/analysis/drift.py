@@ -95,7 +95,7 @@ def compute_drift(arch: Architecture | str, pre: dict[str, torch.Tensor],
     return _drift(arch, pre, pair)
 
 
-def _meta_model(folder: Path):
+def _meta_model(folder: Path) -> tuple[torch.nn.Module, Architecture]:
     """The folder's sequence-classification model on the meta device, and its bound row."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
