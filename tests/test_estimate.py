@@ -11,7 +11,8 @@ import yaml
 
 from lnpeft.cli import main
 from lnpeft.plan.config_file import deep_update, load_config
-from lnpeft.plan.cost import DEFAULT_THROUGHPUT, TOKENS, default_throughput, read_throughput, run_cost
+from lnpeft.plan.cost import (DEFAULT_THROUGHPUT, TOKENS, default_throughput, model_throughput, read_throughput,
+                              run_cost)
 from lnpeft.plan.estimate import estimate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,3 +196,141 @@ def test_packs_are_priced_from_a_measured_packing_gain_and_say_so(tmp_path):
     config["training"]["pack_size"] = 1
     assert describe_packing(config, measured).startswith("packing: off")
     assert sum(c.jobs for c in estimate(config, measured).values()) == 1008
+
+
+# Pricing by model size: issue 7 measured BERT-large; another model is priced by FLOPs per token
+# (6N full, 4N parameter-efficient, 2N evaluation) at the FLOP/s BERT-large achieved.
+
+LLAMA = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+         "head_dim": 8, "intermediate_size": 32, "vocab_size": 64, "max_position_embeddings": 64,
+         "pad_token_id": 0, "tie_word_embeddings": False}
+
+
+def save_llama(folder: Path, **shape) -> int:
+    """A tiny random Llama saved as a folder; returns its parameters outside the embedding table,
+    counted one tensor at a time."""
+    import torch
+    from transformers import AutoModel, LlamaConfig
+
+    torch.manual_seed(0)
+    model = AutoModel.from_config(LlamaConfig(**{**LLAMA, **shape}))
+    model.save_pretrained(folder)
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embed_tokens."))
+
+
+def bert_large_params() -> int:
+    """BERT-large's parameters outside its three embedding tables, counted one tensor at a time."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    with torch.device("meta"):
+        model = BertModel(BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                     intermediate_size=4096))
+    tables = ("embeddings.word_embeddings.", "embeddings.position_embeddings.", "embeddings.token_type_embeddings.")
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(tables))
+
+
+def folder_config(tmp_path, folder: Path, name: str = "tiny") -> dict:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "model": {"name": name, "source": "folder", "location": str(folder)}}))
+    return load_config([path])
+
+
+def test_a_folder_model_is_priced_by_its_flops(tmp_path):
+    n = save_llama(tmp_path / "llama")
+    ref = bert_large_params()
+    assert ref == 303_361_024  # 335,141,888 with the embedding tables
+    tp = model_throughput(folder_config(tmp_path, tmp_path / "llama"))
+    assert tp.model_params == n
+    # seconds per token = FLOPs per token / the FLOP/s BERT-large achieved with that method
+    full = DEFAULT_THROUGHPUT["ours_tokens_per_s"]["full"]
+    layernorm = DEFAULT_THROUGHPUT["ours_tokens_per_s"]["layernorm"]
+    assert 1 / tp.ours("full") == pytest.approx(6 * n / (6 * ref * full), rel=1e-12)
+    for method in ("layernorm", "bitfit", "random", "fisher"):
+        assert 1 / tp.ours(method) == pytest.approx(4 * n / (4 * ref * layernorm), rel=1e-12)
+    # one run: training tokens at 4N, evaluation tokens at 2N against the full step's 6N FLOP/s
+    config = folder_config(tmp_path, tmp_path / "llama")
+    w = TOKENS["rte"]
+    seconds = 200 * w * 4 * n / (4 * ref * layernorm) + 120 * w * 2 * n / (6 * ref * full)
+    assert run_cost(config, tp, "rte", "layernorm", 2).ours_s == pytest.approx(seconds, rel=1e-12)
+    assert tp.fisher_ours == pytest.approx(533.0 * ref / n, rel=1e-12)
+    assert f"priced by FLOPs: model N = {n:,} parameters" in tp.pricing and str(tmp_path / "llama") in tp.pricing
+
+
+def test_a_larger_model_costs_proportionally_more(tmp_path):
+    small = save_llama(tmp_path / "small")
+    large = save_llama(tmp_path / "large", hidden_size=32, intermediate_size=96, num_hidden_layers=3)
+    assert large > 4 * small
+    a, b = (estimate(c, model_throughput(c)) for c in (folder_config(tmp_path, tmp_path / "small", "small"),
+                                                         folder_config(tmp_path, tmp_path / "large", "large")))
+    for stage in ("table2", "fractions", "drift", "fisher"):
+        assert b[stage].ours_s / a[stage].ours_s == pytest.approx(large / small, rel=1e-12), stage
+        assert b[stage].baseline_s / a[stage].baseline_s == pytest.approx(large / small, rel=1e-12), stage
+
+
+def test_bert_large_shape_is_priced_as_measured_and_an_uncached_model_says_so(tmp_path, capsys):
+    """A bert-large config.json (cased vocabulary) prices as issue 7 measured; a hub model not
+    cached yet keeps those numbers and the table says why."""
+    folder = tmp_path / "bert-large-cased"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "bert", "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+        "intermediate_size": 4096, "vocab_size": 28996}))
+    tp = model_throughput(folder_config(tmp_path, folder))
+    plain = default_throughput()
+    for method in ("full", "layernorm"):
+        assert tp.ours(method) == pytest.approx(plain.ours(method), rel=1e-12)
+        assert tp.baseline(method) == pytest.approx(plain.baseline(method), rel=1e-12)
+    assert "N = 303M" in tp.pricing and "full 149, layernorm 273 TFLOP/s" in tp.pricing
+
+    hub = tmp_path / "hub.yaml"
+    hub.write_text(yaml.safe_dump({**TINY, "model": {"name": "not-cached-here", "source": "hub",
+                                                     "location": "org/not-cached-here"}}))
+    tp = model_throughput(load_config([hub]))
+    assert tp.model_params is None and tp.ours_tokens_per_s == plain.ours_tokens_per_s
+    assert main(["estimate", "--configfile", str(hub)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].startswith("priced at BERT-large's throughput as measured, whatever the model: "
+                               "results/checkpoints/not-cached-here/config.json cannot be read yet")
+
+
+def test_a_measured_throughput_file_wins_over_the_model_size(tmp_path, tiny_config, capsys):
+    save_llama(tmp_path / "llama")
+    llama = tmp_path / "llama.yaml"
+    llama.write_text(yaml.safe_dump({"model": {"name": "llama", "source": "folder",
+                                               "location": str(tmp_path / "llama")}}))
+    ts = train_step_json(tmp_path / "ts.json")
+    outs = []
+    for configs in ([tiny_config], [tiny_config, llama]):
+        assert main(["estimate", *(a for c in configs for a in ("--configfile", str(c))), "--throughput", str(ts),
+                     "--json"]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0]["stages"] == outs[1]["stages"]
+    assert outs[1]["throughput"]["pricing"].startswith(f"priced by measured throughput: {ts} (shape tiny)")
+    assert main(["estimate", "--configfile", str(tiny_config), "--configfile", str(llama)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("priced by FLOPs: model N = ")
+
+
+def test_a_7b_decoder_counted_from_its_config_alone(tmp_path):
+    """Llama-2-7B's shape, config.json only (no weights): its count by hand, and time limits 21x
+    BERT-large's at the conservative rate."""
+    from lnpeft.model.size import flop_params_of
+    from lnpeft.plan import runtime
+
+    folder = tmp_path / "llama-7b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "intermediate_size": 11008, "vocab_size": 32000}))
+    per_layer = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096  # q k v o, gate up down, two RMSNorms
+    n = 32 * per_layer + 4096  # + the final norm; the 32000 x 4096 embedding table is left out
+    assert flop_params_of(folder) == n == 6_476_271_616
+    config = folder_config(tmp_path, folder)
+    factor = n / bert_large_params()
+    assert runtime.size_factor(config) == pytest.approx(factor) and 21 < factor < 22
+    epoch = (100 / runtime.TRAIN_PER_S + (50 + 20) / runtime.EVAL_PER_S) * factor  # RTE after the caps
+    assert runtime.train_minutes(config, "rte", "layernorm") == int(15 + 2 * epoch / 60)
+    assert "x21.3 for the model's size" in runtime.describe(config)
+    # a model smaller than BERT-large keeps BERT-large's conservative rate
+    save_llama(tmp_path / "llama")
+    assert runtime.size_factor(folder_config(tmp_path, tmp_path / "llama")) == 1.0

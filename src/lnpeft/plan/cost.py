@@ -1,20 +1,39 @@
-"""What one run costs in accelerator seconds: the throughput it is priced at (measured by
-bench/train_step.py on the target card, or issue 7's H200 numbers) and the rows, padded widths,
-epochs and evaluation passes of a run. `lnpeft estimate` sums these over a grid; the SLURM time
-limits (`lnpeft.plan.runtime`) ask for them with a margin.
+"""What one run costs in accelerator seconds: the throughput it is priced at and the rows, padded
+widths, epochs and evaluation passes of a run. `lnpeft estimate` sums these over a grid; the SLURM
+time limits (`lnpeft.plan.runtime`) ask for them with a margin.
+
+The throughput is measured by bench/train_step.py on the target card and model shape, or else
+issue 7's H200 numbers for BERT-large, moved to the config's model by FLOPs (`price_by_flops`):
+a step costs 6N FLOPs per token for full fine-tuning, 4N for a parameter-efficient method and 2N
+for evaluation, N the parameters a token passes through (`lnpeft.model.size`), at the FLOP/s
+BERT-large achieved. Where the model's config.json cannot be read yet (a hub model not cached),
+BERT-large's numbers are used as they are, and the estimate says so.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lnpeft.data.tasks import get_task, task_rows
-from lnpeft.plan.workflow_config import for_task
+from lnpeft.plan.workflow_config import for_task, local_model_config, model_config_path
 
-EVAL_SPEEDUP = 3.0
-"""Forward-only examples/s relative to a full training step (backward ~2x the forward)."""
+# FLOPs per token in multiples of N: a forward multiplies each parameter once (2N); a full step's
+# backward forms the activation gradients (2N) and the weight gradients (2N); a parameter-efficient
+# step (layernorm, bitfit, random, fisher) still back-propagates through the frozen matrices but
+# forms none of their weight gradients. Attention's length-dependent term is left out (~1% of 2N
+# for BERT-large at 128 tokens).
+FLOPS_PER_TOKEN: dict[str, int] = {"full": 6, "peft": 4, "eval": 2}
+
+EVAL_SPEEDUP = FLOPS_PER_TOKEN["full"] / FLOPS_PER_TOKEN["eval"]
+"""Forward-only tokens/s relative to a full training step: 6N / 2N = 3."""
+
+
+def flops_per_token(method: str) -> int:
+    """A training step's FLOPs per token of `method`, in multiples of N."""
+    return FLOPS_PER_TOKEN["full" if method == "full" else "peft"]
+
 
 # Mean tokens per example after bucketed length-grouped padding (batch 32, max_length 128):
 # measured with bench/train_step.py's padding statistics on the local GLUE train files with the
@@ -57,6 +76,10 @@ class Throughput:
     """Training time of G runs one by one over that of their pack (bench/train_step.py, mode packed)."""
     pack_measured: bool = False
     """False: no packed measurement, so no gain is assumed (the projection is an upper bound)."""
+    pricing: str = "issue 7's BERT-large throughput, as measured"
+    """How the numbers were set for the config's model, in words (the estimate prints it)."""
+    model_params: int | None = None
+    """N of the model the numbers were moved to by FLOPs (`price_by_flops`); None: not moved."""
 
     def _get(self, table: dict[str, float], method: str, fallback: dict[str, str]) -> float:
         while method not in table:
@@ -74,6 +97,7 @@ class Throughput:
 
 
 def default_throughput() -> Throughput:
+    """Issue 7's numbers, for BERT-large (`model_throughput` moves them to the config's model)."""
     d = DEFAULT_THROUGHPUT
     return Throughput(d["source"], d["device"], dict(d["ours_tokens_per_s"]), dict(d["baseline_examples_per_s"]),
                       d["fisher"]["ours_samples_per_s"], d["fisher"]["baseline_samples_per_s"])
@@ -120,7 +144,51 @@ def read_throughput(path: Path, shape: str | None = None, fisher_path: Path | No
     device = machine.get("gpu") or f"{machine.get('cpu', 'cpu')} ({machine.get('torch_threads')} threads)"
     return Throughput(f"{path} (shape {shape})", device, {m: mean(v) for m, v in ours.items()},
                       {m: mean(v) for m, v in base.items()}, fisher_ours, fisher_base,
-                      mean(packed) if packed else 1.0, bool(packed))
+                      mean(packed) if packed else 1.0, bool(packed),
+                      pricing=f"priced by measured throughput: {path} (shape {shape}), used as measured")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n:,}"
+
+
+def price_by_flops(tp: Throughput, n_params: int, where: str = "") -> Throughput:
+    """`tp`, measured at BERT-large, moved to a model of `n_params` (`lnpeft.model.size.flop_params`):
+    each method keeps the FLOP/s it achieved at BERT-large (its FLOPs per token x BERT-large's N x
+    its tokens/s) and spends its FLOPs per token x `n_params`. The eager baseline's examples/s and
+    the Fisher pass's samples/s move by the same ratio (their FLOPs per example are N-proportional
+    too). Kernel launches do not shrink with N, so for a model much smaller than BERT-large this is
+    a lower bound on the time."""
+    from lnpeft.model.size import bert_large_flop_params
+
+    if n_params <= 0:
+        raise ValueError(f"{where or 'model'}: {n_params} parameters outside the embedding tables")
+    ref = bert_large_flop_params()
+    achieved = {m: flops_per_token(m) * ref * v for m, v in tp.ours_tokens_per_s.items()}
+    ours = {m: flops / (flops_per_token(m) * n_params) for m, flops in achieved.items()}
+    ratio = ref / n_params
+    tflops = ", ".join(f"{m} {flops / 1e12:.0f}" for m, flops in achieved.items())
+    pricing = (f"priced by FLOPs: model N = {_size(n_params)} parameters outside the embedding tables"
+               f"{f' ({where})' if where else ''}, 6N/4N/2N FLOPs per token (full / parameter-efficient / "
+               f"evaluation), at BERT-large's achieved FLOP/s on {tp.device} (N = {_size(ref)}; "
+               f"{tflops} TFLOP/s)")
+    return replace(tp, ours_tokens_per_s=ours,
+                   baseline_examples_per_s={m: v * ratio for m, v in tp.baseline_examples_per_s.items()},
+                   fisher_ours=tp.fisher_ours * ratio, fisher_baseline=tp.fisher_baseline * ratio,
+                   pricing=pricing, model_params=n_params)
+
+
+def model_throughput(config: dict) -> Throughput:
+    """Issue 7's BERT-large numbers priced for the config's model by FLOPs, where its config.json
+    can be read now; else as they are, saying why."""
+    from lnpeft.model.size import flop_params_of
+
+    found = local_model_config(config)
+    if found is None:
+        return replace(default_throughput(), pricing=(
+            f"priced at BERT-large's throughput as measured, whatever the model: {model_config_path(config)} "
+            "cannot be read yet (a hub model's is there once the cache_checkpoint rule has run)"))
+    return price_by_flops(default_throughput(), flop_params_of(found[0]), str(found[0]))
 
 
 def rows(config: dict, task: str, split: str = "train") -> int:

@@ -15,10 +15,14 @@ Two projections side by side:
             over tokens/s, tokens = the task's mean padded width (TOKENS) per example
   baseline  eager, every batch padded to max_length: time is examples over examples/s (eager is
             launch-bound, issue 7: a 32 x 48 step costs what a 32 x 128 step does)
-Throughput comes from `bench/out/train_step.json` (bench/train_step.py on the target card) or,
-without one, from the H200 numbers of issue 7 (DEFAULT_THROUGHPUT). Assumptions: examples/s do not
-depend on the batch size; evaluation (forward only) runs at 3x the full method's training
-throughput; bitfit/random/fisher fall back to layernorm/full where a number is missing (below).
+Throughput comes from `bench/out/train_step.json` (bench/train_step.py on the target card and
+model shape, used as measured) or, without one, from the H200 numbers of issue 7
+(DEFAULT_THROUGHPUT, BERT-large) priced for the config's model by FLOPs (lnpeft.plan.cost:
+6N/4N/2N per token for full / parameter-efficient / evaluation at BERT-large's achieved FLOP/s; as
+measured when the model's config.json cannot be read yet). The table's second line says which.
+Assumptions: examples/s do not depend on the batch size; evaluation (forward only) runs at 3x the
+full method's training throughput; bitfit/random/fisher fall back to layernorm/full where a number
+is missing (lnpeft.plan.cost.FALLBACK).
 """
 
 
@@ -32,7 +36,7 @@ from pathlib import Path
 from lnpeft.data.tasks import get_task
 from lnpeft.plan import runtime
 from lnpeft.plan.config_file import load_config
-from lnpeft.plan.cost import Cost, Throughput, default_throughput, read_throughput, rows, run_cost
+from lnpeft.plan.cost import Cost, Throughput, model_throughput, read_throughput, rows, run_cost
 from lnpeft.plan.pack_plan import pack_size, plan_packs
 from lnpeft.plan.workflow_config import fmt_lr, for_task, fraction_seeds, method_learning_rates
 
@@ -108,22 +112,25 @@ def report(stages: dict[str, Cost], tp: Throughput, requests: str = "", packing:
                            "ours_tokens_per_s": tp.ours_tokens_per_s,
                            "baseline_examples_per_s": tp.baseline_examples_per_s,
                            "fisher_ours_samples_per_s": tp.fisher_ours,
-                           "fisher_baseline_samples_per_s": tp.fisher_baseline},
+                           "fisher_baseline_samples_per_s": tp.fisher_baseline,
+                           "pricing": tp.pricing, "model_params": tp.model_params},
             "pack_speedup": tp.pack_speedup, "pack_speedup_measured": tp.pack_measured,
             "requests": requests, "packing": packing, "stages": rows}
 
 
 def format_table(result: dict) -> str:
     tp = result["throughput"]
+    header = (f"{'stage':<10} {'runs':>6} {'jobs':>5} {'train ex (M)':>13} {'ours h':>10} {'baseline h':>11} "
+              f"{'speed-up':>9} {'requested h':>12}")
     lines = [f"device-hours on {tp['device']} (throughput: {tp['source']}); requested: the SLURM time "
              f"limits at attempt 1 ({result['requests']})",
+             tp.get("pricing", ""),
              result.get("packing", ""),
-             f"{'stage':<10} {'runs':>6} {'jobs':>5} {'train ex (M)':>13} {'ours h':>10} {'baseline h':>11} {'speed-up':>9} "
-             f"{'requested h':>12}"]
+             header]
     for name, r in result["stages"].items():
         speed = r["baseline_hours"] / r["ours_hours"] if r["ours_hours"] else float("nan")
         if name == "total":
-            lines.append("-" * len(lines[2]))
+            lines.append("-" * len(header))
         lines.append(f"{name:<10} {r['runs']:>6} {r['jobs']:>5} {r['train_examples'] / 1e6:>13.2f} {r['ours_hours']:>10.2f} "
                      f"{r['baseline_hours']:>11.2f} {speed:>8.2f}x {r['requested_hours']:>12.1f}")
     return "\n".join(lines)
@@ -134,7 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="config file (repeat for overlays, later ones win; default: config.yaml)")
     parser.add_argument("--throughput", type=Path,
                         help="bench/out/train_step.json measured on the target card (default: the config's "
-                        "resources.throughput, else issue 7's H200)")
+                        "resources.throughput, else issue 7's H200 numbers for BERT-large, priced for the "
+                        "config's model by FLOPs)")
     parser.add_argument("--fisher-throughput", type=Path, help="bench/out/fisher.json of the same card")
     parser.add_argument("--shape", help="model shape in the throughput file (bert-large, minilm, tiny)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -147,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.fisher_throughput is not None or args.shape is not None:
             raise ValueError("--fisher-throughput and --shape need --throughput")
-        tp = runtime.measured(config) or default_throughput()  # the config's resources.throughput first
+        tp = runtime.measured(config) or model_throughput(config)  # the config's resources.throughput first
 
     result = report(estimate(config, tp), tp, runtime.describe(config), describe_packing(config, tp))
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else format_table(result))

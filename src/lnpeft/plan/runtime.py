@@ -5,8 +5,9 @@ asks for `resources.startup_minutes` plus `resources.margin` times the time `lnp
 projects for it from those numbers (lnpeft.plan.cost.run_cost: the same rows, epochs, padded
 widths and evaluation passes). Without one, a conservative fixed rate: 150 training and 600
 evaluation examples per second (BERT-large, length 128, an A100-class GPU, rounded down) plus 15
-minutes. A run killed at its limit resumes from its last epoch checkpoint, so a short request
-loses at most one epoch; a retry asks for `attempt` times as much.
+minutes, slowed for a model larger than BERT-large by its FLOPs (`size_factor`). A run killed at
+its limit resumes from its last epoch checkpoint, so a short request loses at most one epoch; a
+retry asks for `attempt` times as much.
 """
 
 from __future__ import annotations
@@ -27,10 +28,23 @@ FISHER_PER_S = 100
 """Conservative per-sample-gradient examples per second."""
 
 
+def size_factor(config: dict) -> float:
+    """How many times BERT-large's time the config's model takes at the conservative rate: its N
+    over BERT-large's (FLOPs per token are proportional to N, lnpeft.plan.cost) where its
+    config.json can be read now, else 1; never below 1, as a small model is launch-bound rather
+    than proportionally faster."""
+    from lnpeft.model.size import bert_large_flop_params, flop_params_of
+
+    found = local_model_config(config)
+    if found is None:
+        return 1.0
+    return max(1.0, flop_params_of(found[0]) / bert_large_flop_params())
+
+
 def _epoch_seconds(config: dict, task: str) -> float:
     """One epoch at the conservative rate: train once, then predict every dev and test split."""
     evals = sum(rows(config, task, s) for s in task_rows(task) if s != "train")
-    return rows(config, task) / TRAIN_PER_S + evals / EVAL_PER_S
+    return (rows(config, task) / TRAIN_PER_S + evals / EVAL_PER_S) * size_factor(config)
 
 
 @lru_cache(maxsize=8)
@@ -91,7 +105,7 @@ def fisher_minutes(config: dict, task: str, attempt: int = 1) -> int:
     n = min(rows(config, task), config["fisher"].get("max_samples") or math.inf)
     tp = measured(config)
     if tp is None:
-        return int((10 + n / FISHER_PER_S / 60) * attempt)
+        return int((10 + n / FISHER_PER_S * size_factor(config) / 60) * attempt)
     return _fit(config, n / tp.fisher_ours, attempt)
 
 
@@ -137,8 +151,11 @@ def describe(config: dict) -> str:
     """How the time limits are set, in words (for `lnpeft estimate`)."""
     tp = measured(config)
     if tp is None:
-        return (f"projected at a conservative {TRAIN_PER_S} training and {EVAL_PER_S} evaluation examples/s "
-                "+ 15 min; set resources.throughput to a bench JSON of your GPU to ask for what it measures")
+        factor = size_factor(config)
+        size = f", x{factor:.1f} for the model's size (its FLOPs over BERT-large's)" if factor > 1 else ""
+        return (f"projected at a conservative {TRAIN_PER_S} training and {EVAL_PER_S} evaluation examples/s"
+                f"{size} + 15 min; set resources.throughput to a bench JSON of your GPU to ask for what it "
+                "measures")
     res = config.get("resources") or {}
     return (f"measured: {tp.source}, x{res.get('margin', 2.0):g} + {res.get('startup_minutes', 10):g} min "
             "per job")

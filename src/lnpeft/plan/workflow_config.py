@@ -288,9 +288,9 @@ def write_custom_tasks(config: dict, folder: str = CUSTOM_TASKS_DIR) -> str:
     return os.pathsep.join(paths)
 
 
-def local_model_config(config: dict) -> tuple[Path, dict] | None:
-    """(path, contents) of the model's config.json where it can be read before any job: a folder,
-    a package, or a hub checkpoint already cached under results/checkpoints/; else None."""
+def model_config_path(config: dict) -> Path:
+    """Where the model's config.json is before any job: in its folder or package, or for a hub
+    model in its cached copy under results/checkpoints/ (there once `cache_checkpoint` has run)."""
     model = config["model"]
     if model["source"] == "folder":
         folder = Path(model["location"])
@@ -300,7 +300,13 @@ def local_model_config(config: dict) -> tuple[Path, dict] | None:
         folder = package_folder(model["location"])
     else:
         folder = Path("results/checkpoints") / model["name"]
-    path = folder / "config.json"
+    return folder / "config.json"
+
+
+def local_model_config(config: dict) -> tuple[Path, dict] | None:
+    """(path, contents) of the model's config.json where it can be read before any job: a folder,
+    a package, or a hub checkpoint already cached under results/checkpoints/; else None."""
+    path = model_config_path(config)
     try:
         return path, json.loads(path.read_text())
     except (OSError, ValueError):
