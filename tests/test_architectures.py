@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 import torch
 from test_fisher import make_examples, naive_fisher, padded_batches
@@ -252,6 +253,38 @@ def test_fused_rows_drift_and_fisher_per_component():
         assert comps.loc[(0, component, "weight"), "n"] == 16 * 16
     assert list(entries["param"].unique()) == list(MODERNBERT_OUTPUT_LN)
     assert entries.groupby("param")["layer"].first().to_dict() == {MODERNBERT_OUTPUT_LN[0]: 0, MODERNBERT_OUTPUT_LN[1]: 1}
+
+
+@pytest.mark.parametrize("model_type", ["bert", "modernbert", "llama", "gpt2"])
+def test_streamed_fisher_gives_the_tables_of_the_whole_one(monkeypatch, model_type):
+    """`lnpeft fisher` keeps only the LayerNorm set's entries and one sum per component piece
+    between batches (fused blocks included); its tables equal those of the per-entry Fisher."""
+    import lnpeft.analysis.grad_sample.hooks as hooks
+    from lnpeft.analysis.fisher import compute_fisher_streamed, fisher_tables
+
+    model = tiny(model_type, 3)
+    examples = [(ids.clamp(max=63), y) for ids, y in make_examples(3)]
+    whole, n = compute_fisher(model, padded_batches(examples, batch_size=4))
+    kept = []
+    real_exit = hooks.SquaredGradSampler.__exit__
+
+    def spy(self, *exc):  # what the sampler held between batches at the end
+        kept.append(sum(v.numel() for v in self.sums.values()))
+        return real_exit(self, *exc)
+
+    monkeypatch.setattr(hooks.SquaredGradSampler, "__exit__", spy)
+    entries, piece_means, m = compute_fisher_streamed(model, padded_batches(examples, batch_size=4))
+    assert m == n
+    arch = for_config(model.config)
+    params = dict(model.named_parameters())
+    ln = [name for name in params if arch.is_layernorm(name)]
+    assert sorted(entries) == sorted(ln)
+    pieces = sum(len(arch.pieces(name)) for name in params if arch.pieces(name) and name not in ln)
+    assert kept == [sum(params[name].numel() for name in ln) + pieces]
+    want_entries, want_comps = fisher_tables(model, whole)
+    got_entries, got_comps = fisher_tables(model, entries, piece_means)
+    pd.testing.assert_frame_equal(got_entries, want_entries)
+    pd.testing.assert_frame_equal(got_comps, want_comps, check_exact=False, rtol=1e-12)
 
 
 @pytest.mark.parametrize("flags", [{}, {"attention_bias": True}, {"mlp_bias": True}, {"norm_bias": True}])

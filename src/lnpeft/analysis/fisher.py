@@ -7,7 +7,9 @@ F(w_i) = 1/N sum_j (d log p(y_j | x_j) / d w_i)^2 over N training examples, with
   so the per-sample gradient is (y - f) df/dw (not the 2(y - f) df/dw of a plain squared error).
 
 Per-sample gradients come from one batched forward/backward per batch through layer hooks
-(`lnpeft.analysis.grad_sample`), never from a batch-size-1 loop. Outputs: every output-LayerNorm entry
+(`lnpeft.analysis.grad_sample`), never from a batch-size-1 loop, and only what the tables need is
+kept between batches (`compute_fisher_streamed`): the LayerNorm set's entries and one sum per
+component piece of every other tensor. Outputs: every output-LayerNorm entry
 (artifact `fisher`) and the mean Fisher per (layer, component, kind) of all eight components
 (artifact `fisher_components`).
 """
@@ -93,10 +95,37 @@ def select_rows(df: pd.DataFrame, max_samples: int | None, seed: int, path: Path
 def compute_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
                    device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], int]:
     """Mean squared per-sample gradient of every component parameter (name -> float64 tensor)."""
+    sums, n = _squared_sums(model, batches, device)
+    return {name: total / n for name, total in sums.items()}, n
+
+
+def compute_fisher_streamed(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                            device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor],
+                                                                         dict[str, torch.Tensor], int]:
+    """`compute_fisher` holding only what the tables need between batches: every entry of the
+    LayerNorm set, and one sum per component piece of every other tensor (a 7B decoder's
+    projections would otherwise keep float64 sums of the model's size). Returns (LayerNorm set
+    name -> mean per entry, other name -> mean per piece in `arch.pieces` order, examples)."""
+    arch = for_config(model.config)
+    reduce = {}
+    for name, _ in model.named_parameters():
+        pieces = arch.pieces(name)
+        if pieces and not any(p.component in arch.layernorm for p in pieces):
+            reduce[name] = lambda value, pieces=pieces: torch.stack([p.take(value).sum() for p in pieces])
+    sums, n = _squared_sums(model, batches, device, reduce)
+    entries = {name: total / n for name, total in sums.items() if name not in reduce}
+    sizes = {name: torch.tensor([p.take(param).numel() for p in arch.pieces(name)], dtype=torch.float64)
+             for name, param in model.named_parameters() if name in reduce}
+    piece_means = {name: total / (n * sizes[name].to(total.device)) for name, total in sums.items() if name in reduce}
+    return entries, piece_means, n
+
+
+def _squared_sums(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: torch.device | str,
+                  reduce: dict | None = None) -> tuple[dict[str, torch.Tensor], int]:
     model.eval()
     modules = component_modules(model)
     n = 0
-    with SquaredGradSampler(modules) as sampler:
+    with SquaredGradSampler(modules, reduce) as sampler:
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
@@ -113,23 +142,31 @@ def compute_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Ten
             n += len(labels)
     if n == 0:
         raise ValueError("no examples: the Fisher of an empty split is undefined")
-    return {name: total / n for name, total in sampler.sums.items()}, n
+    return sampler.sums, n
 
 
-def fisher_tables(model: torch.nn.Module, fisher: dict[str, torch.Tensor]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def fisher_tables(model: torch.nn.Module, fisher: dict[str, torch.Tensor],
+                  piece_means: dict[str, torch.Tensor] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per LayerNorm entry table, per (layer, component, kind) mean table), model order.
 
     The entries are those of the model's LayerNorm set (`for_config`: the paper's output LayerNorm
-    unless the init folder chose another); a fused tensor's row blocks are averaged per component."""
+    unless the init folder chose another); a fused tensor's row blocks are averaged per component.
+    `piece_means` (`compute_fisher_streamed`) gives other tensors' means per piece instead of
+    their entries in `fisher`."""
     arch = for_config(model.config)
+    piece_means = piece_means or {}
     entries, comps = [], []
-    for name, _ in model.named_parameters():
-        if name not in fisher:
+    for name, param in model.named_parameters():
+        if name not in fisher and name not in piece_means:
             continue
-        for piece in arch.pieces(name):
-            values = piece.take(fisher[name]).detach().cpu().numpy().astype(np.float64)
+        for i, piece in enumerate(arch.pieces(name)):
+            if name in piece_means:
+                size, mean = piece.take(param).numel(), float(piece_means[name][i])
+            else:
+                values = piece.take(fisher[name]).detach().cpu().numpy().astype(np.float64)
+                size, mean = int(values.size), float(values.mean())
             comps.append({"layer": piece.layer, "component": piece.component, "kind": piece.kind,
-                          "n": int(values.size), "fisher": float(values.mean())})
+                          "n": size, "fisher": mean})
             if piece.component in arch.layernorm:  # never fused: the entry index is the tensor's
                 entries.append(pd.DataFrame({
                     "param": name, "layer": piece.layer, "component": piece.component, "kind": piece.kind,
@@ -204,8 +241,8 @@ def run(args: argparse.Namespace) -> int:
     data = encode(df, tokenizer, cfg.max_length)
     order = length_grouped_batches(data.lengths, cfg.batch_size, seed=None)
     start = time.perf_counter()
-    fisher, n = compute_fisher(model, (collate(data, idx) for idx in order), device)
-    entries, comps = fisher_tables(model, fisher)
+    fisher, piece_means, n = compute_fisher_streamed(model, (collate(data, idx) for idx in order), device)
+    entries, comps = fisher_tables(model, fisher, piece_means)
     meta = {"lnpeft": json.dumps({**asdict(cfg), "model": str(model_dir), "data": str(args.data),
                                   "n_samples": n, "device": str(device)}, sort_keys=True)}
     write_parquet(entries, args.out, "fisher", metadata=meta)

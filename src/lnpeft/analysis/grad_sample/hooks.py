@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,11 +18,15 @@ class SquaredGradSampler:
     `modules` maps a prefix (e.g. `bert.encoder.layer.0.output.LayerNorm`) to its layer; results
     land in `sums[f"{prefix}.{weight|bias}"]` (float64, on the layer's device). The loss passed to
     `backward` must be the SUM of per-sample losses, so that the gradient with respect to a
-    sample's activations is that sample's own gradient.
+    sample's activations is that sample's own gradient. `reduce[name]`, where given, shrinks a
+    batch's squared sums of that parameter before they are added (e.g. to one sum per component), so
+    what is kept between batches is its result, not a tensor of the parameter's size.
     """
 
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
+    def __init__(self, modules: dict[str, nn.Module],
+                 reduce: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> None:
         self.modules = modules
+        self.reduce = reduce or {}
         self.sums: dict[str, torch.Tensor] = {}
         self._names = {id(p): f"{prefix}.{pname}" for prefix, m in modules.items()
                        for pname, p in m.named_parameters(recurse=False)}
@@ -98,4 +103,6 @@ class SquaredGradSampler:
         for param, value in squared.items():
             name = self._names[id(param)]
             value = value.detach().to(torch.float64)
+            if name in self.reduce:
+                value = self.reduce[name](value)
             self.sums[name] = self.sums[name] + value if name in self.sums else value
