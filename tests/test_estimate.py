@@ -195,3 +195,11 @@ def test_packs_are_priced_from_a_measured_packing_gain_and_say_so(tmp_path):
     config["training"]["pack_size"] = 1
     assert describe_packing(config, measured).startswith("packing: off")
     assert sum(c.jobs for c in estimate(config, measured).values()) == 1008
+
+
+def test_drift_activate_false_prices_no_drift_fine_tunes(tiny_config, tmp_path):
+    off = tmp_path / "off.yaml"
+    off.write_text(yaml.safe_dump({"drift": {"activate": False}}))
+    stages = estimate(load_config([tiny_config, off]), default_throughput())
+    assert stages["drift"].runs == 0 and stages["drift"].asked_s == 0
+    assert estimate(load_config([tiny_config]), default_throughput())["drift"].runs == 1
