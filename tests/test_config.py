@@ -352,3 +352,41 @@ def test_deberta_with_packs_is_refused_before_any_job(tmp_path):
                                           r"\.json cannot be packed .*; set training\.pack_size: 1"):
         check_model_supports_methods(config)
     check_model_supports_methods({**config, "training": {"pack_size": 1}})  # one job per run: fine
+
+
+BF16 = {"model": {"dtype": "bfloat16"}, "methods": ["bitfit", "layernorm", "random"], "drift": {"activate": False},
+        "training": {"recipe": "gpu"}}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": ["full", "layernorm"]}, r"methods: 'full' with model\.dtype: bfloat16: full fine-tuning trains every "
+                                         r"weight, which bfloat16 holds frozen; remove full from methods"),
+    ({"drift": {"activate": True}}, r"drift\.activate: true with model\.dtype: bfloat16: Figure 1's drift is a full "
+                                    r"fine-tune, .*; set drift\.activate: false"),
+    ({"drift": {}}, r"drift\.activate: true with model\.dtype: bfloat16"),  # the schema's default
+    ({"training": {"recipe": "fp32"}}, r"training\.recipe: fp32 with model\.dtype: bfloat16: bfloat16 weights are "
+                                       r"computed under bf16 autocast; set training\.recipe: gpu"),
+])
+def test_bf16_weights_refuse_full_fine_tuning_drift_and_the_fp32_recipe(change, message):
+    from lnpeft.plan.workflow_config import check_weight_dtype
+
+    check_weight_dtype({**BF16, "model": {}})  # float32 by default: anything goes
+    check_weight_dtype(BF16)
+    for recipe in ("auto", "bf16", "gpu"):  # auto and bf16 are checked where the run resolves them
+        check_weight_dtype({**BF16, "training": {"recipe": recipe}})
+    with pytest.raises(ConfigError, match=message):
+        check_weight_dtype({**BF16, **change})
+
+
+@needs_glue
+def test_bf16_weights_reach_every_run_and_drift_activate_false_leaves_figure_1_out(tmp_path):
+    overrides = {"model.dtype": "bfloat16", "methods": ["bitfit", "layernorm", "random"], "drift.activate": False,
+                 "training.recipe": "gpu"}
+    proc = snakemake(tmp_path, write_config(tmp_path, overrides), "-n", "-p")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [line for line in proc.stdout.splitlines() if re.search(r"lnpeft finetune(-pack)? ", line)]
+    assert runs and all(" --dtype bfloat16 " in line for line in runs)
+    assert "--save-model" not in proc.stdout and "fig1_drift" not in proc.stdout and "compute_drift" not in proc.stdout
+    proc = snakemake(tmp_path, write_config(tmp_path, {**overrides, "methods": ["full", "layernorm"]}), "-n")
+    assert proc.returncode != 0 and "methods: 'full' with model.dtype: bfloat16" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()

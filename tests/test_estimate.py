@@ -334,3 +334,11 @@ def test_a_7b_decoder_counted_from_its_config_alone(tmp_path):
     # a model smaller than BERT-large keeps BERT-large's conservative rate
     save_llama(tmp_path / "llama")
     assert runtime.size_factor(folder_config(tmp_path, tmp_path / "llama")) == 1.0
+
+
+def test_drift_activate_false_prices_no_drift_fine_tunes(tiny_config, tmp_path):
+    off = tmp_path / "off.yaml"
+    off.write_text(yaml.safe_dump({"drift": {"activate": False}}))
+    stages = estimate(load_config([tiny_config, off]), default_throughput())
+    assert stages["drift"].runs == 0 and stages["drift"].asked_s == 0
+    assert estimate(load_config([tiny_config]), default_throughput())["drift"].runs == 1

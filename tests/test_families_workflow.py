@@ -75,3 +75,33 @@ def test_tiny_workflow_on_another_family(tmp_path, family):
     # the run leaves lnpeft: merged model and PEFT adapter (LN tuning on this family's norms)
     for task, method in (("rte", "layernorm"), ("stsb", "fisher-individual-f0.5"), ("rte", "random")):
         assert_export_predicts(results, name, task, method, tmp_path / f"export-{task}-{method}")
+
+
+@needs_glue
+@pytest.mark.parametrize("family", ["llama", pytest.param("gpt2", marks=pytest.mark.slow)])
+def test_tiny_decoder_workflow_with_bf16_weights(tmp_path, family):
+    """model.dtype bfloat16 (lnpeft.model.weight_dtype) end to end, packs included: the config leaves
+    full fine-tuning and drift out, every run records the dtype and saves fp32 trained values."""
+    import json
+
+    from safetensors.torch import load_file
+
+    save_tiny_encoder(tmp_path / "encoder", family)
+    methods = ["layernorm", "random"] + (["bitfit"] if family == "gpt2" else [])  # Llama has no biases
+    name = f"tiny-{family}"
+    config = write_config(tmp_path, {
+        "model.name": name, "model.source": "folder", "model.location": str(tmp_path / "encoder"),
+        "model.dtype": "bfloat16", "methods": methods, "drift.activate": False, "training.recipe": "gpu",
+        "stats.a": "random", "stats.b": "layernorm"})
+    proc = snakemake(tmp_path, config, "table2", "fig2", "stats", "curves")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    results = tmp_path / "results"
+    assert list(pd.read_csv(results / "tables" / "table2.csv")["method"]) == methods
+    runs = sorted((results / "runs" / name).glob("*/*/*/run.json"))
+    assert len(runs) == 2 * (len(methods) + 1)  # 2 tasks x (Table 2's methods + Figure 2's Fisher subset)
+    for path in runs:
+        info = json.loads(path.read_text())
+        assert info["options"]["dtype"] == "bfloat16" and info["recipe"] == "gpu" and info["pack"] > 1
+        state = load_file(path.parent / "state.safetensors")
+        assert all(t.dtype == torch.float32 for k, t in state.items() if not k.endswith("@indices"))
+    assert not (results / "drift").exists() and not (results / "runs" / name / "rte" / "full").exists()

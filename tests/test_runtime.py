@@ -77,3 +77,15 @@ def test_paper_run_requests_from_the_h200_numbers_and_the_docs_say_so(tmp_path):
     section = page.split("## What the paper run submits", 1)[1].split("\n## ", 1)[0]
     quoted = [int(n.replace(",", "")) for n in re.findall(r"about ([0-9,]+) GPU-hours", section)]
     assert quoted == [round(asked(conservative), -2), round(asked(measured), -1)]
+
+
+def test_gpu_memory_counts_bf16_weights_at_two_bytes_and_full_fine_tuning_at_sixteen():
+    """model.dtype bfloat16 halves the weights of a parameter-efficient job; full fine-tuning (never
+    with bfloat16, lnpeft.model.weight_dtype) keeps fp32 weights, gradients and two AdamW moments."""
+    config = load_config([])
+    shape = runtime.model_shape(config)
+    bf16 = {**config, "model": {**config["model"], "dtype": "bfloat16"}}
+    fp32_run, bf16_run = runtime.gpu_memory_mb(config, "rte"), runtime.gpu_memory_mb(bf16, "rte")
+    assert (fp32_run - bf16_run) == pytest.approx(2 * shape["params"] / 1e6, abs=1)
+    full = runtime.gpu_memory_mb(config, "rte", full=True)
+    assert (full - fp32_run) == pytest.approx(12 * shape["params"] / 1e6, abs=1)

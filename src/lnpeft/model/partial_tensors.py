@@ -78,7 +78,8 @@ class PartialTensors:
                 raise ValueError(f"{name}: a partly trained tensor must be frozen (requires_grad=False)")
             idx = idx.to(p.device)
             self.indices[name] = idx
-            self.values[name] = nn.Parameter(p.detach().reshape(-1)[idx].clone())
+            # fp32 whatever W's dtype: W may be held in bf16 (lnpeft.model.weight_dtype), v never is
+            self.values[name] = nn.Parameter(p.detach().reshape(-1)[idx].float())
             by_module.setdefault(module_name, {})[kind] = name
         self._handles: list[RemovableHandle] = [
             modules[m].register_forward_hook(self._hook(modules[m], entries))

@@ -80,9 +80,10 @@ def estimate(config: dict, tp: Throughput) -> dict[str, Cost]:
             stages["fractions"].add(_asked(run_cost(config, tp, task, "fisher", epochs),
                                            runtime.train_minutes(config, task, "fisher")))
         spec = get_task(task)
-        stages["drift"].add(_asked(run_cost(config, tp, task, "full", tc["drift"]["epochs"],
-                                            dev_splits=list(spec.dev_splits[:1]), with_test=False),
-                                   runtime.drift_minutes(config, task)))
+        if config["drift"].get("activate", True):  # false: no Figure 1, no drift fine-tunes
+            stages["drift"].add(_asked(run_cost(config, tp, task, "full", tc["drift"]["epochs"],
+                                                dev_splits=list(spec.dev_splits[:1]), with_test=False),
+                                       runtime.drift_minutes(config, task)))
         cap = tc.get("fisher", {}).get("max_samples")
         n = min(rows(config, task, "train"), cap or math.inf)
         stages["fisher"].add(_asked(Cost(runs=1, eval_examples=n, ours_s=n / tp.fisher_ours, baseline_s=n / tp.fisher_baseline),

@@ -128,7 +128,9 @@ def gpu_memory_mb(config: dict, task: str, members: int = 1, full: bool = False)
     training = config["training"]
     tokens = training["batch_size"] * training["max_length"]
     activations = members * ACTIVATION_BYTES * tokens * shape["layers"] * shape["hidden"]
-    weights = 4 * shape["params"] * (4 if full else 1)  # fp32 weights (+ gradients and two AdamW moments)
+    # fp32 weights, gradients and two AdamW moments (full); else the weights in model.dtype (bfloat16: 2 bytes)
+    held = 2 if config["model"].get("dtype", "float32") == "bfloat16" else 4
+    weights = 4 * 4 * shape["params"] if full else held * shape["params"]
     return math.ceil((weights + activations) / 1e6) + 1024  # + 1 GB for the CUDA context and allocator
 
 

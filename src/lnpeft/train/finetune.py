@@ -35,6 +35,7 @@ from lnpeft.errors import NonFiniteOutputError, OutOfMemoryError, RecordedFailur
 from lnpeft.model.init import verify_init
 from lnpeft.model.methods import METHODS, MethodOptions, select
 from lnpeft.model.provenance import check_inputs
+from lnpeft.model.weight_dtype import WEIGHT_DTYPES, check_autocast, check_method, hold, parameter_bytes, weight_dtype
 from lnpeft.numerics import pin_threads
 from lnpeft.train.packing import batch_rows, in_place, pack, prepare_trainable, replicate, shared_dropout  # noqa: F401
 from lnpeft.train.recipe import RECIPES, Recipe
@@ -72,6 +73,9 @@ class FinetuneConfig:
     """auto (torch.compile on CUDA only) | true | false."""
     recipe: str = "auto"
     """auto | fp32 | bf16 (where native) | gpu (bf16 autocast, fused AdamW, pinned memory): lnpeft.train.recipe."""
+    dtype: str = "float32"
+    """float32 | bfloat16: the dtype the frozen weights are held in; trained tensors stay fp32
+    (lnpeft.model.weight_dtype: bfloat16 needs bf16 autocast and refuses full fine-tuning)."""
     mask: Path | None = None
     """Fisher subsets: masks parquet (artifacts "masks")."""
     fraction: float | None = None
@@ -94,6 +98,7 @@ class FinetuneConfig:
             raise ValueError(f"--compile must be auto, true or false, got {self.compile!r}")
         if self.recipe not in RECIPES:
             raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        check_method(self.dtype, self.method)
         for name in ("epochs", "batch_size", "eval_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
@@ -110,7 +115,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 PACK_SHARED = ("init", "train", "dev", "test", "task", "seed", "epochs", "batch_size", "eval_batch_size",
-               "max_length", "warmup_ratio", "compile", "recipe", "threads", "attempt")
+               "max_length", "warmup_ratio", "compile", "recipe", "dtype", "threads", "attempt")
 """Options every run of a pack shares: the frozen model, the data, the batch order, the schedule's
 length. Method, learning rate, weight decay, clipping, mask and fraction are each run's own."""
 
@@ -194,11 +199,12 @@ def choose_device(cfg: FinetuneConfig) -> tuple[torch.device, Recipe, int]:
 
 
 def load_init(cfg: FinetuneConfig, num_labels: int, device: torch.device):
-    """The init's tokenizer and model (its head was seeded once per (task, seed) by `lnpeft init`)."""
+    """The init's tokenizer and model (its head was seeded once per (task, seed) by `lnpeft init`),
+    every tensor in `cfg.dtype` (`make_runs` puts the trained ones back in fp32)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.init)
-    model = AutoModelForSequenceClassification.from_pretrained(cfg.init)
+    model = AutoModelForSequenceClassification.from_pretrained(cfg.init, dtype=weight_dtype(cfg.dtype))
     if model.config.num_labels != num_labels:
         raise ValueError(f"{cfg.init}: model has {model.config.num_labels} labels, task {cfg.task} "
                          f"needs {num_labels}; rebuild the init for this task")
@@ -220,6 +226,9 @@ def make_runs(model, cfgs: Sequence[FinetuneConfig], steps: int, device: torch.d
     """Each run's trainable entries, tensors and optimizer. A run alone trains the model's own
     tensors (every other tensor frozen, no weight gradients); a pack gives each member its own."""
     trainables = [select(model, c.method, MethodOptions(c.seed, c.fraction, c.mask)) for c in cfgs]
+    # frozen weights stay in --dtype; what any run trains whole, and the norms, in fp32 (a pack's
+    # members copy their tensors from these)
+    hold(model, {n for t in trainables for n in t.whole}, cfgs[0].dtype)
     params = [in_place(model, trainables[0])] if len(cfgs) == 1 else pack(model, trainables)
     runs = []
     for cfg, trainable, p in zip(cfgs, trainables, params):
@@ -384,6 +393,7 @@ def _train(cfgs: Sequence[FinetuneConfig], dropout: str, halved_from: tuple[int,
     check_inputs(cfg0.init, [cfg0.train, *cfg0.dev, *cfg0.test], task=cfg0.task, seed=cfg0.seed)
     device, recipe, threads = choose_device(cfg0)
     amp = recipe.bf16
+    check_autocast(cfg0.dtype, amp, recipe.name)  # bf16 weights meet fp32 tensors only inside autocast
     dropout = _dropout_mode(dropout, device)
     label = (f"run {run_name(cfg0)} ({cfg0.out})" if copies == 1
              else f"pack of {copies} runs of {cfg0.task} seed {cfg0.seed} ({', '.join(str(c.out) for c in cfgs)})")
@@ -533,7 +543,7 @@ def _train(cfgs: Sequence[FinetuneConfig], dropout: str, halved_from: tuple[int,
             tested = predictions_frame(tests, {s: p[g] for s, p in test_preds.items()}) if tests else None
             run.finish({"total": n_total, "trainable": run.trainable.count(model),
                         "metric": f"{first_dev}/{spec.metric}", "device": str(device), "threads": threads,
-                        "recipe": recipe.name, "torch": torch.__version__,
+                        "recipe": recipe.name, "torch": torch.__version__, "parameter_bytes": parameter_bytes(model),
                         **({"pack": copies} if not alone else {}),
                         **({"pack_halved_from": list(halved_from)} if halved_from else {})}, tested)
     return runs
@@ -565,6 +575,9 @@ def add_arguments(parser: argparse.ArgumentParser, member: bool = False) -> None
     parser.add_argument("--recipe", choices=RECIPES, default="auto",
                         help="fp32 (exact); bf16 (autocast where the device has native bf16, else fp32); gpu: bf16 "
                              "autocast and fused AdamW (also on CPU); auto: gpu on CUDA, else fp32")
+    parser.add_argument("--dtype", choices=tuple(WEIGHT_DTYPES), default=d["dtype"].default,
+                        help="dtype of the frozen weights (trained tensors stay fp32); bfloat16 needs a bf16 "
+                             "recipe and refuses --method full")
     if not member:
         parser.add_argument("--mask", type=Path, help="fisher: masks parquet")
         parser.add_argument("--save-model", type=Path, help="save the final model here (drift)")

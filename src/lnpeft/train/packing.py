@@ -198,7 +198,8 @@ def pack(model: nn.Module, trainables: list[TrainableSet]) -> list[RunParameters
         whole = {n: nn.Parameter(params[n].detach().clone()) for n in t.whole}
         # indices on the tensor's device once, here: a forward never copies them from the host
         indices = {n: i.to(params[n].device) for n, i in t.partial.items()}
-        values = {n: nn.Parameter(params[n].detach().reshape(-1)[indices[n]].clone()) for n in t.partial}
+        # fp32 even where the frozen tensor is bf16 (lnpeft.model.weight_dtype)
+        values = {n: nn.Parameter(params[n].detach().reshape(-1)[indices[n]].float()) for n in t.partial}
         runs.append(RunParameters(whole, indices, values))
     touched = sorted({n.rsplit(".", 1)[0] for t in trainables for n in t.names})
     for prefix in touched:
