@@ -93,3 +93,24 @@ def test_readme_has_the_summary_block():
     assert text.count(BEGIN) == 1 and text.count(END) == 1
     block = text.split(BEGIN)[1].split(END)[0]
     assert "| LayerNorm |" in block and "| trivial baseline |" in block and "- yes: LayerNorm beats" in block
+
+
+def test_log_puts_the_runs_elapsed_time_in_the_title(tmp_path, capsys):
+    """--log reads the last `Elapsed time:` of a Snakemake log (its own format), so the README's
+    time is the run's, not typed; a log of a run that did not finish is refused."""
+    import os
+
+    data = tmp_path / "data"
+    write_dev(data, "sst2", [0, 1, 1, 1])
+    write_parquet(score_rows({("layernorm", "sst2"): 0.9}), tmp_path / "s.parquet", "scores")
+    log = tmp_path / "run.snakemake.log"
+    log.write_text("Elapsed time: 0:00:02.5\n89 of 89 steps (100%) done\nElapsed time: 1:02:03.847291\n")
+    args = ["summary", "--scores", str(tmp_path / "s.parquet"), "--data-dir", str(data), "--log", str(log)]
+    assert cli.main(args + ["--title", "Scores (dev):"]) == 0
+    assert capsys.readouterr().out.startswith(f"Scores (dev; Snakemake 1 h 02 min on {os.cpu_count()} cores):\n")
+    log.write_text("Elapsed time: 0:11:07.5\n")
+    assert cli.main(args) == 0
+    assert f"on dev; Snakemake 11 min 08 s on {os.cpu_count()} cores):" in capsys.readouterr().out
+    log.write_text("Building DAG of jobs...\n")
+    assert cli.main(args) == 2  # lnpeft's one-line error
+    assert "run.snakemake.log: no 'Elapsed time:' line" in capsys.readouterr().err

@@ -11,6 +11,8 @@ shows numbers made by code, never typed.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,20 @@ def checks(table: pd.DataFrame, method: str = "layernorm", control: str = "rando
     return lines
 
 
+def duration(seconds: float) -> str:
+    h, rest = divmod(int(round(seconds)), 3600)
+    return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def elapsed(log: Path) -> float:
+    """Seconds of a finished Snakemake run, from its log's last `Elapsed time: H:MM:SS` line."""
+    found = re.findall(r"^Elapsed time: (\d+):(\d\d):(\d\d(?:\.\d+)?)$", Path(log).read_text(), re.M)
+    if not found:
+        raise ValueError(f"{log}: no 'Elapsed time:' line (not the log of a finished Snakemake run)")
+    h, m, s = found[-1]
+    return 3600 * int(h) + 60 * int(m) + float(s)
+
+
 def render(table: pd.DataFrame, title: str) -> str:
     headers = ["", *(column_label(c) for c in table.columns), "mean"]
     lines = [title, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -96,11 +112,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("results/data"))
     parser.add_argument("--title", default="Dev scores (paper metric; best learning rate and epoch on dev):")
     parser.add_argument("--readme", type=Path, help="also write the block between the summary markers of this file")
+    parser.add_argument("--log", type=Path, help="the run's Snakemake log: its elapsed time joins the title")
 
 
 def run(args: argparse.Namespace) -> int:
     table = dev_table(read_parquet(args.scores, "scores"), args.data_dir)
-    block = render(table, args.title)
+    title = args.title
+    if args.log:
+        took = f"Snakemake {duration(elapsed(args.log))} on {os.cpu_count()} cores"
+        title = f"{title[:-2]}; {took}):" if title.endswith("):") else f"{title} ({took})"
+    block = render(table, title)
     print(block, end="")
     if args.readme:
         embed(args.readme, block)

@@ -47,7 +47,7 @@ from lnpeft.plan.config_file import load_config
 from lnpeft.report.claims import learning_tasks, method_differences, plateaus, reading, subset_differences
 from lnpeft.report.runs import read_epoch_rows
 from lnpeft.report.selection import selected_scores
-from lnpeft.report.summary import dev_table, embed, markers, render
+from lnpeft.report.summary import dev_table, duration, embed, markers, render
 from lnpeft.report.table3 import METHOD_LABELS, column_label
 
 FIGURES = {  # results/figures/ file -> caption; each shown in its section
@@ -66,11 +66,6 @@ SUBSET_FRACTION = 0.2
 def points(x: float) -> str:
     """A difference of metric values in points (0.01 = 1 point), signed."""
     return f"{100 * x:+.1f}"
-
-
-def duration(seconds: float) -> str:
-    h, rest = divmod(int(round(seconds)), 3600)
-    return f"{h} h {rest // 60:02d} min" if h else f"{rest // 60} min {rest % 60:02d} s"
 
 
 # ---------------------------------------------------------------- the four claims
