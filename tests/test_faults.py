@@ -312,11 +312,11 @@ def test_minilm_end_to_end_twice_is_identical(tmp_path):
     thread per job, two jobs side by side, as the demo and `make reproduce` run: with two threads
     per job a job rarely ends in the last bits elsewhere (docs/reproducibility.md, its last paragraph)."""
     runs = []
-    one_thread = ["--set-threads", *(f"{rule}=1" for rule in MULTI_THREADED_RULES)]
+    one_thread = ["--set-threads", *(f"{rule}=1" for rule in MULTI_THREADED_RULES)]  # after the targets: it takes the rest
     for name in ("a", "b"):
         folder = tmp_path / name
         folder.mkdir()
-        proc = snakemake(folder, write_config(folder), *one_thread, *TARGETS, timeout=3600)
+        proc = snakemake(folder, write_config(folder), *TARGETS, *one_thread, timeout=3600)
         assert proc.returncode == 0, proc.stderr[-5000:]
         runs.append(folder / "results")
     data_diff, byte_diff = compare_parquet(*runs)
