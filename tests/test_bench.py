@@ -192,7 +192,7 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
                           timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     status = (out / "status.txt").read_text().splitlines()
-    assert [line.split()[0] for line in status] == ["train_step", "fisher", "estimate"]
+    assert [line.split()[0] for line in status] == ["train_step_eager", "fisher", "estimate", "train_step_compiled"]
     assert all(" rc=0 " in line for line in status)
     assert len(list(out.iterdir())) <= 8
     estimate = json.loads((out / "estimate.json").read_text())

@@ -26,11 +26,11 @@ def toy(tmp_path_factory):
             "dev": make_split(d / "validation.parquet", 128, seed=2)}
 
 
-def _finetune(toy, out, method: str, cuda: bool) -> None:
+def _finetune(toy, out, method: str, cuda: bool, *extra: str) -> None:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0") if cuda else ""}
     cmd = [sys.executable, "-m", "lnpeft.cli", "finetune", "--init", str(toy["init"]), "--train", str(toy["train"]),
            "--dev", str(toy["dev"]), "--task", "sst2", "--method", method, "--lr", "1e-2", "--seed", "0",
-           "--epochs", "3", "--batch-size", "16", "--max-length", "32", "--out", str(out)]
+           "--epochs", "3", "--batch-size", "16", "--max-length", "32", "--out", str(out), *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ("device cuda" in proc.stdout + proc.stderr) == cuda
@@ -46,6 +46,18 @@ def test_gpu_recipe_agrees_with_fp32_cpu(toy, tmp_path, method):
     pg, pc = (read_parquet(tmp_path / d / "predictions.parquet", "predictions") for d in ("gpu", "cpu"))
     agree = (pg["prediction"].to_numpy() == pc["prediction"].to_numpy()).mean()
     assert agree >= 0.95, agree
+
+
+@pytest.mark.parametrize("method", ["layernorm", "random"])
+def test_bf16_weights_on_cuda_agree_with_fp32_cpu(toy, tmp_path, method):
+    """`--dtype bfloat16` on CUDA (compiled, fused AdamW over fp32 tensors beside bf16 frozen weights;
+    random writes its fp32 entries into bf16 tensors): the learning curve of the fp32 run on CPU."""
+    _finetune(toy, tmp_path / "gpu", method, True, "--dtype", "bfloat16")
+    _finetune(toy, tmp_path / "cpu", method, cuda=False)
+    gpu, cpu = (read_parquet(tmp_path / d / "epochs.parquet", "epochs") for d in ("gpu", "cpu"))
+    np.testing.assert_allclose(gpu["train_loss"], cpu["train_loss"], atol=0.05)
+    pg, pc = (read_parquet(tmp_path / d / "predictions.parquet", "predictions") for d in ("gpu", "cpu"))
+    assert (pg["prediction"].to_numpy() == pc["prediction"].to_numpy()).mean() >= 0.95
 
 
 def test_packed_gpu_recipe_agrees_with_separate_fp32_cpu_runs(toy, tmp_path):
