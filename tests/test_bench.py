@@ -192,7 +192,7 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
                           timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     status = (out / "status.txt").read_text().splitlines()
-    assert [line.split()[0] for line in status] == ["train_step_eager", "fisher", "estimate", "train_step_compiled"]
+    assert [line.split()[0] for line in status] == ["train_step_eager", "fisher", "estimate", "compile_cache"]
     assert all(" rc=0 " in line for line in status)
     assert len(list(out.iterdir())) <= 8
     estimate = json.loads((out / "estimate.json").read_text())
@@ -253,3 +253,16 @@ def test_peer_trainer_runs_one_round(tmp_path):
     for name in ("lnpeft_fp32", "lnpeft_bf16", "peer"):
         assert len(result["scores"][name]["dev_accuracy"]) == 2 and result["cpu_seconds"][name][0] > 0
     assert result["scores"]["peer"]["test_predictions"] == 100
+
+
+def test_performance_page_quotes_the_compile_cache_json():
+    """docs/performance.md's compile-cache numbers are those of bench/results/compile_cache_cpu.json."""
+    data = json.loads((REPO / "bench" / "results" / "compile_cache_cpu.json").read_text())
+    cold, warm = data["cold"], data["warm"]
+    assert warm["compile_cache"]["graph_misses"] == 0 and cold["compile_cache"]["graph_hits"] == 0
+    sentence = (f"the second process took {data['ratios']['wall_s']:.2f}x the first's wall time "
+                f"({warm['wall_s']:.1f} s against {cold['wall_s']:.1f} s) and its first epoch "
+                f"{warm['first_epoch_s']:.1f} s against {cold['first_epoch_s']:.1f} s, "
+                f"{warm['compile_cache']['graph_hits']} of {cold['compile_cache']['graph_misses']} compiled graphs "
+                "read from the cache")
+    assert sentence in " ".join((REPO / "docs" / "performance.md").read_text().split())

@@ -81,7 +81,8 @@ def test_tiny_workflow_on_another_family(tmp_path, family):
 @pytest.mark.parametrize("family", ["llama", pytest.param("gpt2", marks=pytest.mark.slow)])
 def test_tiny_decoder_workflow_with_bf16_weights(tmp_path, family):
     """model.dtype bfloat16 (lnpeft.model.weight_dtype) end to end, packs included: the config leaves
-    full fine-tuning and drift out, every run records the dtype and saves fp32 trained values."""
+    full fine-tuning and drift out, the inits are saved in bf16, every run records the dtype and
+    saves fp32 trained values."""
     import json
 
     from safetensors.torch import load_file
@@ -105,3 +106,9 @@ def test_tiny_decoder_workflow_with_bf16_weights(tmp_path, family):
         state = load_file(path.parent / "state.safetensors")
         assert all(t.dtype == torch.float32 for k, t in state.items() if not k.endswith("@indices"))
     assert not (results / "drift").exists() and not (results / "runs" / name / "rte" / "full").exists()
+    # the inits are saved in bf16, what the runs load (lnpeft.model.init)
+    inits = sorted((results / "init" / name).glob("*/seed*/init.json"))
+    assert len(inits) == 2
+    for path in inits:
+        assert json.loads(path.read_text())["options"]["dtype"] == "bfloat16"
+        assert all(t.dtype == torch.bfloat16 for t in load_file(path.parent / "model.safetensors").values())

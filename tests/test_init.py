@@ -116,3 +116,41 @@ def test_the_layernorm_set_is_recorded_only_when_it_is_not_the_papers(checkpoint
     assert count(mixed, "layernorm")["trainable"] == count(paper, "layernorm")["trainable"] + ln_attention > 0
     with pytest.raises(ValueError, match="--layernorm: the LayerNorm set must be a non-empty list"):
         make_init(InitConfig(str(ck), "rte", 0, str(tmp_path / "bad"), ("output.dense",)))
+
+
+def test_a_bf16_init_is_the_fp32_init_rounded_and_its_runs_are_bit_identical(checkpoints, tmp_path):
+    """`lnpeft init --dtype bfloat16`: every tensor is the fp32 init's rounded to bf16, in about half
+    the bytes; a `--dtype bfloat16` run trains from it exactly as from the fp32 init (it loads that
+    in bf16); a float32 run refuses it, before writing anything."""
+    from test_finetune import make_split
+
+    from lnpeft.train import finetune as ft
+
+    ck = checkpoints["pooled"]
+    full = _init(ck, tmp_path / "fp32", task="sst2")
+    assert cli.main(["init", "--checkpoint", str(ck), "--task", "sst2", "--seed", "0", "--out",
+                     str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    half = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert sorted(half) == sorted(full)
+    for name, value in half.items():
+        assert value.dtype == torch.bfloat16 and torch.equal(value, full[name].to(torch.bfloat16)), name
+    payload = [sum(v.nbytes for v in t.values()) for t in (full, half)]
+    assert 2 * payload[1] == payload[0]
+    sizes = [(tmp_path / d / "model.safetensors").stat().st_size for d in ("fp32", "bf16")]
+    # the headers differ only in dtype names and offsets' digits
+    assert sizes[0] - sizes[1] == pytest.approx(payload[0] - payload[1], abs=256)
+    assert json.loads((tmp_path / "bf16" / "init.json").read_text())["options"]["dtype"] == "bfloat16"
+
+    train, dev = make_split(tmp_path / "train.parquet", 48, seed=1), make_split(tmp_path / "dev.parquet", 16, seed=2)
+    outs = {}
+    for init in ("fp32", "bf16"):
+        outs[init] = tmp_path / "runs" / init
+        ft.finetune(ft.FinetuneConfig(init=tmp_path / init, train=train, dev=(dev,), out=outs[init], task="sst2",
+                                      method="random", lr=1e-2, seed=0, epochs=2, batch_size=8, recipe="gpu",
+                                      dtype="bfloat16", threads=1))
+    for name in ("state.safetensors", "predictions.parquet"):
+        assert (outs["fp32"] / name).read_bytes() == (outs["bf16"] / name).read_bytes(), name
+    with pytest.raises(CheckpointError, match=r"the init was saved in bfloat16 .* run with --dtype bfloat16"):
+        ft.finetune(ft.FinetuneConfig(init=tmp_path / "bf16", train=train, dev=(dev,), out=tmp_path / "runs" / "f32",
+                                      task="sst2", method="layernorm", lr=1e-2, seed=0, epochs=1, threads=1))
+    assert not (tmp_path / "runs" / "f32").exists()

@@ -344,6 +344,18 @@ def test_second_dry_run_has_nothing_to_do(tiny_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+@needs_glue
+def test_a_float32_config_inits_with_the_command_it_had_before_model_dtype(tiny_run):
+    """Only model.dtype bfloat16 adds `--dtype` to `lnpeft init` (common.smk INIT_DTYPE_FLAG): a
+    float32 results folder made before the option keeps its inits (Snakemake reruns on a changed
+    command)."""
+    proc = snakemake(tiny_run, tiny_run / "config.yaml", "-n", "-p", "--forcerun", "init_model", "init")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    commands = [line for line in proc.stdout.splitlines() if "lnpeft init " in line]
+    assert len(commands) == 2 and not any("--dtype" in c for c in commands)
+    assert all("--layernorm output.LayerNorm > results/logs/init_model/" in c for c in commands)
+
+
 def test_hub_source_through_a_local_dataset_folder(tmp_path):
     """data.source hub: the same rule reads a load_dataset folder (the hub's parquet layout)."""
     from test_data import _hub_folder

@@ -44,4 +44,5 @@ rule init_model:
         layernorm=" ".join(config["model"]["layernorm"]),
     shell:
         f"{OFFLINE} lnpeft init --checkpoint {{params.checkpoint}} --task {{wildcards.task}}"
-        " --seed {wildcards.seed} --out {params.out} --layernorm {params.layernorm} > {log} 2>&1"
+        " --seed {wildcards.seed} --out {params.out} --layernorm {params.layernorm}"
+        f"{INIT_DTYPE_FLAG} > {{log}} 2>&1"

@@ -12,6 +12,7 @@ from lnpeft.plan import runtime
 from lnpeft.data import user_tasks
 from lnpeft.plan.pack_plan import member_index, pack_size, plan_packs
 from lnpeft.data.tasks import get_task
+from lnpeft.train import compile_cache
 from lnpeft.plan.workflow_config import (
     CUSTOM_TASKS_DIR,
     check_config,
@@ -35,6 +36,11 @@ validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)  # cross-key checks the JSON schema cannot express (fails before any job)
 # jobs resolve custom task names from these files (local and cluster jobs alike: it is in envvars)
 os.environ[user_tasks.ENV] = write_custom_tasks(config)
+# torch.compile's caches in one folder on the shared disk (training.compile_cache): a job whose model
+# and method an earlier job compiled reads the compiled graphs instead of compiling for a minute
+COMPILE_CACHE = compile_cache.cache_folder(config["training"].get("compile_cache"))
+if COMPILE_CACHE:
+    os.environ[compile_cache.ENV] = COMPILE_CACHE
 
 MODEL = config["model"]["name"]
 TASKS = list(config["tasks"])
@@ -71,6 +77,7 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 envvars:
     "PATH",
     user_tasks.ENV,
+    *([compile_cache.ENV] if COMPILE_CACHE else []),
 
 
 wildcard_constraints:
@@ -230,6 +237,9 @@ def compile_flag(wildcards):
     return str(value).lower()
 
 
+# model.dtype bfloat16 saves the inits in bf16 (what its runs load); float32 adds nothing to the
+# command, so a float32 results folder made before the option existed stays up to date
+INIT_DTYPE_FLAG = "" if config["model"]["dtype"] == "float32" else f" --dtype {config['model']['dtype']}"
 # the `lnpeft finetune` flags of training_params(), as the rules' shell commands use them
 TRAINING_FLAGS = (
     "--epochs {params.epochs} --batch-size {params.batch_size}"

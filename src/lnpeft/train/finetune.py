@@ -32,11 +32,12 @@ from lnpeft.data.batching import Encoded, collate, length_grouped_batches, load_
 from lnpeft.data.metrics import compute_metrics
 from lnpeft.data.tasks import get_task
 from lnpeft.errors import NonFiniteOutputError, OutOfMemoryError, RecordedFailure, is_oom
-from lnpeft.model.init import verify_init
+from lnpeft.model.init import check_init_dtype, verify_init
 from lnpeft.model.methods import METHODS, MethodOptions, select
 from lnpeft.model.provenance import check_inputs
 from lnpeft.model.weight_dtype import WEIGHT_DTYPES, check_autocast, check_method, hold, parameter_bytes, weight_dtype
 from lnpeft.numerics import pin_threads
+from lnpeft.train.compile_cache import cache_report
 from lnpeft.train.packing import batch_rows, in_place, pack, prepare_trainable, replicate, shared_dropout  # noqa: F401
 from lnpeft.train.recipe import RECIPES, Recipe
 from lnpeft.train.recipe import resolve as resolve_recipe
@@ -388,7 +389,8 @@ def _train(cfgs: Sequence[FinetuneConfig], dropout: str, halved_from: tuple[int,
     cfg0, copies = cfgs[0], len(cfgs)
     alone = copies == 1 and not halved_from  # a run alone raises its failure; a pack's member fails alone
     spec = get_task(cfg0.task)
-    verify_init(cfg0.init)  # a corrupted or changed init fails here, before any training
+    # a corrupted or changed init, or one saved in bf16 for a float32 run, fails here, before any training
+    check_init_dtype(cfg0.init, verify_init(cfg0.init), cfg0.dtype)
     # an init or split made for another task or seed (a stage run by hand) fails here too
     check_inputs(cfg0.init, [cfg0.train, *cfg0.dev, *cfg0.test], task=cfg0.task, seed=cfg0.seed)
     device, recipe, threads = choose_device(cfg0)
@@ -544,6 +546,7 @@ def _train(cfgs: Sequence[FinetuneConfig], dropout: str, halved_from: tuple[int,
             run.finish({"total": n_total, "trainable": run.trainable.count(model),
                         "metric": f"{first_dev}/{spec.metric}", "device": str(device), "threads": threads,
                         "recipe": recipe.name, "torch": torch.__version__, "parameter_bytes": parameter_bytes(model),
+                        **({"compile_cache": cache_report()} if fwd is not model else {}),
                         **({"pack": copies} if not alone else {}),
                         **({"pack_halved_from": list(halved_from)} if halved_from else {})}, tested)
     return runs
