@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -334,6 +335,27 @@ def test_a_7b_decoder_counted_from_its_config_alone(tmp_path):
     # a model smaller than BERT-large keeps BERT-large's conservative rate
     save_llama(tmp_path / "llama")
     assert runtime.size_factor(folder_config(tmp_path, tmp_path / "llama")) == 1.0
+
+
+def test_host_memory_grows_with_the_model_it_loads(tmp_path):
+    """A 7B Llama's fp32 load (init, a GPU job's host side) asks 1.5 x 4 bytes per parameter, the
+    embedding table included, + 2 GB; a small model keeps the rule's own floor; x the attempt."""
+    from lnpeft.model.size import all_params_of
+    from lnpeft.plan import runtime
+
+    folder = tmp_path / "llama-7b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "intermediate_size": 11008, "vocab_size": 32000}))
+    n = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096) + 4096 + 32000 * 4096
+    assert all_params_of(folder) == n == 6_607_343_616  # Llama-2-7B without its LM head
+    config = folder_config(tmp_path, folder)
+    need = math.ceil(1.5 * 4 * n / 1e6) + 2048
+    assert runtime.host_memory_mb(config, 8000) == need == 41693
+    assert runtime.host_memory_mb(config, 32000, attempt=2) == 2 * need
+    save_llama(tmp_path / "llama")
+    assert runtime.host_memory_mb(folder_config(tmp_path, tmp_path / "llama"), 8000, attempt=2) == 16000
 
 
 def test_drift_activate_false_prices_no_drift_fine_tunes(tiny_config, tmp_path):

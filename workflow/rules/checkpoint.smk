@@ -36,7 +36,7 @@ rule init_model:
         "../../envs/lnpeft.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=init_mem_mb,
         runtime=15,
     params:
         checkpoint=subpath(input[0], parent=True),

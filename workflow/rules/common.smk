@@ -471,5 +471,11 @@ def job_attempt(wildcards, attempt):
 
 
 def gpu_mem_mb(wildcards, attempt):
-    """Host memory of a GPU job (the model, the tokenised splits, the optimizer state)."""
-    return 32000 * attempt
+    """Host memory of a GPU job (the model, the tokenised splits, the optimizer state): 32 GB, more
+    for a model whose fp32 load needs it (lnpeft.plan.runtime.host_memory_mb)."""
+    return runtime.host_memory_mb(config, 32000, attempt)
+
+
+def init_mem_mb(wildcards, attempt):
+    """Host memory of `lnpeft init`, which loads the checkpoint in fp32: 8 GB, more for a larger model."""
+    return runtime.host_memory_mb(config, 8000, attempt)

@@ -32,23 +32,41 @@ def flop_params(config: Any) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in tables)
 
 
+def all_params(config: Any) -> int:
+    """Every parameter of the base model, embedding tables included: what a job holds in memory."""
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in AutoModel.from_config(config).parameters())
+
+
 @lru_cache(maxsize=16)
-def _counted(path: str, mtime_ns: int) -> int:
+def _counted(path: str, mtime_ns: int, tables: bool) -> int:
     from transformers import AutoConfig
 
-    return flop_params(AutoConfig.from_pretrained(Path(path).parent))
+    config = AutoConfig.from_pretrained(Path(path).parent)
+    return all_params(config) if tables else flop_params(config)
+
+
+def _count_of(config_json: Path | str, tables: bool) -> int:
+    path = Path(config_json)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        return _counted(str(path.resolve()), path.stat().st_mtime_ns, tables)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot count the model's parameters ({err})") from None
 
 
 def flop_params_of(config_json: Path | str) -> int:
     """`flop_params` of the model a config.json describes (cached per file version: the workflow
     asks once per job)."""
-    path = Path(config_json)
-    if path.is_dir():
-        path = path / "config.json"
-    try:
-        return _counted(str(path.resolve()), path.stat().st_mtime_ns)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot count the model's parameters ({err})") from None
+    return _count_of(config_json, tables=False)
+
+
+def all_params_of(config_json: Path | str) -> int:
+    """`all_params` of the model a config.json describes (cached as `flop_params_of`)."""
+    return _count_of(config_json, tables=True)
 
 
 @lru_cache(maxsize=1)

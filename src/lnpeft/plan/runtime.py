@@ -41,6 +41,22 @@ def size_factor(config: dict) -> float:
     return max(1.0, flop_params_of(found[0]) / bert_large_flop_params())
 
 
+LOAD_COPIES = 1.5
+"""Host memory of loading a model, in fp32 copies of its parameters: the tensors, plus what a load
+or a cast holds beside them for a while (a margin, not a measurement)."""
+
+
+def host_memory_mb(config: dict, floor_mb: int, attempt: int = 1) -> int:
+    """Host memory (MB) of a job that loads the model in fp32 (init; a GPU job before it moves the
+    model): LOAD_COPIES x 4 bytes per parameter + 2 GB, where the model's config.json can be read
+    now, never below `floor_mb` (what such a job asks of a BERT-sized model); x the attempt."""
+    from lnpeft.model.size import all_params_of
+
+    found = local_model_config(config)
+    need = 0 if found is None else math.ceil(LOAD_COPIES * 4 * all_params_of(found[0]) / 1e6) + 2048
+    return max(floor_mb, need) * attempt
+
+
 def _epoch_seconds(config: dict, task: str) -> float:
     """One epoch at the conservative rate: train once, then predict every dev and test split."""
     evals = sum(rows(config, task, s) for s in task_rows(task) if s != "train")
