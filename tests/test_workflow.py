@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -346,14 +347,17 @@ def test_second_dry_run_has_nothing_to_do(tiny_run):
 
 @needs_glue
 def test_a_float32_config_inits_with_the_command_it_had_before_model_dtype(tiny_run):
-    """Only model.dtype bfloat16 adds `--dtype` to `lnpeft init` (common.smk INIT_DTYPE_FLAG): a
-    float32 results folder made before the option keeps its inits (Snakemake reruns on a changed
-    command)."""
-    proc = snakemake(tiny_run, tiny_run / "config.yaml", "-n", "-p", "--forcerun", "init_model", "init")
+    """Only model.dtype bfloat16 adds `--dtype` to `lnpeft init` and `lnpeft fisher` (common.smk
+    DTYPE_FLAG): a float32 results folder made before the option keeps its inits and Fisher tables
+    (Snakemake reruns on a changed command)."""
+    proc = snakemake(tiny_run, tiny_run / "config.yaml", "-n", "-p", "--forcerun", "init_model", "init", "table1")
     assert proc.returncode == 0, proc.stderr[-5000:]
     commands = [line for line in proc.stdout.splitlines() if "lnpeft init " in line]
     assert len(commands) == 2 and not any("--dtype" in c for c in commands)
     assert all("--layernorm output.LayerNorm > results/logs/init_model/" in c for c in commands)
+    commands = [line for line in proc.stdout.splitlines() if "lnpeft fisher " in line]
+    assert len(commands) == 2 and not any("--dtype" in c for c in commands)
+    assert all(re.search(r" --threads \d+ > results/logs/compute_fisher/", c) for c in commands)
 
 
 def test_hub_source_through_a_local_dataset_folder(tmp_path):

@@ -45,4 +45,4 @@ rule init_model:
     shell:
         f"{OFFLINE} lnpeft init --checkpoint {{params.checkpoint}} --task {{wildcards.task}}"
         " --seed {wildcards.seed} --out {params.out} --layernorm {params.layernorm}"
-        f"{INIT_DTYPE_FLAG} > {{log}} 2>&1"
+        f"{DTYPE_FLAG} > {{log}} 2>&1"

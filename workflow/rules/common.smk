@@ -237,9 +237,10 @@ def compile_flag(wildcards):
     return str(value).lower()
 
 
-# model.dtype bfloat16 saves the inits in bf16 (what its runs load); float32 adds nothing to the
-# command, so a float32 results folder made before the option existed stays up to date
-INIT_DTYPE_FLAG = "" if config["model"]["dtype"] == "float32" else f" --dtype {config['model']['dtype']}"
+# model.dtype bfloat16: `lnpeft init` saves the inits in bf16 (what its runs load) and `lnpeft fisher`
+# holds the model as the runs do; float32 adds nothing to either command, so a float32 results folder
+# made before the option existed stays up to date
+DTYPE_FLAG = "" if config["model"]["dtype"] == "float32" else f" --dtype {config['model']['dtype']}"
 # the `lnpeft finetune` flags of training_params(), as the rules' shell commands use them
 TRAINING_FLAGS = (
     "--epochs {params.epochs} --batch-size {params.batch_size}"

@@ -36,7 +36,8 @@ rule compute_fisher:
     shell:
         f"{OFFLINE} lnpeft fisher --model {{params.init}} --data {{input.train}} --out {{output.entries}}"
         " --components-out {output.components} --max-samples {params.max_samples}"
-        " --batch-size {params.batch_size} --max-length {params.max_length} --threads {threads} > {log} 2>&1"
+        " --batch-size {params.batch_size} --max-length {params.max_length} --threads {threads}"
+        f"{DTYPE_FLAG} > {{log}} 2>&1"
 
 
 rule rank_components:

@@ -9,7 +9,9 @@ F(w_i) = 1/N sum_j (d log p(y_j | x_j) / d w_i)^2 over N training examples, with
 Per-sample gradients come from one batched forward/backward per batch through layer hooks
 (`lnpeft.analysis.grad_sample`), never from a batch-size-1 loop, and only what the tables need is
 kept between batches (`compute_fisher_streamed`): the LayerNorm set's entries and one sum per
-component piece of every other tensor. Outputs: every output-LayerNorm entry
+component piece of every other tensor. With `--dtype bfloat16` (config `model.dtype`) the model is
+held as a bf16 run holds it (`lnpeft.model.weight_dtype`: bf16 weights, fp32 norms) and its forward
+runs under bf16 autocast; the kernels square and sum in fp32 and float64 either way. Outputs: every output-LayerNorm entry
 (artifact `fisher`) and the mean Fisher per (layer, component, kind) of all eight components
 (artifact `fisher_components`).
 """
@@ -32,6 +34,7 @@ from lnpeft.data.artifacts import read_parquet, write_parquet
 from lnpeft.data.batching import collate, encode, length_grouped_batches, model_inputs
 from lnpeft.errors import OutOfMemoryError, is_oom
 from lnpeft.model.architectures import COMPONENTS, for_config
+from lnpeft.model.weight_dtype import WEIGHT_DTYPES, hold, weight_dtype
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,11 @@ class FisherConfig:
     threads: int | None = None
     """torch CPU threads (Snakemake's `threads:`); None: OMP_NUM_THREADS, else torch's default.
     Always pinned (`lnpeft.numerics`): CPU numbers are bit-identical for the same count."""
+    dtype: str = "float32"
+    """float32 | bfloat16: the dtype the weights are held in (norms stay fp32), as the runs hold them."""
 
     def __post_init__(self) -> None:
+        weight_dtype(self.dtype)  # an unknown dtype fails here
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.max_samples is not None and self.max_samples < 1:
@@ -124,14 +130,17 @@ def _squared_sums(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tens
                   reduce: dict | None = None) -> tuple[dict[str, torch.Tensor], int]:
     model.eval()
     modules = component_modules(model)
+    # bf16 weights meet fp32 norms and activations only inside autocast (lnpeft.model.weight_dtype)
+    bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
     n = 0
     with SquaredGradSampler(modules, reduce) as sampler:
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
             try:
-                logits = model(**model_inputs(model, batch)).logits
-                sampler.backward(per_sample_losses(logits, labels), batch["attention_mask"])
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(**model_inputs(model, batch)).logits
+                sampler.backward(per_sample_losses(logits.float(), labels), batch["attention_mask"])
             except RuntimeError as err:
                 if not is_oom(err):
                     raise
@@ -183,19 +192,22 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "null", "all") else int(text)
 
 
-def load_for_fisher(model_dir: Path | str):
-    """The model in fp32 with a padded attention implementation pinned: the per-sample kernels need
+def load_for_fisher(model_dir: Path | str, dtype: str = "float32"):
+    """The model with a padded attention implementation pinned: the per-sample kernels need
     activations of shape [batch, tokens, hidden]; an unpadded (varlen) backend such as flash
     attention packs tokens of the whole batch into one row and no sample's gradient can be told
-    apart. SDPA where the family has it, else the eager one."""
+    apart. SDPA where the family has it, else the eager one. Its weights in `dtype`, every norm in
+    fp32 (`lnpeft.model.weight_dtype.hold`, as a run of that dtype holds them)."""
     from transformers import AutoModelForSequenceClassification
 
     try:
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32,
-                                                                  attn_implementation="sdpa")
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=weight_dtype(dtype),
+                                                                   attn_implementation="sdpa")
     except ValueError:  # a family without SDPA support (transformers says so as a ValueError)
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32,
-                                                                  attn_implementation="eager")
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=weight_dtype(dtype),
+                                                                   attn_implementation="eager")
+    hold(model, (), dtype)
+    return model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -211,6 +223,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=FisherConfig.device, choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=FisherConfig.threads,
                         help="torch CPU threads (default: $OMP_NUM_THREADS, else torch's default)")
+    parser.add_argument("--dtype", choices=tuple(WEIGHT_DTYPES), default=FisherConfig.dtype,
+                        help="hold the weights in this dtype (bfloat16: norms stay fp32, the forward runs "
+                             "under bf16 autocast), as the runs of config model.dtype hold them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -219,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     from lnpeft.numerics import pin_threads
 
     cfg = FisherConfig(batch_size=args.batch_size, max_samples=args.max_samples, max_length=args.max_length,
-                       seed=args.seed, device=args.device, threads=pin_threads(args.threads))
+                       seed=args.seed, device=args.device, threads=pin_threads(args.threads), dtype=args.dtype)
     model_dir = Path(args.model)
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir}: not a save_pretrained folder (no config.json); run the init stage")
@@ -232,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
                           else ("cpu" if cfg.device == "auto" else cfg.device))
     torch.manual_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_for_fisher(model_dir)
+    model = load_for_fisher(model_dir, cfg.dtype)
     model.to(device).eval()
 
     df = select_rows(read_parquet(args.data, "data"), cfg.max_samples, cfg.seed, args.data)

@@ -24,12 +24,13 @@ def compute_linear_grad_sample(layer: nn.Module, activations: torch.Tensor,
                                backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
     out: dict[nn.Parameter, torch.Tensor] = {}
     # flatten any sequence dims to [B, T, features]; a 2-D input is one token per sample
-    a = activations.reshape(activations.shape[0], -1, activations.shape[-1])
-    g = backprops.reshape(backprops.shape[0], -1, backprops.shape[-1])
+    # in fp32 whatever the layer's dtype (bf16 weights and autocast's bf16 activations)
+    a = activations.reshape(activations.shape[0], -1, activations.shape[-1]).float()
+    g = backprops.reshape(backprops.shape[0], -1, backprops.shape[-1]).float()
     if layer.weight.requires_grad:
         batch = a.shape[0]
         chunk = max(1, MAX_CHUNK_ELEMENTS // layer.weight.numel())
-        acc = torch.zeros_like(layer.weight)
+        acc = torch.zeros_like(layer.weight, dtype=torch.float32)
         layout = "bto,bti->bio" if linear_of(layer).transposed else "bto,bti->boi"
         for start in range(0, batch, chunk):
             per_sample = torch.einsum(layout, g[start:start + chunk], a[start:start + chunk])

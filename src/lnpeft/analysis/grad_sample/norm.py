@@ -16,6 +16,7 @@ def compute_norm_grad_sample(layer: nn.Module, activations: torch.Tensor,
                              backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
     out: dict[nn.Parameter, torch.Tensor] = {}
     weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
+    activations, backprops = activations.float(), backprops.float()  # fp32 whatever autocast computed in
     reduce_dims = tuple(range(1, activations.dim() - weight.dim())) if weight is not None else ()
     if weight is not None and weight.requires_grad:
         # normalised input without the affine part: recompute rather than store it in forward
