@@ -9,11 +9,13 @@ F(w_i) = 1/N sum_j (d log p(y_j | x_j) / d w_i)^2 over N training examples, with
 Per-sample gradients come from one batched forward/backward per batch through layer hooks
 (`lnpeft.analysis.grad_sample`), never from a batch-size-1 loop, and only what the tables need is
 kept between batches (`compute_fisher_streamed`): the LayerNorm set's entries and one sum per
-component piece of every other tensor. With `--dtype bfloat16` (config `model.dtype`) the model is
-held as a bf16 run holds it (`lnpeft.model.weight_dtype`: bf16 weights, fp32 norms) and its forward
-runs under bf16 autocast; the kernels square and sum in fp32 and float64 either way. Outputs: every output-LayerNorm entry
-(artifact `fisher`) and the mean Fisher per (layer, component, kind) of all eight components
-(artifact `fisher_components`).
+component piece of every other tensor. Outputs: every output-LayerNorm entry (artifact `fisher`)
+and the mean Fisher per (layer, component, kind) of all eight components (artifact
+`fisher_components`).
+
+With `--dtype bfloat16` (config `model.dtype`) the model is held as a bf16 run holds it
+(`lnpeft.model.weight_dtype`: bf16 weights, fp32 norms) and its forward runs under bf16 autocast;
+the kernels square and sum in fp32 and float64 either way.
 """
 
 from __future__ import annotations
