@@ -9,17 +9,16 @@ cache gave each compiled run."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
-def cache_folder(configured: str | None, environ: dict[str, str] = os.environ) -> str | None:
-    """The folder the jobs share: the user's own $TORCHINDUCTOR_CACHE_DIR if set, else the
-    configured path made absolute (jobs may start in other folders), else None (torch's default)."""
-    if environ.get(ENV):
-        return environ[ENV]
+def cache_folder(configured: str | None) -> str | None:
+    """The folder the jobs share: the configured path made absolute (jobs may start in other
+    folders), or None to leave torch's own choice ($TORCHINDUCTOR_CACHE_DIR, else its /tmp folder).
+    The config wins over the variable: torch itself sets the variable, to its default, in any
+    process that has compiled, so a set variable does not say that a user chose it."""
     return str(Path(configured).resolve()) if configured else None
 
 
