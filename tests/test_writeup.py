@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from lnpeft.model.architectures import COMPONENTS
-from lnpeft.report.writeup import convergence, drift_claim, fisher_claim, peft_claim, run_time, subset_claim
+from lnpeft.report.run_log import run_time
+from lnpeft.report.verdicts import convergence, drift_claim, fisher_claim, peft_claim, subset_claim
 
 
 def drift_frame(largest: str, layers: int = 3) -> pd.DataFrame:
@@ -154,7 +155,7 @@ def test_plateaus_count_flat_curves():
 def test_table1_ranked_again_over_the_judged_tasks_and_kruskal_over_them():
     from scipy import stats
 
-    from lnpeft.report.writeup import kruskal_over, table1_over
+    from lnpeft.report.verdicts import kruskal_over, table1_over
 
     table1 = pd.DataFrame({"rank": [1, 2], "component": ["attention.output.LayerNorm", "output.LayerNorm"],
                            "score": [1.1, 0.9], "sst2": [0.2, 0.8], "cola": [0.9, 0.1]})
@@ -168,3 +169,34 @@ def test_table1_ranked_again_over_the_judged_tasks_and_kruskal_over_them():
     want = stats.kruskal([0.80, 0.60], [0.82, 0.58])
     assert got == f"Kruskal-Wallis H = {want.statistic:.3f}, p = {want.pvalue:.3f} (bitfit vs layernorm)"
     assert kruskal_over(methods, ["sst2"]) == "not computed (fewer than 2 tasks)"
+
+
+def test_setup_table_gives_each_task_its_own_rows_epochs_and_length(tmp_path):
+    """The Setup section reads each task's rows from its data MANIFEST.json and its epochs and length
+    through `per_task` (the converge config keeps all of CoLA, MRPC and RTE, trains RTE 4 epochs)."""
+    import json
+
+    from lnpeft.plan.config_file import load_config
+    from lnpeft.report.writeup import setup_table
+
+    repo = Path(__file__).resolve().parents[1]
+    config = load_config([repo / "config.yaml", repo / "configs" / "minilm-converge.yaml"])
+    rows = {"sst2": (4000, 872), "cola": (8551, 1000), "mrpc": (3668, 408), "stsb": (4000, 1000), "rte": (2490, 277)}
+    for task, (train, dev) in rows.items():
+        (tmp_path / task).mkdir()
+        splits = {"train": {"rows_kept": train}, "validation": {"rows_kept": dev}, "test": {"rows_kept": 200}}
+        (tmp_path / task / "MANIFEST.json").write_text(json.dumps({"splits": splits}))
+    lines = setup_table(config, tmp_path)
+    assert lines[:2] == ["| task | training rows | dev rows | epochs | max length |", "|---|---|---|---|---|"]
+    assert lines[2:7] == ["| SST2 | 4,000 | 872 | 3 | 64 |", "| CoLA | 8,551 | 1,000 | 3 | 64 |",
+                          "| MRPC | 3,668 | 408 | 3 | 128 |", "| STSB | 4,000 | 1,000 | 3 | 128 |",
+                          "| RTE | 2,490 | 277 | 4 | 128 |"]
+    assert lines[-1] == ("Learning rates, every task: full 2e-05, 5e-05; bitfit 0.001, 0.003, 0.01; "
+                         "layernorm 0.001, 0.003, 0.01, 0.03; random 0.001, 0.003, 0.01, 0.03.")
+    config["per_task"]["rte"]["learning_rates"] = {"full": [1e-5]}  # a task with its own grid: a column
+    lines = setup_table(config, tmp_path)
+    assert lines[0].endswith("| learning rates |")
+    assert lines[6].startswith("| RTE | 2,490 | 277 | 4 | 128 | full 1e-05; bitfit 0.001")
+    (tmp_path / "cola" / "MANIFEST.json").unlink()
+    with pytest.raises(Exception, match=r"cola/MANIFEST.json: missing"):
+        setup_table(config, tmp_path)

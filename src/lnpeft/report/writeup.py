@@ -3,17 +3,8 @@
 Nothing in the write-up is typed by hand: Table 1 and Table 2 are the workflow's own markdown
 (`table1` and `table2` targets) embedded verbatim, every other number is computed here from the
 parquet files, `kruskal.json` and the Snakemake log of the run, and the figures are copied from
-results/figures/. Each of the paper's four claims gets a verdict with the numbers behind it:
-
-- (a) output.LayerNorm drifts most (Eq. 1, Figure 1): per task, the component with the largest
-  mean D over layers (weights and biases pooled). Holds when it is output.LayerNorm on most tasks.
-- (b) it ranks first in Fisher (Table 1). Holds when Table 1 ranks it first.
-- (c) LayerNorm within about a point of BitFit with about a fifth of its parameters, random
-  clearly lower (Table 2): the mean over tasks of LayerNorm - BitFit is >= -1 point, and of
-  LayerNorm - random >= 2 points (1 point = 0.01 of the paper metric).
-- (d) Fisher subsets at f = 0.2 within 1-2 points of all of LayerNorm (Figure 2): the mean over
-  tasks of subset - LayerNorm is >= -2 points, scores as Figure 2 plots them (Table 2's rule:
-  the (lr, epoch) with the best seed mean).
+results/figures/. Each of the paper's four claims gets a verdict with the numbers behind it
+(`lnpeft.report.verdicts` says how each is judged).
 
 Every claim is judged only on the tasks where full fine-tuning learnt (`lnpeft.report.claims`: its
 seed mean beats the trivial baseline by 3 points, or 0.10 of a correlation); the others are listed
@@ -30,25 +21,24 @@ import argparse
 import difflib
 import json
 import os
-import platform
-import re
 import shutil
-from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from lnpeft.data.artifacts import atomic_path, read_parquet
 from lnpeft.data.tasks import column_task
 from lnpeft.errors import LnpeftError
-from lnpeft.model.architectures import COMPONENTS, LAYERNORM_COMPONENT
 from lnpeft.plan.config_file import load_config
-from lnpeft.report.claims import learning_tasks, method_differences, plateaus, reading, subset_differences
+from lnpeft.plan.workflow_config import for_task, method_learning_rates
+from lnpeft.report.claims import learning_tasks, method_differences, reading, subset_differences
+from lnpeft.report.run_log import machine, run_time
 from lnpeft.report.runs import read_epoch_rows
 from lnpeft.report.selection import selected_scores
-from lnpeft.report.summary import dev_table, duration, embed, markers, render
-from lnpeft.report.table3 import METHOD_LABELS, column_label
+from lnpeft.report.summary import dev_table, embed, markers, render
+from lnpeft.report.table3 import column_label
+from lnpeft.report.verdicts import (SUBSET_FRACTION, convergence, drift_claim, fisher_claim, kruskal_over, peft_claim,
+                                    plateau_text, stats_lines, subset_claim, subset_scores, table1_over)
 
 FIGURES = {  # results/figures/ file -> caption; each shown in its section
     "curves_learning.png": "Learning curves: dev score (top) and training loss (bottom) per epoch of each "
@@ -59,214 +49,6 @@ FIGURES = {  # results/figures/ file -> caption; each shown in its section
     "fig2_fractions.png": "Figure 2: dev score when training only the top-f Fisher fraction of LayerNorm.",
     "fig5_schemes.png": "Figure 5: the three mask schemes (individual, global, cross-validated).",
 }
-STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", re.M)
-SUBSET_FRACTION = 0.2
-
-
-def points(x: float) -> str:
-    """A difference of metric values in points (0.01 = 1 point), signed."""
-    return f"{100 * x:+.1f}"
-
-
-# ---------------------------------------------------------------- the four claims
-
-
-def drift_claim(drift: dict[str, pd.DataFrame]) -> tuple[str, str, pd.DataFrame]:
-    """(a): per task the components ranked by mean D over layers; verdict and table."""
-    rows = []
-    for task, df in drift.items():
-        mean = df[df["kind"] == "all"].groupby("component")["D"].mean().reindex(list(COMPONENTS))
-        order = mean.sort_values(ascending=False, kind="stable")
-        per_layer = df[df["kind"] == "all"].pivot(index="layer", columns="component", values="D")
-        rows.append({"task": task, "first": order.index[0],
-                     "rank": int(list(order.index).index(LAYERNORM_COMPONENT)) + 1,
-                     "layers_first": int((per_layer.idxmax(axis=1) == LAYERNORM_COMPONENT).sum()),
-                     "layers": len(per_layer), "ratio": float(mean[LAYERNORM_COMPONENT] / order.iloc[1 if
-                         order.index[0] == LAYERNORM_COMPONENT else 0])})
-    table = pd.DataFrame(rows)
-    first = int((table["rank"] == 1).sum())
-    verdict = "holds" if first > len(table) / 2 else "does not hold"
-    numbers = (f"output.LayerNorm has the largest mean drift on {first} of {len(table)} tasks "
-               f"and is first in {int(table['layers_first'].sum())} of {int(table['layers'].sum())} "
-               f"(task, layer) cells")
-    return verdict, numbers, table
-
-
-def fisher_claim(table1: pd.DataFrame) -> tuple[str, str]:
-    """(b): the rank of output.LayerNorm in Table 1, and its mean share of the tasks' Fisher."""
-    row = table1[table1["component"] == LAYERNORM_COMPONENT].iloc[0]
-    tasks = [c for c in table1.columns if c not in ("rank", "component", "score")]
-    firsts = sum(int(table1[t].idxmax() == row.name) for t in tasks)
-    verdict = "holds" if int(row["rank"]) == 1 else "does not hold"
-    return verdict, (f"Table 1 ranks output.LayerNorm {int(row['rank'])} of {len(table1)}; it holds a mean "
-                     f"{row['score'] / len(tasks):.2f} of each task's Fisher and is first on {firsts} of "
-                     f"{len(tasks)} tasks")
-
-
-def _means(table: pd.DataFrame, a: str, b: str, columns: list[str]) -> float:
-    return float((table.loc[a, columns] - table.loc[b, columns]).mean())
-
-
-def peft_claim(dev: pd.DataFrame, percents: pd.Series, learned: list[str]) -> tuple[str, str]:
-    """(c) on Table 2 means: LayerNorm - BitFit, LayerNorm - random, and the parameter ratio."""
-    columns = [c for c in dev.columns]
-    gap_bitfit, gap_random = _means(dev, "layernorm", "bitfit", columns), _means(dev, "layernorm", "random", columns)
-    ratio = percents["layernorm"] / percents["bitfit"]
-    ok_bitfit, ok_random = gap_bitfit >= -0.01, gap_random >= 0.02
-    verdict = "holds" if ok_bitfit and ok_random else "partly holds" if ok_bitfit or ok_random else "does not hold"
-    text = (f"LayerNorm - BitFit {points(gap_bitfit)} points on average over {len(columns)} tasks, with "
-            f"{ratio:.2f} of BitFit's trainable parameters; LayerNorm - random {points(gap_random)} points")
-    if learned and len(learned) < len(columns):
-        text += (f"; on the {len(learned)} tasks where LayerNorm beats the trivial baseline "
-                 f"({', '.join(column_label(c) for c in learned)}): {points(_means(dev, 'layernorm', 'bitfit', learned))}"
-                 f" and {points(_means(dev, 'layernorm', 'random', learned))}")
-    return verdict, text
-
-
-def subset_scores(run_table: pd.DataFrame) -> pd.DataFrame:
-    """Per task: all of LayerNorm and each scheme at each fraction, as Figure 2 plots them
-    (`selection.selected_scores`: Table 2's rule)."""
-    ln = run_table[run_table["method"] == "layernorm"].set_index("task")["score"]
-    subsets = run_table[run_table["scheme"].notna()]
-    wide = subsets.pivot_table(index="task", columns=["scheme", "fraction"], values="score")
-    order = [c for s in ("individual", "global", "cv") for c in sorted(wide.columns) if c[0] == s]
-    wide = wide[order]
-    wide.insert(0, ("layernorm", 1.0), ln.reindex(wide.index))
-    return wide
-
-
-def subset_claim(wide: pd.DataFrame, learned: list[str]) -> tuple[str, str]:
-    """(d): each scheme at f = 0.2 against all of LayerNorm, mean over tasks."""
-    ln = wide[("layernorm", 1.0)]
-    schemes = [s for s in ("individual", "global", "cv") if (s, SUBSET_FRACTION) in wide.columns]
-    if "individual" not in schemes:
-        return "not tested", f"no individual-scheme run at f = {SUBSET_FRACTION}"
-    gaps = {s: wide[(s, SUBSET_FRACTION)] - ln for s in schemes}
-    verdict = "holds" if gaps["individual"].mean() >= -0.02 else "does not hold"
-    text = "; ".join(f"{s} f = {SUBSET_FRACTION} - LayerNorm {points(g.mean())} points" for s, g in gaps.items())
-    text += f" (mean over {len(ln)} tasks)"
-    learned_tasks = {column_task(c)[0].name for c in learned}
-    tasks = [t for t in wide.index if t in learned_tasks]
-    if tasks and len(tasks) < len(wide.index):
-        text += (f"; individual on the tasks where LayerNorm beats the trivial baseline: "
-                 f"{points(gaps['individual'][tasks].mean())}")
-    return verdict, text
-
-
-# ---------------------------------------------------------------- the other sections
-
-
-def plateau_text(curves: pd.DataFrame) -> str:
-    flat, total = plateaus(curves)
-    return (f"{flat} of {total} (task, method) curves have flattened (Table 2's epoch is not the last, or the "
-            "last epoch moved the seed mean by less than half a point).")
-
-
-def table1_over(table1: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
-    """Table 1 ranked again over `tasks` only (each task's normalised Fisher, summed)."""
-    keep = [t for t in tasks if t in table1.columns]
-    out = table1[["component", *keep]].copy()
-    out["score"] = out[keep].sum(axis=1)
-    out = out.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-    out.insert(0, "rank", range(1, len(out) + 1))
-    return out
-
-
-def kruskal_over(methods: pd.DataFrame, columns: list[str], a: str = "bitfit", b: str = "layernorm") -> str:
-    """Kruskal-Wallis between two methods' seed-mean dev scores over `columns`."""
-    from scipy import stats
-
-    x, y = methods.loc[a, columns].to_numpy(float), methods.loc[b, columns].to_numpy(float)
-    if len(columns) < 2:
-        return "not computed (fewer than 2 tasks)"
-    result = stats.kruskal(x, y)
-    return f"Kruskal-Wallis H = {result.statistic:.3f}, p = {result.pvalue:.3f} ({a} vs {b})"
-
-
-def convergence(curves: pd.DataFrame) -> str:
-    """How many (task, method) pairs peak at their last epoch, and the dev gain of that epoch."""
-    dev = curves[curves["quantity"] == "dev"]
-    last = dev.groupby(["task", "method"])["epoch"].transform("max")
-    peaks = dev[dev["epoch"] == last]
-    at_last = int((peaks["best_epoch"] == peaks["epoch"]).sum())
-    gains = []
-    for (_, _), group in dev.groupby(["task", "method"]):
-        group = group.sort_values("epoch")
-        if len(group) > 1:
-            gains.append(group["mean"].iloc[-1] - group["mean"].iloc[-2])
-    mean_gain = float(np.mean(gains)) if gains else float("nan")
-    return (f"Table 2's epoch is the last epoch for {at_last} of {len(peaks)} (task, method) pairs, and the "
-            f"last epoch changed the seed-mean dev score by {points(mean_gain)} points on average: "
-            + ("training had not converged, so every method is judged before its plateau."
-               if at_last > len(peaks) / 2 else "most runs had peaked before their last epoch."))
-
-
-def stats_lines(kruskal: dict) -> list[str]:
-    """Kruskal-Wallis and Wilcoxon per part, then the seed-bootstrap interval of B - A per column."""
-    lines = []
-    for part in ("dev", "test", "combined"):
-        r = kruskal[part]
-        if r.get("pvalue") is None:
-            lines.append(f"- {part}: not computed ({r.get('reason') or r.get('kruskal_reason')})")
-            continue
-        w = r.get("wilcoxon") or {}
-        wil = (f"; paired Wilcoxon W = {w['statistic']:.1f}, p = {w['pvalue']:.3f}" if w.get("pvalue") is not None
-               else f"; paired Wilcoxon not computed ({w.get('reason')})")
-        lines.append(f"- {part}: Kruskal-Wallis H = {r['statistic']:.3f}, p = {r['pvalue']:.3f} over "
-                     f"{len(r['tasks'])} columns ({', '.join(column_label(t) for t in r['tasks'])}){wil}")
-    boot = kruskal.get("bootstrap", {}).get("dev") or {}
-    a, b = (METHOD_LABELS.get(kruskal[k], kruskal[k]) for k in ("a_method", "b_method"))
-    if boot:
-        cells = [f"{column_label(c)} [{points(v['diff_ci95'][0])}, {points(v['diff_ci95'][1])}]"
-                 for c, v in boot.items()]
-        lines.append(f"- dev, per task: 95% bootstrap interval of {b} - {a} over seeds, in points "
-                     f"({kruskal['bootstrap']['resamples']} resamples): {'; '.join(cells)}")
-    return lines
-
-
-def run_time(logs: list[Path], benchmarks: Path) -> tuple[str, pd.DataFrame]:
-    """Wall time of each Snakemake log (first to last timestamp; logs of runs with nothing to do
-    have none), summed over the logs that built the results; job seconds per rule (benchmarks)."""
-    spans, finished, cores = [], 0, set()
-    for log in logs:
-        text = log.read_text()
-        stamps = [datetime.strptime(" ".join(s.split()), "%a %b %d %H:%M:%S %Y") for s in STAMP.findall(text)]
-        if len(stamps) >= 2:
-            spans.append((min(stamps), max(stamps)))
-            finished += text.count("Finished job")
-            cores.update(re.findall(r"^Provided cores: (\d+)$", text, re.M))
-    if not spans:
-        raise LnpeftError(f"{', '.join(map(str, logs))}: no job timestamps; pass the Snakemake log(s) of the "
-                          "run (.snakemake/log/*.snakemake.log)")
-    wall = sum((b - a).total_seconds() for a, b in spans)
-    rows = []
-    for path in sorted(benchmarks.glob("**/*.tsv")):
-        bench = pd.read_csv(path, sep="\t").iloc[-1]
-        rows.append({"rule": path.relative_to(benchmarks).parts[0], "s": float(bench["s"]),
-                     "cpu": float(bench.get("cpu_time", float("nan")))})
-    frame = pd.DataFrame(rows, columns=["rule", "s", "cpu"])
-    per_rule = (frame.groupby("rule").agg(count=("s", "size"), sum=("s", "sum"), cpu=("cpu", "sum"))
-                .sort_values("sum", ascending=False))
-    first, last = min(a for a, _ in spans), max(b for _, b in spans)
-    runs = f" in {len(spans)} Snakemake runs" if len(spans) > 1 else ""
-    on = f" on {'/'.join(sorted(cores))} Snakemake cores" if cores else ""
-    # the jobs' CPU time is what the run costs; wall time also holds pauses and other load
-    cpu = f"; the jobs' CPU time sums to {duration(frame['cpu'].sum())}" if frame["cpu"].notna().any() else ""
-    text = (f"{duration(wall)} wall time from the first to the last job{runs} ({first:%Y-%m-%d %H:%M} to "
-            f"{last:%H:%M}), {finished} jobs{on}{cpu}")
-    return text, per_rule
-
-
-def machine() -> str:
-    cpu = "an unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} logical CPUs ({cpu}), {platform.system()} {platform.machine()}"
 
 
 # ---------------------------------------------------------------- the document
@@ -274,6 +56,34 @@ def machine() -> str:
 
 def figure_path(out: Path, name: str) -> Path:
     return out.parent / out.stem / name
+
+
+def grid_text(config: dict) -> str:
+    """Each Table 2 method's learning rates, as the jobs of `config` (one task's view) train them."""
+    return "; ".join(f"{m} {', '.join(f'{v:g}' for v in method_learning_rates(config, m))}"
+                     for m in config["methods"])
+
+
+def setup_table(config: dict, data_dir: Path) -> list[str]:
+    """Per task: the rows it trained and was scored on (its data MANIFEST.json), epochs and length
+    (`per_task` over the global keys); a learning-rate column only where some task has its own grid."""
+    grids = {task: grid_text(for_task(config, task)) for task in config["tasks"]}
+    own_grids = len(set(grids.values())) > 1
+    header = ["task", "training rows", "dev rows", "epochs", "max length", *(["learning rates"] * own_grids)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task in config["tasks"]:
+        path = data_dir / task / "MANIFEST.json"
+        if not path.is_file():
+            raise LnpeftError(f"{path}: missing; build the task's data first (snakemake all with the same config)")
+        splits = json.loads(path.read_text())["splits"]
+        dev = "/".join(f"{info['rows_kept']:,}" for name, info in splits.items() if name.startswith("validation"))
+        training = for_task(config, task)["training"]
+        cells = [column_label(task), f"{splits['train']['rows_kept']:,}", dev, str(training["epochs"]),
+                 str(training["max_length"]), *([grids[task]] * own_grids)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not own_grids:
+        lines += ["", f"Learning rates, every task: {next(iter(grids.values()))}."]
+    return lines
 
 
 def build(config: dict, sources: list[Path], results: Path, logs: list[Path], out: Path,
@@ -315,7 +125,9 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
     curves = read_parquet(results / "figures" / "curves_learning.parquet", "curves")
     kruskal = json.loads((results / "stats" / "kruskal.json").read_text())
     wall, per_rule = run_time(logs, results / "benchmarks")
-    threads = sorted({json.loads((Path(p).parent / "run.json").read_text()).get("threads") for p in runs} - {None})
+    run_infos = [json.loads((Path(p).parent / "run.json").read_text()) for p in runs]
+    threads = sorted({info.get("threads") for info in run_infos} - {None})
+    recipes = sorted({str(info["recipe"]) for info in run_infos if info.get("recipe")})
 
     ln_bitfit = method_differences(seed_scores, judged, metrics, "layernorm", "bitfit")
     ln_random = method_differences(seed_scores, judged, metrics, "layernorm", "random")
@@ -335,10 +147,8 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
         found = [("not judged", "full fine-tuning learnt no task, so no task can judge it")] * 4
     verdicts = [(claim, *result) for claim, result in zip(claims, found)]
     t = config["training"]
-    caps = config["data"]["subsample"]
     fr = config["fractions"]
     seeds_fr = fr.get("seeds") or config["seeds"]
-    lr_text = "; ".join(f"{k} {', '.join(f'{v:g}' for v in vs)}" for k, vs in config["learning_rates"].items())
     lines = [
         f"# Reproduction at CPU scale: {model} on {len(config['tasks'])} GLUE tasks", "",
         f"Generated by `lnpeft writeup` from the results of the workflow run with "
@@ -348,17 +158,16 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
         "## Setup", "",
         f"- Model: `{model}` ({config['model']['source']} `{config['model']['location']}`); tasks: "
         f"{', '.join(column_label(c) for c in dev.columns)}.",
-        f"- Data: at most {caps['train']} training and {caps['validation']} dev rows per task (seeded "
-        f"subsample, seed {config['data']['seed']}); {t['epochs']} epochs, batch {t['batch_size']}, "
-        f"{t['max_length']} tokens.",
-        f"- Table 2 grid: {len(config['methods'])} methods x learning rates ({lr_text}) x seeds "
-        f"{config['seeds']}; best learning rate and epoch chosen on dev from the seeds' mean.",
+        f"- Table 2 grid: {len(config['methods'])} methods x learning rates x seeds {config['seeds']}, batch "
+        f"{t['batch_size']}; best learning rate and epoch chosen on dev from the seeds' mean. Training rows "
+        f"are a seeded subsample (seed {config['data']['seed']}) where a task's cap is below its file:", "",
+        *setup_table(config, results / "data"), "",
         f"- Fisher subsets: fractions {fr['values']} x schemes {fr['schemes']} at learning rate(s) "
         f"{', '.join(f'{v:g}' for v in fr['learning_rates'])}, seed(s) {seeds_fr}; Fisher from "
         f"{config['fisher']['max_samples']} training examples; drift: a full fine-tune of "
         f"{config['drift']['epochs']} epochs at {config['drift']['learning_rate']:g}.",
         f"- Run: {wall}, on {host}; {'/'.join(map(str, threads)) or 'unrecorded'} thread(s) per "
-        "fine-tuning job.", "",
+        f"fine-tuning job, recipe {'/'.join(recipes) or 'unrecorded'} (run.json).", "",
         "## The paper's four claims at this scale", "",
         f"Judged on the {len(judged)} task(s) where full fine-tuning learnt "
         f"({', '.join(column_label(c) for c in judged)}); see [Which tasks can judge](#which-tasks-can-judge).", "",

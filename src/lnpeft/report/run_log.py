@@ -1,0 +1,62 @@
+"""What a workflow run cost: wall time from its Snakemake logs, job seconds from its benchmarks,
+and the machine it ran on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from lnpeft.errors import LnpeftError
+from lnpeft.report.summary import duration
+
+STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", re.M)  # a job's start or end line
+
+
+def run_time(logs: list[Path], benchmarks: Path) -> tuple[str, pd.DataFrame]:
+    """Wall time of each Snakemake log (first to last timestamp; logs of runs with nothing to do
+    have none), summed over the logs that built the results; job seconds per rule (benchmarks)."""
+    spans, finished, cores = [], 0, set()
+    for log in logs:
+        text = log.read_text()
+        stamps = [datetime.strptime(" ".join(s.split()), "%a %b %d %H:%M:%S %Y") for s in STAMP.findall(text)]
+        if len(stamps) >= 2:
+            spans.append((min(stamps), max(stamps)))
+            finished += text.count("Finished job")
+            cores.update(re.findall(r"^Provided cores: (\d+)$", text, re.M))
+    if not spans:
+        raise LnpeftError(f"{', '.join(map(str, logs))}: no job timestamps; pass the Snakemake log(s) of the "
+                          "run (.snakemake/log/*.snakemake.log)")
+    wall = sum((b - a).total_seconds() for a, b in spans)
+    rows = []
+    for path in sorted(benchmarks.glob("**/*.tsv")):
+        bench = pd.read_csv(path, sep="\t").iloc[-1]
+        rows.append({"rule": path.relative_to(benchmarks).parts[0], "s": float(bench["s"]),
+                     "cpu": float(bench.get("cpu_time", float("nan")))})
+    frame = pd.DataFrame(rows, columns=["rule", "s", "cpu"])
+    per_rule = (frame.groupby("rule").agg(count=("s", "size"), sum=("s", "sum"), cpu=("cpu", "sum"))
+                .sort_values("sum", ascending=False))
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
+    runs = f" in {len(spans)} Snakemake runs" if len(spans) > 1 else ""
+    on = f" on {'/'.join(sorted(cores))} Snakemake cores" if cores else ""
+    # the jobs' CPU time is what the run costs; wall time also holds pauses and other load
+    cpu = f"; the jobs' CPU time sums to {duration(frame['cpu'].sum())}" if frame["cpu"].notna().any() else ""
+    text = (f"{duration(wall)} wall time from the first to the last job{runs} ({first:%Y-%m-%d %H:%M} to "
+            f"{last:%H:%M}), {finished} jobs{on}{cpu}")
+    return text, per_rule
+
+
+def machine() -> str:
+    cpu = "an unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} logical CPUs ({cpu}), {platform.system()} {platform.machine()}"
