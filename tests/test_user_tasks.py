@@ -21,6 +21,7 @@ from test_workflow import glue_dir, needs_glue, snakemake, write_config
 
 from lnpeft.cli import main
 from lnpeft.data import user_tasks
+from lnpeft.data.row_files import file_format
 from lnpeft.data.artifacts import read_parquet
 from lnpeft.data.glue_tsv import read_split
 from lnpeft.data.prepare import DataConfig, prepare
@@ -41,7 +42,7 @@ def sst2_records(split: str) -> list[dict]:
 
 def write_records(records: list[dict], path: Path) -> Path:
     """The rows in the file type the suffix names, written the way a user's pandas/pyarrow would."""
-    fmt = user_tasks.file_format(path)
+    fmt = file_format(path)
     if fmt in ("csv", "tsv"):
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "wt", newline="", encoding="utf-8") as f:

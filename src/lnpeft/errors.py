@@ -26,6 +26,10 @@ class LnpeftError(Exception):
     """The same inputs fail the same way (exit EXIT_DETERMINISTIC)."""
 
 
+class UserTaskError(ValueError):
+    """A custom task definition or file that cannot be used; the message names the key or row."""
+
+
 class RecordedFailure(LnpeftError):
     """A retry of a job whose run failed deterministically: it fails at once with the recorded
     message instead of training again to the same failure."""

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from lnpeft.data import glue_tsv, user_tasks
+from lnpeft.data.row_files import file_format
 from lnpeft.data.artifacts import write_json, write_parquet
 from lnpeft.data.tasks import TaskSpec, get_task
 
@@ -211,7 +212,7 @@ def _read_user(cfg: DataConfig, spec: TaskSpec, wanted: list[str]) -> tuple[dict
         if not src.hub:
             path = src.splits[split]
             files[split] = {"path": path, "sha256": glue_tsv.sha256_file(path),
-                            "format": user_tasks.file_format(path)}
+                            "format": file_format(path)}
         splits[split] = {
             "file": src.splits[split], "rows_read": len(part.idx), "rows_valid": len(part.idx), "skipped": [],
             "empty_text": {col: {"count": len(rows), "rows": rows[:20]} for col, rows in part.empty_text.items()},

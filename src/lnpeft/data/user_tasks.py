@@ -19,12 +19,6 @@ a missing column or an empty split is an error naming the file and row.
 
 from __future__ import annotations
 
-import bz2
-import csv
-import gzip
-import io
-import json
-import lzma
 import math
 import os
 import re
@@ -33,24 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lnpeft.data.task_registry import TASKS, USER_TASKS, TaskSpec, UnknownTaskError, register
-from lnpeft.errors import quote
+from lnpeft.data.row_files import arrow_rows, read_rows
+from lnpeft.errors import UserTaskError, quote
 
 ENV = "LNPEFT_TASKS"
 SPLIT_KEYS = {"train": "train", "dev": "validation", "test": "test"}
 """Definition key -> lnpeft split name (the dev split is stored as `validation`, as GLUE's)."""
 KEYS = frozenset({"train", "dev", "test", "hub", "hub_config", "text", "label", "label_names",
                   "regression", "metric", "secondary_metrics", "id"})
-_COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-            ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 _NAME = re.compile(r"[a-z0-9]+")
 _INT = re.compile(r"[+-]?[0-9]{1,19}")
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _INT64_MAX = 2**63 - 1
-
-
-class UserTaskError(ValueError):
-    """A custom task definition or file that cannot be used; the message names the key or row."""
 
 
 @dataclass(frozen=True)
@@ -193,109 +181,6 @@ def input_files(name: str) -> list[str]:
     return [] if src.hub else list(src.splits.values())
 
 
-# ---------------------------------------------------------------- reading rows
-
-
-def file_format(path: Path | str) -> str:
-    suffixes = [s.lower() for s in Path(path).suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSED:
-        suffixes.pop()
-    fmt = _FORMATS.get(suffixes[-1]) if suffixes else None
-    if fmt is None:
-        raise UserTaskError(f"{path}: unknown file type; name it .csv, .tsv, .jsonl, .json or .parquet "
-                            "(optionally .gz, .bz2 or .xz)")
-    return fmt
-
-
-def _text(path: Path) -> str:
-    opener = _COMPRESSED.get(path.suffix.lower())
-    if opener:
-        with opener(path) as f:
-            raw = f.read()
-    else:
-        raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise UserTaskError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
-
-
-def _delimited(path: Path, delimiter: str) -> tuple[list[str], Iterator[tuple[str, dict]]]:
-    # csv quoting as pandas' to_csv writes it; strings stay strings (no NA guessing: "NA" is text)
-    reader = csv.reader(io.StringIO(_text(path), newline=""), delimiter=delimiter)
-    header = next(reader, None)
-    if header is None:
-        raise UserTaskError(f"{path}: empty file (expected a header row of column names)")
-
-    def rows() -> Iterator[tuple[str, dict]]:
-        for fields in reader:
-            where = f"{path}:{reader.line_num}"
-            if len(fields) != len(header):
-                raise UserTaskError(f"{where}: {len(fields)} fields, the header has {len(header)} "
-                                    f"({', '.join(header)})")
-            yield where, dict(zip(header, fields))
-
-    return header, rows()
-
-
-def _json_lines(path: Path, text: str) -> tuple[list[str], Iterator[tuple[str, dict]]]:
-    records = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserTaskError(f"{path}:{lineno}: not a JSON object ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise UserTaskError(f"{path}:{lineno}: expected a JSON object per line, got {quote(record)}")
-        records.append((f"{path}:{lineno}", record))
-    return _columns(records), iter(records)
-
-
-def _json(path: Path) -> tuple[list[str], Iterator[tuple[str, dict]]]:
-    text = _text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return _json_lines(path, text)  # .json files are often JSON lines (datasets writes them so)
-    if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
-        data = [dict(zip(data, row)) for row in zip(*data.values())]  # {"column": [values]}
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise UserTaskError(f"{path}: expected a list of objects, {{column: [values]}} or JSON lines")
-    records = [(f"{path} record {i}", r) for i, r in enumerate(data)]
-    return _columns(records), iter(records)
-
-
-def _columns(records: list[tuple[str, dict]]) -> list[str]:
-    return list(dict.fromkeys(k for _, r in records for k in r))
-
-
-def _arrow(table, origin: str) -> tuple[list[str], Iterator[tuple[str, dict]]]:
-    columns = {name: table.column(name).to_pylist() for name in table.column_names}  # dictionaries decoded
-    rows = ((f"{origin} row {i}", {c: v[i] for c, v in columns.items()}) for i in range(table.num_rows))
-    return list(table.column_names), rows
-
-
-def read_rows(path: Path | str) -> tuple[list[str], Iterator[tuple[str, dict]]]:
-    """(column names, iterator of (where, record)) of one local file."""
-    path = Path(path)
-    fmt = file_format(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    if fmt == "parquet":
-        from lnpeft.data.artifacts import ArtifactError, read_user_table
-
-        try:
-            return _arrow(read_user_table(path), str(path))
-        except ArtifactError as err:
-            raise UserTaskError(str(err)) from None
-    if fmt in ("csv", "tsv"):
-        return _delimited(path, "," if fmt == "csv" else "\t")
-    return _json(path) if fmt == "json" else _json_lines(path, _text(path))
-
-
 def _hub_rows(src: TaskSource, split: str) -> tuple[list[str], Iterator[tuple[str, dict]]]:
     import datasets  # heavy import, only for this source
 
@@ -305,7 +190,7 @@ def _hub_rows(src: TaskSource, split: str) -> tuple[list[str], Iterator[tuple[st
     except Exception as err:  # noqa: BLE001 - network, missing split, ...: one clear message
         raise UserTaskError(f"load_dataset({src.hub!r}, {src.hub_config!r}, split={name!r}) failed: "
                             f"{type(err).__name__}: {err}") from err
-    return _arrow(ds.with_format("arrow")[:], f"{src.hub} {name}")
+    return arrow_rows(ds.with_format("arrow")[:], f"{src.hub} {name}")
 
 
 def _is_missing(value: object) -> bool:
