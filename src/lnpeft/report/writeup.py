@@ -67,7 +67,8 @@ def grid_text(config: dict) -> str:
 def setup_table(config: dict, data_dir: Path) -> list[str]:
     """Per task: the rows it trained and was scored on (its data MANIFEST.json), epochs and length
     (`per_task` over the global keys); a learning-rate column only where some task has its own grid."""
-    grids = {task: grid_text(for_task(config, task)) for task in config["tasks"]}
+    views = {task: for_task(config, task) for task in config["tasks"]}
+    grids = {task: grid_text(view) for task, view in views.items()}
     own_grids = len(set(grids.values())) > 1
     header = ["task", "training rows", "dev rows", "epochs", "max length", *(["learning rates"] * own_grids)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -77,7 +78,7 @@ def setup_table(config: dict, data_dir: Path) -> list[str]:
             raise LnpeftError(f"{path}: missing; build the task's data first (snakemake all with the same config)")
         splits = json.loads(path.read_text())["splits"]
         dev = "/".join(f"{info['rows_kept']:,}" for name, info in splits.items() if name.startswith("validation"))
-        training = for_task(config, task)["training"]
+        training = views[task]["training"]
         cells = [column_label(task), f"{splits['train']['rows_kept']:,}", dev, str(training["epochs"]),
                  str(training["max_length"]), *([grids[task]] * own_grids)]
         lines.append("| " + " | ".join(cells) + " |")
