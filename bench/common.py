@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from lnpeft.train.machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,16 +158,6 @@ def time_calls(fn: Callable[[int], object], n: int, warmup: int, device: torch.d
         sync(device)
         times.append(clock() - t0)
     return times
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info(device: torch.device) -> dict:

@@ -4,6 +4,7 @@ a killed run resumes to the same epochs.parquet, a toy task is learned, NaN loss
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from transformers import (
 
 from lnpeft.data.artifacts import read_parquet, write_parquet
 from lnpeft.errors import NonFiniteOutputError
+from lnpeft.train.machine import describe as describe_machine
 from lnpeft.model.methods import MethodOptions, select
 from lnpeft.model.state_file import load_state, save_safetensors
 from lnpeft.train import finetune as ft
@@ -93,6 +95,7 @@ def test_toy_task_is_learned_and_outputs_are_complete(toy, tmp_path):
     assert (dev["label"] == dev["prediction"]).mean() == pytest.approx(best["validation/accuracy"])
     meta = json.loads((run / "run.json").read_text())
     assert meta["best_epoch"] == int(best["epoch"]) and meta["options"]["method"] == "full"
+    assert meta["machine"] == describe_machine(torch.device("cpu")) and str(os.cpu_count()) in meta["machine"]  # where it ran
     # tokens counted without padding; padded tokens include it
     assert (epochs["tokens"] < epochs["padded_tokens"]).all()
     # full stores every tensor of the model

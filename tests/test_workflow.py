@@ -242,6 +242,7 @@ def test_writeup_from_the_tiny_results(tiny_run, tmp_path):
     import pandas as pd
 
     from lnpeft.data.artifacts import read_parquet
+    from lnpeft.train.machine import describe as describe_machine
 
     results = tiny_run / "results"
     seeds = read_parquet(results / "tables" / "scores_seeds.parquet", "seed_scores")
@@ -252,7 +253,7 @@ def test_writeup_from_the_tiny_results(tiny_run, tmp_path):
     logs = sorted(str(p) for p in (tiny_run / ".snakemake" / "log").glob("*.snakemake.log"))
     args = [str(Path(sys.executable).parent / "lnpeft"), "writeup", "--configfile", str(REPO / "config.yaml"),
             "--configfile", str(tiny_run / "config.yaml"), "--results", str(results), "--log", *logs,
-            "--out", str(out), "--machine", "the test machine", "--readme", str(tmp_path / "README.md")]
+            "--out", str(out), "--readme", str(tmp_path / "README.md")]
     (tmp_path / "README.md").write_text("intro\n<!-- BEGIN reproduction -->\nold\n<!-- END reproduction -->\nrest\n")
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -265,7 +266,7 @@ def test_writeup_from_the_tiny_results(tiny_run, tmp_path):
     rank = int(table1.loc[table1.component == "output.LayerNorm", "rank"].item())
     assert f"Table 1 ranks output.LayerNorm {rank} of 8" in verdicts[1]
     assert ("**holds**" in verdicts[1]) == (rank == 1)
-    assert "on the test machine" in text and "jobs" in text
+    assert f"on {describe_machine()};" in text and "jobs" in text  # the machine each run's run.json records
     for name in ("curves_learning.png", "fig1_drift.png", "fig2_fractions.png", "fig5_schemes.png"):
         assert (out.parent / "repro" / name).read_bytes() == (results / "figures" / name).read_bytes()
         assert f"](repro/{name})" in text

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lnpeft.model.architectures import COMPONENTS
-from lnpeft.report.run_log import run_time
+from lnpeft.report.run_log import machines, run_time
 from lnpeft.report.verdicts import convergence, drift_claim, fisher_claim, peft_claim, subset_claim
 
 
@@ -95,6 +95,20 @@ def test_convergence_counts_runs_peaking_at_the_last_epoch():
     text = convergence(pd.DataFrame(rows))
     assert text.startswith("Table 2's epoch is the last epoch for 1 of 2 (task, method) pairs, and the last "
                            "epoch changed the seed-mean dev score by +0.0 points on average")
+
+
+def test_machines_are_the_runs_own_not_the_writers():
+    """The write-up names the machines run.json records, with counts where they differ, and says
+    so where a run predates the record instead of naming the machine that writes the document."""
+    a, b = "2 logical CPUs (AMD EPYC 9R14), Linux x86_64", "16 logical CPUs (Intel Xeon), Linux x86_64"
+    assert machines([{"machine": a}] * 3) == a
+    assert machines([{"machine": a}, {"machine": b}, {"machine": b}]) == f"{b} (2 runs) and {a} (1 run)"
+    assert machines([{"machine": a}, {}]) == \
+        f"{a} (1 run) and a machine not recorded for 1 run (their run.json predates lnpeft recording it)"
+    assert "does not record" in machines([{}, {}])
+    assert machines([{}, {}], "a laptop") == "a laptop (given for runs without a record)"
+    assert machines([{"machine": a}, {}], "a laptop") == \
+        f"{a} (1 run) and a laptop (given for runs without a record) (1 run)"
 
 
 def test_run_time_from_the_snakemake_log(tmp_path):

@@ -1,11 +1,10 @@
 """What a workflow run cost: wall time from its Snakemake logs, job seconds from its benchmarks,
-and the machine it ran on."""
+and the machines its runs ran on (their run.json)."""
 
 from __future__ import annotations
 
-import os
-import platform
 import re
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -50,13 +49,24 @@ def run_time(logs: list[Path], benchmarks: Path) -> tuple[str, pd.DataFrame]:
     return text, per_rule
 
 
-def machine() -> str:
-    cpu = "an unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} logical CPUs ({cpu}), {platform.system()} {platform.machine()}"
+def runs(n: int) -> str:
+    return f"{n} run{'s' * (n != 1)}"
+
+
+def machines(run_infos: list[dict], unrecorded: str | None = None) -> str:
+    """The machines the runs ran on, as their run.json files record them (`lnpeft.train.machine`), with
+    each one's count where there are several; `unrecorded`: what runs without a record ran on."""
+    if not run_infos:
+        return "no machine (no runs)"
+    counts = Counter(info.get("machine") for info in run_infos)
+    missing = counts.pop(None, 0)
+    if missing and unrecorded:
+        counts[f"{unrecorded} (given for runs without a record)"] += missing
+        missing = 0
+    if len(counts) == 1 and not missing:
+        return next(iter(counts))
+    parts = [f"{name} ({runs(n)})" for name, n in counts.most_common()]
+    if missing:
+        parts.append(f"a machine not recorded for {runs(missing)} (their run.json predates lnpeft recording it)"
+                     if counts else "machines their run.json does not record (runs from before lnpeft recorded it)")
+    return " and ".join(parts)

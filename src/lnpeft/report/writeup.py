@@ -32,7 +32,7 @@ from lnpeft.errors import LnpeftError
 from lnpeft.plan.config_file import load_config
 from lnpeft.plan.workflow_config import for_task, method_learning_rates
 from lnpeft.report.claims import learning_tasks, method_differences, reading, subset_differences
-from lnpeft.report.run_log import machine, run_time
+from lnpeft.report.run_log import machines, run_time
 from lnpeft.report.runs import read_epoch_rows
 from lnpeft.report.selection import selected_scores
 from lnpeft.report.summary import dev_table, embed, markers, render
@@ -88,7 +88,8 @@ def setup_table(config: dict, data_dir: Path) -> list[str]:
 
 
 def build(config: dict, sources: list[Path], results: Path, logs: list[Path], out: Path,
-          host: str, link: str | None = None) -> tuple[str, list[tuple[Path, Path]], str]:
+          unrecorded_machine: str | None = None, link: str | None = None
+          ) -> tuple[str, list[tuple[Path, Path]], str]:
     """The markdown text, the (source, destination) figure copies, and the short block for a
     README (verdicts and run time, linking to the write-up at `link`)."""
     copies: list[tuple[Path, Path]] = []
@@ -129,6 +130,7 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
     run_infos = [json.loads((Path(p).parent / "run.json").read_text()) for p in runs]
     threads = sorted({info.get("threads") for info in run_infos} - {None})
     recipes = sorted({str(info["recipe"]) for info in run_infos if info.get("recipe")})
+    host = machines(run_infos, unrecorded_machine)
 
     ln_bitfit = method_differences(seed_scores, judged, metrics, "layernorm", "bitfit")
     ln_random = method_differences(seed_scores, judged, metrics, "layernorm", "random")
@@ -196,7 +198,7 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
         "## Table 2: development set", "",
         (tables / "table2.md").read_text().strip(), "",
         render(dev, "Seed means beside each task's trivial baseline (the best constant prediction):").strip(), "",
-        "## Learning curves", "", convergence(curves), " " + plateau_text(curves), "",
+        "## Learning curves", "", convergence(curves) + " " + plateau_text(curves), "",
         *figure("curves_learning.png"),
         "## Table 1: Fisher information per component", "",
         (tables / "table1.md").read_text().strip(), "",
@@ -240,7 +242,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the Snakemake log(s) of the runs that built --results (.snakemake/log/*.snakemake.log)")
     parser.add_argument("--out", type=Path, default=Path("docs/reproduction-minilm.md"),
                         help="the markdown file; figures go to a folder of the same name beside it")
-    parser.add_argument("--machine", default=None, help="what the run ran on (default: this machine)")
+    parser.add_argument("--machine", default=None,
+                        help="what the runs ran on where their run.json does not record it (runs of lnpeft "
+                             "before it did); default: said to be unrecorded")
     parser.add_argument("--readme", type=Path, default=None,
                         help="also fill this file's block between <!-- BEGIN reproduction --> and <!-- END reproduction -->")
     parser.add_argument("--check", action="store_true",
@@ -251,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     sources = args.configfile or [Path("config.yaml"), Path("configs/minilm-converge.yaml")]
     link = os.path.relpath(args.out, args.readme.parent) if args.readme else None
     text, copies, block = build(load_config(sources), sources, args.results, args.log, args.out,
-                                args.machine or machine(), link)
+                                args.machine, link)
     if args.check:
         pairs = [(args.out, args.out.read_text() if args.out.is_file() else "", text)]
         if args.readme:

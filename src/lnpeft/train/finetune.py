@@ -38,6 +38,7 @@ from lnpeft.model.provenance import check_inputs
 from lnpeft.model.weight_dtype import WEIGHT_DTYPES, check_autocast, check_method, hold, parameter_bytes, weight_dtype
 from lnpeft.numerics import pin_threads
 from lnpeft.train.compile_cache import cache_report
+from lnpeft.train.machine import describe as describe_machine
 from lnpeft.train.packing import batch_rows, in_place, pack, prepare_trainable, replicate, shared_dropout  # noqa: F401
 from lnpeft.train.recipe import RECIPES, Recipe
 from lnpeft.train.recipe import resolve as resolve_recipe
@@ -545,7 +546,8 @@ def _train(cfgs: Sequence[FinetuneConfig], dropout: str, halved_from: tuple[int,
             tested = predictions_frame(tests, {s: p[g] for s, p in test_preds.items()}) if tests else None
             run.finish({"total": n_total, "trainable": run.trainable.count(model),
                         "metric": f"{first_dev}/{spec.metric}", "device": str(device), "threads": threads,
-                        "recipe": recipe.name, "torch": torch.__version__, "parameter_bytes": parameter_bytes(model),
+                        "recipe": recipe.name, "torch": torch.__version__, "machine": describe_machine(device),
+                        "parameter_bytes": parameter_bytes(model),
                         **({"compile_cache": cache_report()} if fwd is not model else {}),
                         **({"pack": copies} if not alone else {}),
                         **({"pack_halved_from": list(halved_from)} if halved_from else {})}, tested)
