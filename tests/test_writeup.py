@@ -10,7 +10,7 @@ import pytest
 
 from lnpeft.model.architectures import COMPONENTS
 from lnpeft.report.run_log import machines, run_time
-from lnpeft.report.verdicts import convergence, drift_claim, fisher_claim, peft_claim, subset_claim
+from lnpeft.report.verdicts import convergence, drift_claim, fisher_claim, grid_edge_text, peft_claim, subset_claim
 
 
 def drift_frame(largest: str, layers: int = 3) -> pd.DataFrame:
@@ -95,6 +95,25 @@ def test_convergence_counts_runs_peaking_at_the_last_epoch():
     text = convergence(pd.DataFrame(rows))
     assert text.startswith("Table 2's epoch is the last epoch for 1 of 2 (task, method) pairs, and the last "
                            "epoch changed the seed-mean dev score by +0.0 points on average")
+
+
+def test_grid_edges_name_each_pair_whose_rate_is_an_end_of_its_grid():
+    """Table 2's rate at the top of its grid (a higher one might do better) or at the bottom, per
+    method and task; a grid of one rate has no end to speak of, and a rate inside says nothing."""
+    chosen = {("sst2", "random"): 0.03, ("rte", "random"): 0.03, ("sst2", "layernorm"): 0.01,
+              ("rte", "layernorm"): 1e-3, ("sst2", "full"): 5e-5, ("sst2", "bitfit"): 1e-3}
+    curves = pd.DataFrame([{"task": t, "method": m, "lr": lr, "quantity": q, "epoch": e}
+                           for (t, m), lr in chosen.items() for q in ("dev", "train_loss") for e in (1, 2)])
+    peft = [1e-3, 3e-3, 1e-2, 3e-2]
+    grids = {("sst2", "random"): peft, ("rte", "random"): peft, ("sst2", "layernorm"): peft,
+             ("rte", "layernorm"): peft, ("sst2", "full"): [5e-5], ("sst2", "bitfit"): [1e-3, 3e-3]}
+    assert grid_edge_text(curves, grids) == (
+        "Of 6 (task, method) pairs, Table 2's learning rate is the highest of its grid for 2 (Random on SST2, RTE) "
+        "and the lowest of its grid for 2 (LayerNorm on RTE; BitFit on SST2): a rate beyond the grid might do "
+        "better there (where a method is at chance at every rate, the end says nothing).")
+    inside = curves[curves["method"] == "layernorm"].assign(lr=0.01)
+    assert grid_edge_text(inside, grids) == \
+        "Table 2's learning rate is inside its grid for every one of the 2 (task, method) pairs."
 
 
 def test_machines_are_the_runs_own_not_the_writers():

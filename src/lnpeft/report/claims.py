@@ -177,3 +177,19 @@ def plateaus(curves: pd.DataFrame, moved: float = 0.005) -> tuple[int, int]:
         step = abs(group["mean"].iloc[-1] - group["mean"].iloc[-2]) if len(group) > 1 else math.inf
         flat += int(int(group["best_epoch"].iloc[0]) != last or step < moved)
     return flat, total
+
+
+def grid_edges(curves: pd.DataFrame, grids: dict[tuple[str, str], list[float]]) -> dict[str, list[tuple[str, str]]]:
+    """(task, method) pairs whose Table 2 learning rate is the highest or the lowest of a grid of
+    several rates (`grids`: each pair's grid): a rate beyond the grid might do better there."""
+    edges: dict[str, list[tuple[str, str]]] = {"highest": [], "lowest": []}
+    for (task, method), group in curves.groupby(["task", "method"], sort=False):
+        grid = sorted(grids.get((task, method), []))
+        if len(grid) < 2:
+            continue
+        lr = float(group["lr"].iloc[0])
+        if math.isclose(lr, grid[-1], rel_tol=1e-9):
+            edges["highest"].append((task, method))
+        elif math.isclose(lr, grid[0], rel_tol=1e-9):
+            edges["lowest"].append((task, method))
+    return edges

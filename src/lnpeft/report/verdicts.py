@@ -20,7 +20,7 @@ import pandas as pd
 
 from lnpeft.data.tasks import column_task
 from lnpeft.model.architectures import COMPONENTS, LAYERNORM_COMPONENT
-from lnpeft.report.claims import plateaus
+from lnpeft.report.claims import grid_edges, plateaus
 from lnpeft.report.table3 import METHOD_LABELS, column_label
 
 SUBSET_FRACTION = 0.2  # the fraction claim (d) names
@@ -117,6 +117,24 @@ def plateau_text(curves: pd.DataFrame) -> str:
     flat, total = plateaus(curves)
     return (f"{flat} of {total} (task, method) curves have flattened (Table 2's epoch is not the last, or the "
             "last epoch moved the seed mean by less than half a point).")
+
+
+def grid_edge_text(curves: pd.DataFrame, grids: dict[tuple[str, str], list[float]]) -> str:
+    """Where Table 2's learning rate sits at an end of its grid, named per method and task."""
+    edges = grid_edges(curves, grids)
+    total = curves.groupby(["task", "method"]).ngroups
+
+    def named(pairs: list[tuple[str, str]]) -> str:
+        by_method: dict[str, list[str]] = {}
+        for task, method in pairs:
+            by_method.setdefault(method, []).append(column_label(task))
+        return "; ".join(f"{METHOD_LABELS.get(m, m)} on {', '.join(ts)}" for m, ts in by_method.items())
+
+    if not edges["highest"] and not edges["lowest"]:
+        return f"Table 2's learning rate is inside its grid for every one of the {total} (task, method) pairs."
+    parts = [f"the {end} of its grid for {len(pairs)} ({named(pairs)})" for end, pairs in edges.items() if pairs]
+    return (f"Of {total} (task, method) pairs, Table 2's learning rate is {' and '.join(parts)}: a rate "
+            "beyond the grid might do better there (where a method is at chance at every rate, the end says nothing).")
 
 
 def table1_over(table1: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
