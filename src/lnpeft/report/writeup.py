@@ -233,7 +233,8 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
     n_seeds = len(config["seeds"])
     block = [f"[{lines[0].removeprefix('# ')}]({link or out.name}), {n_seeds} seed{'s' * (n_seeds != 1)} ({wall}), "
              "judges the paper's four claims at that scale:", "",
-             *(f"- {c}: **{v}**" for c, v, _ in verdicts)]
+             *(f"- {c}: **{v}**" for c, v, _ in verdicts), "",
+             f"Learning curves: {plateau_text(curves)}"]
     return "\n".join(lines) + "\n", copies, "\n".join(block) + "\n"
 
 
