@@ -92,7 +92,8 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
           unrecorded_machine: str | None = None, link: str | None = None
           ) -> tuple[str, list[tuple[Path, Path]], str]:
     """The markdown text, the (source, destination) figure copies, and the short block for a
-    README (verdicts and run time, linking to the write-up at `link`)."""
+    README (verdicts, run time and how many learning curves flattened, linking to the write-up at
+    `link`)."""
     copies: list[tuple[Path, Path]] = []
 
     def figure(name: str) -> list[str]:
