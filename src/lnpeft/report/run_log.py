@@ -49,7 +49,7 @@ def run_time(logs: list[Path], benchmarks: Path) -> tuple[str, pd.DataFrame]:
     return text, per_rule
 
 
-def runs(n: int) -> str:
+def n_runs(n: int) -> str:
     return f"{n} run{'s' * (n != 1)}"
 
 
@@ -65,8 +65,8 @@ def machines(run_infos: list[dict], unrecorded: str | None = None) -> str:
         missing = 0
     if len(counts) == 1 and not missing:
         return next(iter(counts))
-    parts = [f"{name} ({runs(n)})" for name, n in counts.most_common()]
+    parts = [f"{name} ({n_runs(n)})" for name, n in counts.most_common()]
     if missing:
-        parts.append(f"a machine not recorded for {runs(missing)} (their run.json predates lnpeft recording it)"
+        parts.append(f"a machine not recorded for {n_runs(missing)} (their run.json predates lnpeft recording it)"
                      if counts else "machines their run.json does not record (runs from before lnpeft recorded it)")
     return " and ".join(parts)

@@ -534,6 +534,7 @@ def _train(cfgs: Sequence[FinetuneConfig], dropout: str, halved_from: tuple[int,
             run.restore_best()
         test_preds = {s: predict(model, d, cfg0.eval_batch_size, device, spec.is_regression, amp, copies)
                       .reshape(copies, -1) for s, d in tests.items()}
+    machine = describe_machine(device)  # one process, one machine: the same for every member
     for g, run in enumerate(runs):
         if run.error is None and tests:
             try:
@@ -546,7 +547,7 @@ def _train(cfgs: Sequence[FinetuneConfig], dropout: str, halved_from: tuple[int,
             tested = predictions_frame(tests, {s: p[g] for s, p in test_preds.items()}) if tests else None
             run.finish({"total": n_total, "trainable": run.trainable.count(model),
                         "metric": f"{first_dev}/{spec.metric}", "device": str(device), "threads": threads,
-                        "recipe": recipe.name, "torch": torch.__version__, "machine": describe_machine(device),
+                        "recipe": recipe.name, "torch": torch.__version__, "machine": machine,
                         "parameter_bytes": parameter_bytes(model),
                         **({"compile_cache": cache_report()} if fwd is not model else {}),
                         **({"pack": copies} if not alone else {}),
