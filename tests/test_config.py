@@ -43,7 +43,7 @@ def test_good_config_dry_run(tmp_path):
 
 
 @pytest.mark.parametrize("overlay", [None, "configs/demo.yaml", "configs/minilm-converge.yaml",
-                                     "tests/workflow/tiny/config.yaml"])
+                                     "configs/minilm-long.yaml", "tests/workflow/tiny/config.yaml"])
 def test_shipped_configs_pass_the_schema_check(overlay):
     """check_schema (run before validate() in common.smk) accepts every config the project ships."""
     from pathlib import Path

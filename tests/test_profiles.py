@@ -289,17 +289,19 @@ def test_paper_dry_run_job_counts_and_gpu_rules(tmp_path: Path) -> None:
     print("\n".join(f"{rule}\t{n}" for rule, n in counts.items()))
 
 
-def test_reproduction_config_dry_run_job_counts(tmp_path: Path) -> None:
-    """configs/minilm-converge.yaml over config.yaml: 3 seeds for Table 2, seed 0 only for the fraction
+@pytest.mark.parametrize("name, table2_rates", [("minilm-converge", 2 + 3 + 4 + 4), ("minilm-long", 2 + 2 + 2 + 2)])
+def test_reproduction_config_dry_run_job_counts(tmp_path: Path, name: str, table2_rates: int) -> None:
+    """A reproduction config over config.yaml: 3 seeds for Table 2, seed 0 only for the fraction
     runs, one job per run (pack_size 1), each method's own learning-rate grid."""
     if not (os.environ.get("LNPEFT_GLUE_DIR") or (REPO.parent / "shared" / "glue").is_dir()):
         pytest.skip("no local GLUE copy (<repo>/../shared/glue or $LNPEFT_GLUE_DIR)")
+    path = REPO / "configs" / f"{name}.yaml"
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    for key, value in yaml.safe_load((REPO / "configs" / "minilm-converge.yaml").read_text()).items():
+    for key, value in yaml.safe_load(path.read_text()).items():
         config[key] = {**config[key], **value} if isinstance(value, dict) else value
-    counts = job_table(dry_run(tmp_path, "local", REPO / "configs" / "minilm-converge.yaml"))
+    counts = job_table(dry_run(tmp_path, "local", path))
     expected = expected_counts(config)
-    assert expected["finetune"] == 5 * (2 + 3 + 4 + 4) * 3 and expected["finetune_fisher_subset"] == 5 * 3 * 4 * 1
+    assert expected["finetune"] == 5 * table2_rates * 3 and expected["finetune_fisher_subset"] == 5 * 3 * 4 * 1
     for rule, n in expected.items():
         got = sum(c for r, c in counts.items() if r == rule or (rule.endswith("*") and r.startswith(rule[:-1])))
         assert got == n, (rule, counts)
