@@ -185,6 +185,34 @@ def test_plateaus_count_flat_curves():
     assert plateaus(pd.DataFrame(rows)) == (2, 3)
 
 
+def test_plateau_table_gives_each_pairs_epoch_and_last_move():
+    """The learning-curve table of the write-up: a method per row, a task per column, the epoch Table 2
+    reports of the epochs run, the last epoch's move in points, "flat" where the curve flattened;
+    the counts agree with `plateaus`."""
+    from lnpeft.report.claims import curve_ends, plateaus
+    from lnpeft.report.verdicts import plateau_table
+
+    rows = []
+    for task, method, best, means in (("sst2", "full", 3, [0.5, 0.6, 0.7]),
+                                      ("sst2", "layernorm", 3, [0.5, 0.698, 0.701]),
+                                      ("rte", "layernorm", 2, [0.5, 0.7, 0.6]),
+                                      ("rte", "full", 1, [0.55])):
+        for epoch, mean in enumerate(means, start=1):
+            rows.append({"task": task, "method": method, "quantity": "dev", "epoch": epoch, "best_epoch": best,
+                         "mean": mean})
+    curves = pd.DataFrame(rows)
+    ends = curve_ends(curves).set_index(["task", "method"])
+    assert ends.loc[("sst2", "full"), "last_move"] == pytest.approx(0.1)
+    assert ends["flat"].to_dict() == {("sst2", "full"): False, ("sst2", "layernorm"): True,
+                                      ("rte", "layernorm"): True, ("rte", "full"): False}  # one epoch: no move to judge
+    assert plateaus(curves) == (int(ends["flat"].sum()), 4) == (2, 4)
+    table = plateau_table(curves, ["sst2", "cola", "rte"], ["full", "bitfit", "layernorm"])
+    assert table[0] == "| | SST2 | RTE |"  # CoLA has no curve: no column
+    assert table[2] == "| Full | 3 of 3, last +10.0 | 1 of 1 |"
+    assert table[3] == "| LayerNorm | flat: 3 of 3, last +0.3 | flat: 2 of 3, last -10.0 |"
+    assert len(table) == 4  # BitFit has no curve: no row
+
+
 def test_table1_ranked_again_over_the_judged_tasks_and_kruskal_over_them():
     from scipy import stats
 

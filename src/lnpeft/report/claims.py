@@ -165,18 +165,26 @@ def subset_differences(rows: pd.DataFrame, seed_scores: pd.DataFrame, columns: l
     return out
 
 
-def plateaus(curves: pd.DataFrame, moved: float = 0.005) -> tuple[int, int]:
-    """(task, method) pairs whose dev curve has flattened: the chosen epoch is not the last, or the
-    last epoch moved the seed mean by less than `moved` (half a point); and how many pairs there are."""
+def curve_ends(curves: pd.DataFrame, moved: float = 0.005) -> pd.DataFrame:
+    """Per (task, method) dev curve: the epoch Table 2 reports (`best_epoch`), the last epoch run,
+    how far the last epoch moved the seed mean (`last_move`, NaN with one epoch), and whether the
+    curve has flattened (`flat`): the chosen epoch is not the last, or the last epoch moved the seed
+    mean by less than `moved` (half a point)."""
     dev = curves[curves["quantity"] == "dev"]
-    flat = total = 0
-    for _, group in dev.groupby(["task", "method"], sort=False):
+    rows = []
+    for (task, method), group in dev.groupby(["task", "method"], sort=False):
         group = group.sort_values("epoch")
-        total += 1
-        last = int(group["epoch"].iloc[-1])
-        step = abs(group["mean"].iloc[-1] - group["mean"].iloc[-2]) if len(group) > 1 else math.inf
-        flat += int(int(group["best_epoch"].iloc[0]) != last or step < moved)
-    return flat, total
+        best, last = int(group["best_epoch"].iloc[0]), int(group["epoch"].iloc[-1])
+        move = float(group["mean"].iloc[-1] - group["mean"].iloc[-2]) if len(group) > 1 else math.nan
+        rows.append({"task": task, "method": method, "best_epoch": best, "last_epoch": last, "last_move": move,
+                     "flat": best != last or abs(move) < moved})
+    return pd.DataFrame(rows, columns=["task", "method", "best_epoch", "last_epoch", "last_move", "flat"])
+
+
+def plateaus(curves: pd.DataFrame, moved: float = 0.005) -> tuple[int, int]:
+    """How many (task, method) dev curves have flattened (`curve_ends`), and how many there are."""
+    ends = curve_ends(curves, moved)
+    return int(ends["flat"].sum()), len(ends)
 
 
 def grid_edges(curves: pd.DataFrame, grids: dict[tuple[str, str], list[float]]) -> dict[str, list[tuple[str, str]]]:

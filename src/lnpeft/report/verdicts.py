@@ -20,7 +20,7 @@ import pandas as pd
 
 from lnpeft.data.tasks import column_task
 from lnpeft.model.architectures import COMPONENTS, LAYERNORM_COMPONENT
-from lnpeft.report.claims import grid_edges, plateaus
+from lnpeft.report.claims import curve_ends, grid_edges, plateaus
 from lnpeft.report.table3 import METHOD_LABELS, column_label
 
 SUBSET_FRACTION = 0.2  # the fraction claim (d) names
@@ -117,6 +117,25 @@ def plateau_text(curves: pd.DataFrame) -> str:
     flat, total = plateaus(curves)
     return (f"{flat} of {total} (task, method) curves have flattened (Table 2's epoch is not the last, or the "
             "last epoch moved the seed mean by less than half a point).")
+
+
+def plateau_table(curves: pd.DataFrame, tasks: list[str], methods: list[str]) -> list[str]:
+    """Markdown rows, a method per row and a task per column: the epoch Table 2 reports of the epochs
+    run, the last epoch's move of the seed mean in points, and "flat" where the curve has flattened."""
+    ends = curve_ends(curves).set_index(["method", "task"])
+    tasks = [t for t in tasks if t in set(ends.index.get_level_values("task"))]
+
+    def cell(method: str, task: str) -> str:
+        if (method, task) not in ends.index:
+            return "not run"
+        e = ends.loc[(method, task)]
+        text = f"{e['best_epoch']} of {e['last_epoch']}"
+        text += "" if np.isnan(e["last_move"]) else f", last {points(e['last_move'])}"  # one epoch: no move
+        return f"flat: {text}" if e["flat"] else text
+
+    return ["| | " + " | ".join(column_label(t) for t in tasks) + " |", "|---|" + "---|" * len(tasks),
+            *(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(cell(m, t) for t in tasks) + " |"
+              for m in methods if m in set(ends.index.get_level_values("method")))]
 
 
 def grid_edge_text(curves: pd.DataFrame, grids: dict[tuple[str, str], list[float]]) -> str:

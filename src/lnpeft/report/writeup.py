@@ -38,8 +38,8 @@ from lnpeft.report.selection import selected_scores
 from lnpeft.report.summary import dev_table, embed, markers, render
 from lnpeft.report.table3 import column_label
 from lnpeft.report.verdicts import (SUBSET_FRACTION, convergence, drift_claim, fisher_claim, grid_edge_text,
-                                    kruskal_over, peft_claim, plateau_text, stats_lines, subset_claim, subset_scores,
-                                    table1_over)
+                                    kruskal_over, peft_claim, plateau_table, plateau_text, stats_lines, subset_claim,
+                                    subset_scores, table1_over)
 
 FIGURES = {  # results/figures/ file -> caption; each shown in its section
     "curves_learning.png": "Learning curves: dev score (top) and training loss (bottom) per epoch of each "
@@ -201,6 +201,9 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
         (tables / "table2.md").read_text().strip(), "",
         render(dev, "Seed means beside each task's trivial baseline (the best constant prediction):").strip(), "",
         "## Learning curves", "", convergence(curves) + " " + plateau_text(curves), "",
+        "Per (task, method): the epoch Table 2 reports of the epochs run, and how far the last epoch moved "
+        "the seed mean, in points; \"flat\" where the curve has flattened.", "",
+        *plateau_table(curves, list(config["tasks"]), list(config["methods"])), "",
         grid_edge_text(curves, {(task, m): method_learning_rates(for_task(config, task), m)
                                 for task in config["tasks"] for m in config["methods"]}), "",
         *figure("curves_learning.png"),
