@@ -179,20 +179,14 @@ def kruskal_over(methods: pd.DataFrame, columns: list[str], a: str = "bitfit", b
 
 def convergence(curves: pd.DataFrame) -> str:
     """How many (task, method) pairs peak at their last epoch, and the dev gain of that epoch."""
-    dev = curves[curves["quantity"] == "dev"]
-    last = dev.groupby(["task", "method"])["epoch"].transform("max")
-    peaks = dev[dev["epoch"] == last]
-    at_last = int((peaks["best_epoch"] == peaks["epoch"]).sum())
-    gains = []
-    for (_, _), group in dev.groupby(["task", "method"]):
-        group = group.sort_values("epoch")
-        if len(group) > 1:
-            gains.append(group["mean"].iloc[-1] - group["mean"].iloc[-2])
-    mean_gain = float(np.mean(gains)) if gains else float("nan")
-    return (f"Table 2's epoch is the last epoch for {at_last} of {len(peaks)} (task, method) pairs, and the "
+    ends = curve_ends(curves)
+    at_last = int((ends["best_epoch"] == ends["last_epoch"]).sum())
+    moves = ends["last_move"].dropna()
+    mean_gain = float(moves.mean()) if len(moves) else float("nan")
+    return (f"Table 2's epoch is the last epoch for {at_last} of {len(ends)} (task, method) pairs, and the "
             f"last epoch changed the seed-mean dev score by {points(mean_gain)} points on average: "
             + ("training had not converged, so every method is judged before its plateau."
-               if at_last > len(peaks) / 2 else "most runs had peaked before their last epoch."))
+               if at_last > len(ends) / 2 else "most runs had peaked before their last epoch."))
 
 
 def stats_lines(kruskal: dict) -> list[str]:
