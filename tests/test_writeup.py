@@ -200,6 +200,37 @@ def test_plateau_table_gives_each_pairs_epoch_and_last_move():
     assert len(table) == 4  # BitFit has no curve: no row
 
 
+def test_rate_table_gives_every_rate_tried_and_marks_table2s():
+    """One row per (method, lr) tried: the seed mean at that rate's best epoch, bold at Table 2's rate
+    (chosen from the seed mean over every (lr, epoch)); Fisher-subset runs and unlisted methods left
+    out; a rate one task did not run is "not run"; the trivial baselines close the table."""
+    from lnpeft.report.verdicts import first_split_baselines, rate_table
+
+    rows = []
+    # (task, method, lr): dev per epoch for seeds 0 and 1
+    curves = {("sst2", "layernorm", 0.003): ([0.60, 0.70], [0.62, 0.74]),   # mean 0.72 at epoch 2
+              ("sst2", "layernorm", 0.01): ([0.80, 0.76], [0.78, 0.74]),    # mean 0.79 at epoch 1: Table 2's
+              ("rte", "layernorm", 0.003): ([0.527, 0.527], [0.527, 0.527]),  # at chance at both rates
+              ("rte", "layernorm", 0.01): ([0.527, 0.527], [0.527, 0.527]),
+              ("sst2", "full", 2e-05): ([0.85, 0.86], [0.83, 0.88]),         # mean 0.87 at epoch 2
+              ("sst2", "fisher-individual-f0.2", 0.01): ([0.99, 0.99], [0.99, 0.99]),  # a subset: not a row
+              ("sst2", "bitfit", 0.001): ([0.5, 0.5], [0.5, 0.5])}           # not in methods: not a row
+    for (task, method, lr), seeds in curves.items():
+        for seed, dev in enumerate(seeds):
+            for epoch, value in enumerate(dev, start=1):
+                rows.append({"task": task, "method": method, "scheme": "individual" if "fisher" in method else None,
+                             "fraction": 0.2 if "fisher" in method else 1.0, "lr": lr, "seed": seed,
+                             "epoch": epoch, "dev": value})
+    table = rate_table(pd.DataFrame(rows), ["sst2", "cola", "rte"], ["full", "layernorm"],
+                       first_split_baselines(pd.Series({"sst2": 0.509, "rte": 0.527, "mnli_mismatched": 0.35})))
+    assert table == ["| | SST2 | RTE |", "|---|---|---|",  # CoLA has no run: no column
+                     "| Full 2e-05 | **0.870** | not run |",
+                     "| LayerNorm 0.003 | 0.720 | **0.527** |",  # a tie: the smaller rate, as Table 2
+                     "| LayerNorm 0.01 | **0.790** | 0.527 |",
+                     "| trivial baseline | 0.509 | 0.527 |"]
+    assert first_split_baselines(pd.Series({"mnli_matched": 0.35, "mnli_mismatched": 0.36})) == {"mnli": 0.35}
+
+
 def test_table1_ranked_again_over_the_judged_tasks_and_kruskal_over_them():
     from scipy import stats
 

@@ -110,4 +110,4 @@ def selected_scores(rows: pd.DataFrame, by: tuple[str, ...] = ("task", "method",
         choice = choose(group, select, what="/".join(str(k) for k in key))
         out.append({**dict(zip(by, key)), "lr": choice.lr, "epoch": choice.epoch, "n_seeds": len(choice.seeds),
                     "score": choice.score})
-    return pd.DataFrame(out, columns=[*by, "lr", "epoch", "n_seeds", "score"])
+    return pd.DataFrame(out, columns=list(dict.fromkeys([*by, "lr", "epoch", "n_seeds", "score"])))  # by may hold lr

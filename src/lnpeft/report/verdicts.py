@@ -21,6 +21,7 @@ import pandas as pd
 from lnpeft.data.tasks import column_task
 from lnpeft.model.architectures import COMPONENTS, LAYERNORM_COMPONENT
 from lnpeft.report.claims import curve_ends, grid_edges, plateaus
+from lnpeft.report.selection import selected_scores
 from lnpeft.report.table3 import METHOD_LABELS, column_label
 
 SUBSET_FRACTION = 0.2  # the fraction claim (d) names
@@ -154,6 +155,45 @@ def grid_edge_text(curves: pd.DataFrame, grids: dict[tuple[str, str], list[float
     parts = [f"the {end} of its grid for {len(pairs)} ({named(pairs)})" for end, pairs in edges.items() if pairs]
     return (f"Of {total} (task, method) pairs, Table 2's learning rate is {' and '.join(parts)}: a rate "
             "beyond the grid might do better there (where a method is at chance at every rate, the end says nothing).")
+
+
+def first_split_baselines(baselines: pd.Series) -> dict[str, float]:
+    """Trivial baselines by score column (`mnli_matched`) as baselines by task, on the first dev
+    split: the split the epoch rows score (`runs.read_epoch_rows`)."""
+    out = {}
+    for column, value in baselines.items():
+        spec, split = column_task(str(column))
+        if split == spec.dev_splits[0]:
+            out[spec.name] = float(value)
+    return out
+
+
+def rate_table(rows: pd.DataFrame, tasks: list[str], methods: list[str],
+               baselines: dict[str, float] | None = None) -> list[str]:
+    """Markdown rows, one per (method, learning rate) tried and a task per column: the seed mean at
+    that rate's best epoch (Table 2's rule within one rate), in bold at the rate Table 2 reports;
+    a last row of each task's trivial baseline (`baselines`, by task) when given. `rows`: epoch rows
+    (`runs.read_epoch_rows`); Fisher-subset runs are left out."""
+    table2 = rows[rows["scheme"].isna() & rows["method"].isin(methods)]
+    per_rate = selected_scores(table2, by=("task", "method", "lr")).set_index(["method", "lr", "task"])["score"]
+    chosen = selected_scores(table2, by=("task", "method")).set_index(["method", "task"])["lr"]
+    tasks = [t for t in tasks if t in set(table2["task"])]
+
+    def cell(method: str, lr: float, task: str) -> str:
+        if (method, lr, task) not in per_rate.index:
+            return "not run"
+        text = f"{per_rate[(method, lr, task)]:.3f}"
+        return f"**{text}**" if chosen[(method, task)] == lr else text
+
+    out = ["| | " + " | ".join(column_label(t) for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for method in methods:
+        for lr in sorted(set(table2.loc[table2["method"] == method, "lr"])):
+            out.append(f"| {METHOD_LABELS.get(method, method)} {lr:g} | "
+                       + " | ".join(cell(method, lr, t) for t in tasks) + " |")
+    if baselines:
+        out.append("| trivial baseline | " + " | ".join(f"{baselines[t]:.3f}" if t in baselines else ""
+                                                       for t in tasks) + " |")
+    return out
 
 
 def table1_over(table1: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:

@@ -37,9 +37,9 @@ from lnpeft.report.runs import read_epoch_rows
 from lnpeft.report.selection import selected_scores
 from lnpeft.report.summary import dev_table, embed, markers, render
 from lnpeft.report.table3 import column_label
-from lnpeft.report.verdicts import (SUBSET_FRACTION, convergence, drift_claim, fisher_claim, grid_edge_text,
-                                    kruskal_over, peft_claim, plateau_table, plateau_text, stats_lines, subset_claim,
-                                    subset_scores, table1_over)
+from lnpeft.report.verdicts import (SUBSET_FRACTION, convergence, drift_claim, first_split_baselines, fisher_claim,
+                                    grid_edge_text, kruskal_over, peft_claim, plateau_table, plateau_text, rate_table,
+                                    stats_lines, subset_claim, subset_scores, table1_over)
 
 FIGURES = {  # results/figures/ file -> caption; each shown in its section
     "curves_learning.png": "Learning curves: dev score (top) and training loss (bottom) per epoch of each "
@@ -124,7 +124,8 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
     drift = {p.stem: read_parquet(p, "drift") for p in sorted((results / "drift" / model).glob("*.parquet"))}
     table1 = pd.read_csv(tables / "table1.csv")
     runs = sorted(str(p) for p in (results / "runs" / model).glob("*/*/*/epochs.parquet"))
-    run_table = selected_scores(read_epoch_rows(runs))
+    epoch_rows = read_epoch_rows(runs)
+    run_table = selected_scores(epoch_rows)
     wide = subset_scores(run_table)
     curves = read_parquet(results / "figures" / "curves_learning.parquet", "curves")
     kruskal = json.loads((results / "stats" / "kruskal.json").read_text())
@@ -136,7 +137,7 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
 
     ln_bitfit = method_differences(seed_scores, judged, metrics, "layernorm", "bitfit")
     ln_random = method_differences(seed_scores, judged, metrics, "layernorm", "random")
-    subsets = subset_differences(read_epoch_rows(runs), seed_scores, judged, metrics, "individual", SUBSET_FRACTION)
+    subsets = subset_differences(epoch_rows, seed_scores, judged, metrics, "individual", SUBSET_FRACTION)
     claims = ["(a) output.LayerNorm changes most in full fine-tuning (Figure 1)",
               "(b) output.LayerNorm has the most Fisher information (Table 1)",
               "(c) LayerNorm within about a point of BitFit with about a fifth of its parameters; random "
@@ -206,6 +207,10 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
         *plateau_table(curves, list(config["tasks"]), list(config["methods"])), "",
         grid_edge_text(curves, {(task, m): method_learning_rates(for_task(config, task), m)
                                 for task in config["tasks"] for m in config["methods"]}), "",
+        "Every learning rate tried: the seed-mean dev score at each rate's best epoch, in bold at the rate "
+        "Table 2 reports. A method at its trivial baseline at every rate is at chance within this grid, "
+        "not only at the rate Table 2 reports.", "",
+        *rate_table(epoch_rows, list(config["tasks"]), list(config["methods"]), first_split_baselines(base)), "",
         *figure("curves_learning.png"),
         "## Table 1: Fisher information per component", "",
         (tables / "table1.md").read_text().strip(), "",
