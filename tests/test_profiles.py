@@ -17,7 +17,9 @@ import yaml
 from snakemake.cli import get_profile_dir
 from snakemake.profiles import ProfileConfigFileParser
 
+from lnpeft.plan.config_file import load_config
 from lnpeft.plan.workflow_config import fraction_seeds, method_learning_rates
+from lnpeft.report.progress import planned_runs
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "profiles"
@@ -305,6 +307,10 @@ def test_reproduction_config_dry_run_job_counts(tmp_path: Path, name: str, table
     for rule, n in expected.items():
         got = sum(c for r, c in counts.items() if r == rule or (rule.endswith("*") and r.startswith(rule[:-1])))
         assert got == n, (rule, counts)
+    # lnpeft progress plans the runs Snakemake schedules
+    runs = planned_runs(load_config([REPO / "config.yaml", path]))
+    assert (sum(not r.subset for r in runs), sum(r.subset for r in runs)) == (
+        counts["finetune"], counts["finetune_fisher_subset"])
 
 
 def test_ci_profile_dry_run_has_no_gpu_jobs(tmp_path: Path) -> None:

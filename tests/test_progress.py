@@ -1,0 +1,96 @@
+"""`lnpeft progress`: a grid's planned runs, their states, and Table 2 over the finished ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from test_submission import write_run
+
+from lnpeft.cli import main
+from lnpeft.plan.config_file import load_config
+from lnpeft.report.progress import planned_runs, survey, table2_so_far
+
+REPO = Path(__file__).resolve().parents[1]
+OVERLAY = {
+    "model": {"name": "m"}, "tasks": ["sst2", "rte"], "methods": ["full", "layernorm"], "seeds": [0, 1],
+    "learning_rates": {"full": [2e-05], "layernorm": [1e-03, 1e-02]},
+    "training": {"epochs": 3}, "per_task": {"rte": {"training": {"epochs": 4}}},
+    "fractions": {"values": [0.2], "schemes": ["individual"], "learning_rates": [1e-02], "seeds": [0]},
+}
+
+
+def finished(results: Path, task: str, method: str, lr: str, seed: int, dev: list[float]) -> None:
+    """A run as lnpeft finetune leaves it, its run.json saying how many epochs it trained."""
+    run = write_run(results / "runs" / "m" / task / method / f"lr{lr}_seed{seed}", task, dev,
+                    {"test": ([0], [1])}, lr=float(lr), seed=seed)
+    meta = json.loads((run / "run.json").read_text())
+    meta["options"]["epochs"] = len(dev)
+    (run / "run.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture
+def grid(tmp_path: Path) -> tuple[Path, Path]:
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump(OVERLAY))
+    results = tmp_path / "results"
+    finished(results, "sst2", "full", "2e-05", 0, [0.60, 0.70, 0.80])
+    finished(results, "sst2", "full", "2e-05", 1, [0.60, 0.72, 0.76])   # mean 0.60, 0.71, 0.78: rising
+    finished(results, "sst2", "layernorm", "0.001", 0, [0.50, 0.60, 0.60])
+    finished(results, "sst2", "layernorm", "0.01", 0, [0.70, 0.80, 0.79])  # best at epoch 2 of 3: flat
+    started = results / "runs" / "m" / "sst2" / "layernorm" / "lr0.01_seed1"
+    started.mkdir(parents=True)
+    (started / "resume.pt").write_bytes(b"")  # interrupted: Snakemake resumes it
+    finished(results, "rte", "layernorm", "0.01", 0, [0.99, 0.99, 0.99])  # 3 epochs, RTE asks 4: outdated
+    finished(results, "sst2", "fisher-individual-f0.2", "0.01", 0, [0.70, 0.75, 0.74])
+    return overlay, results
+
+
+def test_states_and_table2_over_the_finished_runs(grid, capsys):
+    overlay, results = grid
+    config = load_config([REPO / "config.yaml", overlay])
+    runs = survey(config, results)
+    # Table 2: sst2 and rte each 1 full rate + 2 LayerNorm rates, x 2 seeds; subsets: 1 per task
+    assert (len(runs), int(runs["subset"].sum())) == (14, 2)
+    assert runs.groupby("state").size().to_dict() == {"finished": 5, "started": 1, "outdated": 1, "waiting": 7}
+    assert runs.set_index(["task", "method", "lr", "seed"])["epochs"][("rte", "full", 2e-05, 0)] == 4
+
+    so_far = table2_so_far(runs).set_index(["task", "method"])
+    assert list(so_far.index) == [("sst2", "full"), ("sst2", "layernorm")]  # the outdated RTE run is not scored
+    full, ln = so_far.loc[("sst2", "full")], so_far.loc[("sst2", "layernorm")]
+    assert (full["finished"], full["planned"], full["lr"], full["epoch"], full["seeds"]) == (2, 2, 2e-05, 3, 2)
+    assert full["dev"] == pytest.approx(0.78) and full["last_move"] == pytest.approx(0.07) and not full["flat"]
+    assert (ln["finished"], ln["planned"], ln["lr"], ln["epoch"], ln["epochs"], ln["seeds"]) == (2, 4, 0.01, 2, 3, 1)
+    assert ln["dev"] == pytest.approx(0.80) and ln["flat"]
+
+    assert main(["progress", "--configfile", str(REPO / "config.yaml"), "--configfile", str(overlay),
+                 "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Table 2: 4 of 12 finished, 1 started, 1 outdated\nFisher subsets: 1 of 2 finished\n")
+    assert "rte/layernorm/lr0.01_seed0" in out.splitlines()[2]  # the outdated run is named
+    assert "SST2      Full 2 of 2 2e-05 3 of 3      2 0.780 +7.0 rising" in out
+    assert "SST2 LayerNorm 2 of 4  0.01 2 of 3      1 0.800 -1.0   flat" in out
+    assert out.rstrip().endswith("1 of 2 (task, method) curves flat so far")
+
+
+def test_nothing_finished_yet(tmp_path, capsys):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump(OVERLAY))
+    assert main(["progress", "--configfile", str(REPO / "config.yaml"), "--configfile", str(overlay),
+                 "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Table 2: 0 of 12 finished\nFisher subsets: 0 of 2 finished\n")
+    assert out.rstrip().endswith("No Table 2 run has finished yet.")
+
+
+def test_planned_runs_follow_the_methods_and_per_task_grids():
+    """Every (task, method, lr, seed) once, each task with its own epochs and grid."""
+    config = load_config([REPO / "config.yaml", REPO / "configs" / "minilm-long.yaml"])
+    runs = planned_runs(config)
+    table2 = [r for r in runs if not r.subset]
+    assert len({(r.task, r.method, r.lr, r.seed) for r in table2}) == len(table2) == 5 * 8 * 3
+    assert {r.epochs for r in runs} == {8}
+    assert sorted({r.lr for r in table2 if r.method == "random"}) == [0.03, 0.1]
+    assert len(runs) - len(table2) == 5 * 4 * 3
