@@ -10,6 +10,7 @@ import yaml
 from test_submission import write_run
 
 from lnpeft.cli import main
+from lnpeft.errors import LnpeftError
 from lnpeft.plan.config_file import load_config
 from lnpeft.report.progress import planned_runs, survey, table2_so_far
 
@@ -94,3 +95,12 @@ def test_planned_runs_follow_the_methods_and_per_task_grids():
     assert {r.epochs for r in runs} == {8}
     assert sorted({r.lr for r in table2 if r.method == "random"}) == [0.03, 0.1]
     assert len(runs) - len(table2) == 5 * 4 * 3
+
+
+def test_a_broken_run_json_is_named(grid):
+    overlay, results = grid
+    meta = results / "runs" / "m" / "sst2" / "full" / "lr2e-05_seed0" / "run.json"
+    meta.write_text("{half a file")
+    with pytest.raises(LnpeftError, match=f"{meta}: not a run.json .* delete the run's folder"):
+        survey(load_config([REPO / "config.yaml", overlay]), results)
+

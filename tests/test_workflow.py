@@ -278,6 +278,15 @@ def test_writeup_from_the_tiny_results(tiny_run, tmp_path):
     plateau = re.search(r"\d+ of \d+ \(task, method\) curves have flattened[^\n]*", text).group(0)
     assert block.rstrip().endswith(f"Learning curves: {plateau}")  # the README says how many curves flattened
     assert readme.startswith("intro\n") and readme.endswith("<!-- END reproduction -->\nrest\n")
+    # lnpeft progress on the finished grid: every run finished, and the write-up's plateau count
+    progress = subprocess.run([str(Path(sys.executable).parent / "lnpeft"), "progress", *args[2:6],
+                               "--results", str(results)], capture_output=True, text=True, timeout=300)
+    assert progress.returncode == 0, progress.stderr[-3000:]
+    table2_line, subsets_line = progress.stdout.splitlines()[:2]
+    assert re.fullmatch(r"Table 2: (\d+) of \1 finished", table2_line), progress.stdout
+    assert re.fullmatch(r"Fisher subsets: (\d+) of \1 finished", subsets_line), progress.stdout
+    flat = re.match(r"\d+ of \d+", plateau).group(0)
+    assert progress.stdout.rstrip().endswith(f"{flat} (task, method) curves flat so far")
     assert subprocess.run([*args, "--check"], capture_output=True, text=True, timeout=300).returncode == 0
     out.write_text(text.replace("**not tested**", "**holds**"))
     check = subprocess.run([*args, "--check"], capture_output=True, text=True, timeout=300)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lnpeft.errors import LnpeftError
 from lnpeft.plan.config_file import load_config
 from lnpeft.plan.workflow_config import fmt_lr, for_task, fraction_seeds, method_learning_rates
 from lnpeft.report.claims import curve_ends
@@ -69,7 +70,11 @@ def state(folder: Path, epochs: int) -> str:
     """finished, started, outdated or waiting (see the module's docstring)."""
     meta = folder / "run.json"
     if meta.is_file() and (folder / "epochs.parquet").is_file():
-        trained = json.loads(meta.read_text()).get("options", {}).get("epochs")
+        try:
+            trained = json.loads(meta.read_text()).get("options", {}).get("epochs")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise LnpeftError(f"{meta}: not a run.json that lnpeft finetune writes ({err}); delete the run's "
+                              "folder so that Snakemake trains it again") from err
         return "outdated" if trained is not None and int(trained) != epochs else "finished"
     return "started" if (folder / "resume.pt").is_file() else "waiting"
 
