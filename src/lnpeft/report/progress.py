@@ -100,14 +100,14 @@ def table2_so_far(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["task", "method", "finished", "planned", "lr", "epoch", "epochs", "seeds",
                                      "dev", "last_move", "flat"])
     rows = read_epoch_rows(Path(f) / "epochs.parquet" for f in done["folder"])
+    finished = done.groupby(["task", "method"], sort=False).size()
     out = []
     for (task, method), group in rows.groupby(["task", "method"], sort=False):
         choice = choose(group, "dev", what=f"{task} {method}")
         at = group[group["lr"] == choice.lr]
         curve = at.groupby("epoch", as_index=False)["dev"].mean().rename(columns={"dev": "mean"})
         ends = curve_ends(curve.assign(task=task, method=method, quantity="dev", best_epoch=choice.epoch)).iloc[0]
-        out.append({"task": task, "method": method, "finished": int((done["task"].eq(task)
-                                                                    & done["method"].eq(method)).sum()),
+        out.append({"task": task, "method": method, "finished": int(finished[(task, method)]),
                     "planned": int(planned[(task, method)]), "lr": choice.lr, "epoch": choice.epoch,
                     "epochs": int(ends["last_epoch"]), "seeds": len(choice.seeds), "dev": choice.score,
                     "last_move": float(ends["last_move"]), "flat": bool(ends["flat"])})
