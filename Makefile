@@ -29,11 +29,16 @@ demo: $(STAMP)
 # whose full fine-tuning learns, 3 seeds, 321 jobs, one thread each, bf16 where the CPU has it;
 # docs/reproduction-minilm.md gives its measured CPU time). Run it again after an interruption and
 # it resumes; then its headline. REPRO=configs/minilm-long.yaml runs the longer-trained one.
+# EVIDENCE: where the finished jobs' results are kept between sittings (lnpeft evidence; committed
+# for the long one): restored once the inputs are rebuilt, saved again when snakemake stops.
 REPRO     ?= configs/minilm-converge.yaml
 REPRO_DOC ?= docs/reproduction-minilm.md
+EVIDENCE  ?= evidence/$(basename $(notdir $(REPRO)))
+SNAKE_REPRO := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/snakemake --profile profiles/local \
+	--configfile $(REPRO) --set-threads $(DEMO_THREADS)
 reproduce: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/snakemake all --profile profiles/local \
-		--configfile $(REPRO) --set-threads $(DEMO_THREADS) --keep-going
+	if [ -d $(EVIDENCE) ]; then $(SNAKE_REPRO) data init && $(BIN)/lnpeft evidence restore $(EVIDENCE); fi
+	$(SNAKE_REPRO) all --keep-going; status=$$?; $(BIN)/lnpeft evidence save $(EVIDENCE) && exit $$status
 	$(BIN)/lnpeft summary --scores results/tables/scores.parquet --data-dir results/data
 
 # docs/reproduction-minilm.md and its figures, from the results and Snakemake logs of `make reproduce`.

@@ -295,6 +295,32 @@ def test_cli_writes_outputs(toy, tmp_path):
                  "--task", "sst2", "--method", "fisher", "--lr", "1e-3", "--seed", "0", "--out", str(out)]) == 2
 
 
+def test_no_state_writes_the_same_run_without_its_weights(toy, tmp_path):
+    """--no-state (training.save_state: false): the same epochs and predictions, run.json says so, no
+    state.safetensors; a pack collects three files; export names the cause."""
+    from lnpeft.cli import main
+    from lnpeft.errors import LnpeftError
+    from lnpeft.model.export import _run_meta
+    from lnpeft.train.collect_run import collect
+
+    args = ["finetune", "--init", str(toy["init"]), "--train", str(toy["train"]), "--dev", str(toy["dev"]),
+            "--task", "sst2", "--method", "layernorm", "--lr", "1e-3", "--seed", "0", "--epochs", "1", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "with")]) == 0
+    assert main([*args, "--out", str(tmp_path / "without"), "--no-state"]) == 0
+    assert {p.name for p in (tmp_path / "without").iterdir()} == {"epochs.parquet", "predictions.parquet", "run.json"}
+    for name in ("epochs.parquet", "predictions.parquet"):
+        a, b = pd.read_parquet(tmp_path / "with" / name), pd.read_parquet(tmp_path / "without" / name)
+        pd.testing.assert_frame_equal(a.drop(columns="seconds", errors="ignore"), b.drop(columns="seconds", errors="ignore"))
+    assert json.loads((tmp_path / "without" / "run.json").read_text())["options"]["save_state"] is False
+    out = tmp_path / "collected"
+    out.mkdir()
+    (out / "state.safetensors").write_bytes(b"an earlier run's")
+    collect(tmp_path / "without", out)
+    assert sorted(p.name for p in out.iterdir()) == ["epochs.parquet", "predictions.parquet", "run.json"]
+    with pytest.raises(LnpeftError, match=r"state.safetensors: missing; its run.json says it saved none"):
+        _run_meta(tmp_path / "without")
+
+
 @pytest.mark.parametrize("stored,message", [
     ({"format": 1}, r"resume\.pt: checkpoint written by another lnpeft version \(format 1, this one reads 2\); "
                     r"delete it to start the run over"),

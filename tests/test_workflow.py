@@ -358,6 +358,48 @@ def test_second_dry_run_has_nothing_to_do(tiny_run):
 
 
 @needs_glue
+def test_evidence_round_trip_leaves_snakemake_only_the_cheap_report_jobs(tiny_run, tmp_path):
+    """`lnpeft evidence save` from the tiny run, then in a fresh folder: the inputs rebuilt
+    (`snakemake data init`), `lnpeft evidence restore`, and Snakemake plans no training, Fisher,
+    drift or mask job again, under training.save_state false and true alike (`all` asks for no
+    state.safetensors); with true, a target asking for a run's state trains that run again."""
+    lnpeft = str(Path(sys.executable).parent / "lnpeft")
+    evidence = tmp_path / "evidence"
+    saved = subprocess.run([lnpeft, "evidence", "save", str(evidence), "--results", str(tiny_run / "results")],
+                           capture_output=True, text=True, timeout=300)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    runs = sorted((tiny_run / "results" / "runs").glob("*/*/*/*/epochs.parquet"))
+    assert sorted((evidence / "results" / "runs").glob("*/*/*/*/epochs.parquet")) == \
+        [evidence / "results" / p.relative_to(tiny_run / "results") for p in runs]
+    assert not list(evidence.rglob("*.safetensors")) and list((evidence / "snakemake-logs").glob("*.log"))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    config = write_config(fresh, {"training.save_state": False})
+    built = snakemake(fresh, config, "data", "init")
+    assert built.returncode == 0, built.stderr[-5000:]
+    restored = subprocess.run([lnpeft, "evidence", "restore", str(evidence), "--results", str(fresh / "results")],
+                              capture_output=True, text=True, timeout=300)
+    assert restored.returncode == 0, restored.stderr[-3000:]
+    assert f"note: {len(runs)} run(s) were made with training.save_state true" in restored.stdout
+
+    def planned(config_file: Path, *targets: str) -> dict[str, int]:
+        proc = snakemake(fresh, config_file, "-n", *targets)
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        stats = (proc.stdout + proc.stderr).split("Job stats:")[1].split("\n\n")[0]
+        return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M) if m[1] != "total"}
+
+    expensive = {"finetune", "finetune_fisher_subset", "compute_fisher", "finetune_for_drift", "compute_drift",
+                 "rank_masks", "train_pack", "collect_run"}
+    jobs = planned(config, "all")
+    assert jobs and not expensive & set(jobs), jobs  # only tables, figures, statistics and the zip
+    stateful = write_config(tmp_path, {"training.save_state": True})
+    assert planned(stateful, "all") == jobs
+    full = next(p for p in runs if p.parent.parent.name == "full")  # one job a run (the others train in packs)
+    state = full.parent.relative_to(tiny_run).as_posix() + "/state.safetensors"
+    assert planned(stateful, state) == {"finetune": 1}
+
+
+@needs_glue
 def test_a_float32_config_inits_with_the_command_it_had_before_model_dtype(tiny_run):
     """Only model.dtype bfloat16 adds `--dtype` to `lnpeft init` and `lnpeft fisher` (common.smk
     DTYPE_FLAG): a float32 results folder made before the option keeps its inits and Fisher tables

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "table3": ("lnpeft.report.table3", "Table 3 test scores (GLUE server results or labelled test data)"),
     "estimate": ("lnpeft.plan.estimate", "project the GPU-hours of a config's grid"),
     "progress": ("lnpeft.report.progress", "what a grid's finished runs say while the rest still run"),
+    "evidence": ("lnpeft.report.evidence", "a reproduction's finished results small enough to commit, and back"),
     "summary": ("lnpeft.report.summary", "dev scores beside each task's trivial baseline, in a few lines"),
     "export": ("lnpeft.model.export", "a run as a save_pretrained model and, for LayerNorm runs, a PEFT adapter"),
     "writeup": ("lnpeft.report.writeup", "a reproduction's write-up (markdown, figures) from its results"),

@@ -249,6 +249,26 @@ TRAINING_FLAGS = (
     " --max-grad-norm {params.max_grad_norm} --compile {params.compile} --recipe {params.recipe}"
     " --threads {threads} --dtype {params.dtype}"
 )
+# training.save_state: false drops state.safetensors from every run's outputs; true adds nothing to the
+# command, so results made before the option existed stay up to date
+TRAINING_FLAGS += "" if config["training"]["save_state"] else " --no-state"
+
+
+RUN_OUTPUTS = {
+    "epochs": "epochs.parquet",
+    "predictions": "predictions.parquet",
+    "run": "run.json",
+    "state": "state.safetensors",
+}
+
+
+def run_outputs(folder):
+    """A grid run's output files in `folder` (a results/runs/ pattern): state.safetensors unless
+    training.save_state is false."""
+    keep_state = config["training"]["save_state"]
+    return {name: f"{folder}/{file}" for name, file in RUN_OUTPUTS.items() if name != "state" or keep_state}
+
+
 # what a single run's rules add: Snakemake's attempt, so a retry of a deterministic failure ends at once
 ATTEMPT_FLAG = " --attempt {resources.attempt}"
 

@@ -17,10 +17,7 @@ rule finetune:
         weights=lambda w: f"{init_dir(w.task, w.seed)}/model.safetensors",
         data=get_finetune_data,
     output:
-        epochs="results/runs/{model}/{task}/{method}/lr{lr}_seed{seed}/epochs.parquet",
-        predictions="results/runs/{model}/{task}/{method}/lr{lr}_seed{seed}/predictions.parquet",
-        state="results/runs/{model}/{task}/{method}/lr{lr}_seed{seed}/state.safetensors",
-        run="results/runs/{model}/{task}/{method}/lr{lr}_seed{seed}/run.json",
+        **run_outputs("results/runs/{model}/{task}/{method}/lr{lr}_seed{seed}"),
     log:
         "results/logs/finetune/{model}/{task}/{method}/lr{lr}_seed{seed}.log",
     benchmark:
@@ -56,10 +53,7 @@ if PACK_SIZE == 1:
             data=get_finetune_data,
             mask="results/masks/{model}/{scheme}/{task}.parquet",
         output:
-            epochs="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/epochs.parquet",
-            predictions="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/predictions.parquet",
-            state="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/state.safetensors",
-            run="results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}/run.json",
+            **run_outputs("results/runs/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}"),
         log:
             "results/logs/finetune_fisher_subset/{model}/{task}/fisher-{scheme}-f{fraction}/lr{lr}_seed{seed}.log",
         benchmark:
@@ -120,10 +114,7 @@ else:
         input:
             status=get_member_status,
         output:
-            epochs="results/runs/{model}/{task}/{member}/lr{lr}_seed{seed}/epochs.parquet",
-            predictions="results/runs/{model}/{task}/{member}/lr{lr}_seed{seed}/predictions.parquet",
-            state="results/runs/{model}/{task}/{member}/lr{lr}_seed{seed}/state.safetensors",
-            run="results/runs/{model}/{task}/{member}/lr{lr}_seed{seed}/run.json",
+            **run_outputs("results/runs/{model}/{task}/{member}/lr{lr}_seed{seed}"),
         log:
             "results/logs/collect_run/{model}/{task}/{member}/lr{lr}_seed{seed}.log",
         conda:

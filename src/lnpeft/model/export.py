@@ -49,10 +49,14 @@ def _resolve(path: str, root: Path) -> Path:
 
 def _run_meta(run: Path) -> tuple[dict, dict]:
     """run.json (its init path resolved) and the init's init.json (its checkpoint path resolved)."""
-    for name in ("run.json", "state.safetensors"):
-        if not (run / name).is_file():
-            raise LnpeftError(f"{run / name}: missing; is {run} a finished run of `lnpeft finetune`?")
+    if not (run / "run.json").is_file():
+        raise LnpeftError(f"{run / 'run.json'}: missing; is {run} a finished run of `lnpeft finetune`?")
     meta = json.loads((run / "run.json").read_text())
+    if not (run / "state.safetensors").is_file():
+        why = ("its run.json says it saved none (training.save_state: false); train it again with "
+               "save_state true to export it" if meta["options"].get("save_state", True) is False
+               else f"is {run} a finished run of `lnpeft finetune`?")
+        raise LnpeftError(f"{run / 'state.safetensors'}: missing; {why}")
     root = workflow_root(run)
     init = _resolve(meta["options"]["init"], root)
     if not (init / "init.json").is_file():

@@ -3,8 +3,9 @@
 A pack job trains its runs in folders of their own under results/packs/ (Snakemake deletes the
 declared outputs of a job before running it, and of a failed job after: a pack cannot declare its
 runs' files without losing the finished runs when one member fails). This step, one per run,
-hard-links (else copies) the four run files into the run folder, epochs.parquet last, each
-atomically; a run that failed in its pack fails here, with the message its pack recorded.
+hard-links (else copies) the four run files (three where the run saved no state) into the run
+folder, epochs.parquet last, each atomically; a run that failed in its pack fails here, with the
+message its pack recorded.
 """
 
 from __future__ import annotations
@@ -33,19 +34,29 @@ def _publish(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def run_files(staged: Path) -> tuple[str, ...]:
+    """The files a finished run has: without state.safetensors where its run.json says it saved none."""
+    info = staged / "run.json"
+    if info.is_file() and json.loads(info.read_text())["options"].get("save_state", True) is False:
+        return tuple(n for n in RUN_FILES if n != "state.safetensors")
+    return RUN_FILES
+
+
 def collect(staged: Path | str, out: Path | str) -> None:
     staged, out = Path(staged), Path(out)
     failed = staged / "failed.json"
     if failed.exists():
         info = json.loads(failed.read_text())
         raise RunFailedError(f"{info['message']} (recorded in {failed} by its pack job)")
-    missing = [name for name in RUN_FILES if not (staged / name).is_file()]
+    names = run_files(staged)
+    missing = [name for name in names if not (staged / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{staged}: no {', '.join(missing)}: its pack job did not finish this run; "
                                 "rerun the pack (Snakemake does when its status file is missing)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "epochs.parquet").unlink(missing_ok=True)  # incomplete until every file is in place
-    for name in RUN_FILES:
+    (out / "state.safetensors").unlink(missing_ok=True)  # an earlier run's, if this one saved none
+    for name in names:
         _publish(staged / name, out / name)
 
 

@@ -84,6 +84,9 @@ class FinetuneConfig:
     """Fisher subsets: fraction of LayerNorm entries trained."""
     save_model: Path | None = None
     """Also save the final full model here (save_pretrained), for the drift stage."""
+    save_state: bool = True
+    """Write state.safetensors (the best epoch's trained entries). False: a grid that keeps only
+    metrics and predictions (a full fine-tune's state is the whole model)."""
     threads: int | None = None
     """torch CPU threads (Snakemake's `threads:`); None: OMP_NUM_THREADS, else torch's default.
     Always pinned (`lnpeft.numerics`): CPU numbers are bit-identical for the same count."""
@@ -117,7 +120,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 PACK_SHARED = ("init", "train", "dev", "test", "task", "seed", "epochs", "batch_size", "eval_batch_size",
-               "max_length", "warmup_ratio", "compile", "recipe", "dtype", "threads", "attempt")
+               "max_length", "warmup_ratio", "compile", "recipe", "dtype", "threads", "attempt", "save_state")
 """Options every run of a pack shares: the frozen model, the data, the batch order, the schedule's
 length. Method, learning rate, weight decay, clipping, mask and fraction are each run's own."""
 
@@ -584,6 +587,8 @@ def add_arguments(parser: argparse.ArgumentParser, member: bool = False) -> None
     parser.add_argument("--dtype", choices=tuple(WEIGHT_DTYPES), default=d["dtype"].default,
                         help="dtype of the frozen weights (trained tensors stay fp32); bfloat16 needs a bf16 "
                              "recipe and refuses --method full")
+    parser.add_argument("--no-state", dest="save_state", action="store_false",
+                        help="write no state.safetensors: metrics and predictions only (training.save_state: false)")
     if not member:
         parser.add_argument("--mask", type=Path, help="fisher: masks parquet")
         parser.add_argument("--save-model", type=Path, help="save the final model here (drift)")

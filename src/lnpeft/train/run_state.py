@@ -8,7 +8,7 @@ alone, or in another pack, and the other way round.
 Files in the run folder (all atomic; epochs.parquet last, as the completion marker):
   epochs.parquet       one row per epoch (artifacts "epochs")
   predictions.parquet  best epoch's predictions on every dev and test split (artifacts "predictions")
-  state.safetensors    best epoch's trained entries (everything for `full`)
+  state.safetensors    best epoch's trained entries (everything for `full`); not with --no-state
   run.json             the resolved options plus counts and the best epoch
   resume.pt            per-epoch checkpoint while running; removed at the end
   failed.json          instead of epochs.parquet when the run failed inside a pack (its message)
@@ -195,7 +195,8 @@ class RunState:
         predictions = self.best_predictions if test_predictions is None else pd.concat(
             [self.best_predictions, test_predictions], ignore_index=True)
         write_parquet(predictions, self.out / "predictions.parquet", "predictions")
-        save_safetensors(self.best_state, self.out / "state.safetensors")
+        if self.cfg.save_state:
+            save_safetensors(self.best_state, self.out / "state.safetensors")
         counts = {k: info[k] for k in ("total", "trainable")}
         rest = {k: v for k, v in info.items() if k not in counts}
         write_json({"options": self.cfg.to_json(), **counts, "best_epoch": self.best_epoch,
