@@ -34,7 +34,7 @@ CONFIG_CASES = {
     "unknown key": ({"training.epochz": 3}, [
         "training.epochz: unknown key (Additional properties are not allowed ('epochz' was unexpected)); "
         "allowed keys of training: batch_size, compile, compile_cache, epochs, eval_batch_size, max_grad_norm, max_length, pack_size, "
-        "recipe, warmup_ratio, weight_decay (config['training'])"]),
+        "recipe, save_state, warmup_ratio, weight_decay (config['training'])"]),
     "unknown top-level key": ({"fraction": [0.5]}, [
         "fraction: unknown key (Additional properties are not allowed ('fraction' was unexpected)); "
         "allowed keys: custom_tasks, data, drift, fisher, fractions, learning_rates, methods, model, per_task, resources, seeds, stats, "

@@ -86,6 +86,7 @@ def _staged(folder: Path) -> Path:
     folder.mkdir(parents=True)
     for i, name in enumerate(RUN_FILES):
         (folder / name).write_bytes(bytes([i]) * 10)
+    (folder / "run.json").write_text(json.dumps({"options": {"method": folder.name}}))  # saved its state
     return folder
 
 
