@@ -34,11 +34,12 @@ demo: $(STAMP)
 REPRO     ?= configs/minilm-converge.yaml
 REPRO_DOC ?= docs/reproduction-minilm.md
 EVIDENCE  ?= evidence/$(basename $(notdir $(REPRO)))
-SNAKE_REPRO := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/snakemake --profile profiles/local \
+# Targets go first: --configfile and --set-threads take every word after them.
+snake_repro = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/snakemake $(1) --profile profiles/local \
 	--configfile $(REPRO) --set-threads $(DEMO_THREADS)
 reproduce: $(STAMP)
-	if [ -d $(EVIDENCE) ]; then $(SNAKE_REPRO) data init && $(BIN)/lnpeft evidence restore $(EVIDENCE); fi
-	$(SNAKE_REPRO) all --keep-going; status=$$?; $(BIN)/lnpeft evidence save $(EVIDENCE) && exit $$status
+	if [ -d $(EVIDENCE) ]; then $(call snake_repro,data init) && $(BIN)/lnpeft evidence restore $(EVIDENCE); fi
+	$(call snake_repro,all --keep-going); status=$$?; $(BIN)/lnpeft evidence save $(EVIDENCE) && exit $$status
 	$(BIN)/lnpeft summary --scores results/tables/scores.parquet --data-dir results/data
 
 # docs/reproduction-minilm.md and its figures, from the results and Snakemake logs of `make reproduce`.

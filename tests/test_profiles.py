@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -233,6 +234,39 @@ def _local_rules() -> set[str]:
 def _workflow_rules() -> set[str]:
     text = "\n".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
     return set(re.findall(r"^\s*rule (\w+):", text, flags=re.M))
+
+
+def _make_snakemake_commands(target: str, *variables: str) -> list[list[str]]:
+    """The argument lists of the snakemake commands that `make -n TARGET` prints."""
+    printed = subprocess.run(["make", "-n", target, *variables], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    commands = []
+    for line in printed.replace("\\\n", " ").splitlines():  # a recipe line continued with a backslash
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words = list(lexer)
+        while any(w.endswith("/snakemake") for w in words):
+            start = next(i for i, w in enumerate(words) if w.endswith("/snakemake")) + 1
+            end = next((i for i in range(start, len(words)) if words[i] in {"&&", ";", "||"}), len(words))
+            commands.append(words[start:end])
+            words = words[end:]
+    return commands
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("demo", [["all"]]),
+    ("reproduce", [["data", "init"], ["all"]]),
+])
+def test_make_targets_reach_snakemake_as_targets(target: str, expected: list[list[str]]) -> None:
+    """--configfile and --set-threads take every word after them: a target written after them is
+    read as a config file or a thread count, and snakemake stops before it starts."""
+    from snakemake.cli import get_argument_parser
+
+    commands = _make_snakemake_commands(target, "REPRO=configs/minilm-long.yaml", "EVIDENCE=evidence/minilm-long")
+    parsed = [get_argument_parser().parse_args(argv) for argv in commands]
+    assert [args.targets for args in parsed] == expected
+    for args in parsed:
+        assert set(args.set_threads) == {"finetune", "finetune_fisher_subset", "train_pack", "finetune_for_drift", "compute_fisher"}
+        assert all(threads == 1 for threads in args.set_threads.values())
 
 
 def test_paper_dry_run_job_counts_and_gpu_rules(tmp_path: Path) -> None:
