@@ -17,6 +17,7 @@ import pytest
 import yaml
 from snakemake.cli import get_profile_dir
 from snakemake.profiles import ProfileConfigFileParser
+from test_faults import MULTI_THREADED_RULES
 
 from lnpeft.plan.config_file import load_config
 from lnpeft.plan.workflow_config import fraction_seeds, method_learning_rates
@@ -265,7 +266,7 @@ def test_make_targets_reach_snakemake_as_targets(target: str, expected: list[lis
     parsed = [get_argument_parser().parse_args(argv) for argv in commands]
     assert [args.targets for args in parsed] == expected
     for args in parsed:
-        assert set(args.set_threads) == {"finetune", "finetune_fisher_subset", "train_pack", "finetune_for_drift", "compute_fisher"}
+        assert set(args.set_threads) == set(MULTI_THREADED_RULES)
         assert all(threads == 1 for threads in args.set_threads.values())
 
 
