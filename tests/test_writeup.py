@@ -151,6 +151,62 @@ def test_run_time_from_the_snakemake_log(tmp_path):
                     "to 14:01), 3 jobs on 2 Snakemake cores; the jobs' CPU time sums to 0 min 22 s")
     with pytest.raises(Exception, match="no job timestamps"):
         run_time([noop], tmp_path / "benchmarks")
+    later = tmp_path / "later.snakemake.log"  # a run on the next day: the end names its date
+    later.write_text("[Wed Dec  2 09:00:00 2026]\nFinished job 4.\n[Wed Dec  2 09:10:00 2026]\n")
+    text, _ = run_time([log, later], tmp_path / "benchmarks")
+    assert "(2026-12-01 11:18 to 2026-12-02 09:10), 3 jobs" in text
+
+
+SLOW_FAILING_WORKFLOW = """
+rule all:
+    input: "out/ok", "out/fail", "out/slow"
+rule ok:
+    output: "out/ok"
+    shell: "touch {output}"
+rule fail:
+    output: "out/fail"
+    shell: "exit 3"
+rule slow:
+    output: "out/slow"
+    shell: "sleep 120; touch {output}"
+"""
+
+
+def test_run_time_counts_the_jobs_a_killed_snakemake_run_cut_off(tmp_path):
+    """A real Snakemake run killed mid-job (a sitting's end): the job it started and never finished has
+    no benchmark, so the text counts it and its time; the failed job is not counted as cut off."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lnpeft.report.run_log import cut_off_jobs
+
+    (tmp_path / "Snakefile").write_text(SLOW_FAILING_WORKFLOW)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "snakemake"), "-c3", "--keep-going"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log, deadline = None, time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:  # until ok finished and fail failed; slow is still sleeping
+            logs = list((tmp_path / ".snakemake" / "log").glob("*.snakemake.log"))
+            text = logs[0].read_text() if logs else ""
+            if "Error in rule fail" in text and "Finished jobid" in text:
+                log = logs[0]
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert log is not None, "snakemake did not reach the failed and finished jobs within 120 s"
+    text = log.read_text()
+    assert len(cut_off_jobs(text)) == 1
+    summary, _ = run_time([log], tmp_path / "benchmarks")
+    assert re.search(r"\), 1 job on 3 Snakemake cores; 1 more job cut off when a Snakemake run stopped ran at least 0 min \d\d s "
+                     r"of wall time that no benchmark holds$", summary), summary
+    slow = re.search(r"^localrule slow:\n(?:    .*\n)*?    jobid: (\d+)$", text, re.M).group(1)
+    done = text + f"[Sat Dec  5 23:59:59 2026]\nFinished jobid: {slow} (Rule: slow)\n"
+    assert cut_off_jobs(done) == []  # once slow's finish is logged, nothing is cut off
 
 
 def test_readme_reproduction_block_is_filled_from_the_committed_write_up():

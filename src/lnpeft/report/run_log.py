@@ -18,8 +18,11 @@ STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", re.M)  # a 
 
 def run_time(logs: list[Path], benchmarks: Path) -> tuple[str, pd.DataFrame]:
     """Wall time of each Snakemake log (first to last timestamp; logs of runs with nothing to do
-    have none), summed over the logs that built the results; job seconds per rule (benchmarks)."""
+    have none), summed over the logs that built the results; job seconds per rule (benchmarks).
+    Jobs a log starts and neither finishes nor fails were cut off when that run stopped (a killed
+    sitting): their time is in no benchmark, so the text counts them and their wall time."""
     spans, finished, cores = [], 0, set()
+    cut = Counter()  # jobs cut off: count, and seconds from their start to their log's last stamp
     for log in logs:
         text = log.read_text()
         stamps = [datetime.strptime(" ".join(s.split()), "%a %b %d %H:%M:%S %Y") for s in STAMP.findall(text)]
@@ -27,6 +30,9 @@ def run_time(logs: list[Path], benchmarks: Path) -> tuple[str, pd.DataFrame]:
             spans.append((min(stamps), max(stamps)))
             finished += text.count("Finished job")
             cores.update(re.findall(r"^Provided cores: (\d+)$", text, re.M))
+            for started in cut_off_jobs(text):
+                cut["jobs"] += 1
+                cut["s"] += (max(stamps) - started).total_seconds()
     if not spans:
         raise LnpeftError(f"{', '.join(map(str, logs))}: no job timestamps; pass the Snakemake log(s) of the "
                           "run (.snakemake/log/*.snakemake.log)")
@@ -44,13 +50,41 @@ def run_time(logs: list[Path], benchmarks: Path) -> tuple[str, pd.DataFrame]:
     on = f" on {'/'.join(sorted(cores))} Snakemake cores" if cores else ""
     # the jobs' CPU time is what the run costs; wall time also holds pauses and other load
     cpu = f"; the jobs' CPU time sums to {duration(frame['cpu'].sum())}" if frame["cpu"].notna().any() else ""
+    until = f"{last:%H:%M}" if last.date() == first.date() else f"{last:%Y-%m-%d %H:%M}"
     text = (f"{duration(wall)} wall time from the first to the last job{runs} ({first:%Y-%m-%d %H:%M} to "
-            f"{last:%H:%M}), {finished} jobs{on}{cpu}")
+            f"{until}), {n_jobs(finished)}{on}{cpu}")
+    if cut["jobs"]:
+        text += (f"; {n_jobs(cut['jobs'], 'more job')} cut off when a Snakemake run stopped ran at least "
+                 f"{duration(cut['s'])} of wall time that no benchmark holds")
     return text, per_rule
+
+
+def cut_off_jobs(log_text: str) -> list[datetime]:
+    """Start times of the jobs a Snakemake log starts (`jobid: N` under a timestamp) and neither
+    finishes (`Finished jobid: N`, `Finished job N.`) nor reports failed (`jobid: N` in an `Error in`
+    block)."""
+    started, ended, stamp, in_error = {}, set(), None, False
+    for line in log_text.splitlines():
+        if found := STAMP.match(line):
+            stamp = datetime.strptime(" ".join(found.group(1).split()), "%a %b %d %H:%M:%S %Y")
+        elif found := re.match(r"^Finished job(?:id:)? (\d+)", line):
+            ended.add(found.group(1))
+        elif found := re.match(r"^\s+jobid: (\d+)$", line):
+            if in_error:
+                ended.add(found.group(1))
+            elif stamp is not None:
+                started.setdefault(found.group(1), stamp)
+        if not line.startswith((" ", "\t")):  # a block's header line: an error block or another
+            in_error = line.startswith("Error in ")
+    return [when for job, when in started.items() if job not in ended]
 
 
 def n_runs(n: int) -> str:
     return f"{n} run{'s' * (n != 1)}"
+
+
+def n_jobs(n: int, noun: str = "job") -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def machines(run_infos: list[dict], unrecorded: str | None = None) -> str:
