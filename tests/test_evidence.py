@@ -79,9 +79,16 @@ def test_restore_checks_inputs_then_copies_with_one_time(tmp_path):
         (fresh / rel).parent.mkdir(parents=True, exist_ok=True)
         (fresh / rel).write_bytes((results / rel).read_bytes())
     (fresh / "data/sst2/train.parquet").write_bytes(b"other rows")
-    with pytest.raises(LnpeftError, match=r"train.parquet: differs from the file the evidence's runs started from"):
+    with pytest.raises(LnpeftError, match=r"train.parquet: differs from the file the evidence's runs started from"
+                                          r" .*package version; restoring"):
         evidence.restore(tmp_path / "ev", fresh, tmp_path / "b" / "log")
     (fresh / "data/sst2/train.parquet").write_bytes(b"rows")
+    init = fresh / "init/m/sst2/seed0/model.safetensors"
+    head = init.read_bytes()
+    init.write_bytes(b"drawn by another kernel")  # only an init differs: the likely cause is the CPU
+    with pytest.raises(LnpeftError, match=r"seed0/model.safetensors: differs .* only inits differ, so perhaps a CPU"):
+        evidence.restore(tmp_path / "ev", fresh, tmp_path / "b" / "log")
+    init.write_bytes(head)
     os.utime(fresh / "data/sst2/train.parquet", (1, 1))
     counts = evidence.restore(tmp_path / "ev", fresh, tmp_path / "b" / "log")
     assert counts == {"restored": 10, "already there": 0}

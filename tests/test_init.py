@@ -154,3 +154,36 @@ def test_a_bf16_init_is_the_fp32_init_rounded_and_its_runs_are_bit_identical(che
         ft.finetune(ft.FinetuneConfig(init=tmp_path / "bf16", train=train, dev=(dev,), out=tmp_path / "runs" / "f32",
                                       task="sst2", method="layernorm", lr=1e-2, seed=0, epochs=1, threads=1))
     assert not (tmp_path / "runs" / "f32").exists()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+@pytest.mark.skipif(not {"avx2", "avx512f"} <= _cpu_flags(), reason="needs a CPU with both AVX2 and AVX-512")
+def test_the_seeded_head_is_the_same_under_avx2_and_avx512_kernels(checkpoints, tmp_path):
+    """Restoring a reproduction's evidence on another machine needs the init bytes it recorded. torch
+    draws normal(0, std) with a vectorised kernel on x86 with AVX2 or AVX-512, and the two agree, so an
+    init is the same on any such CPU (docs/reproducibility.md; the scalar kernel, e.g. on ARM, differs)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from lnpeft.model.init import InitConfig, make_init; "
+            "print(torch.backends.cpu.get_cpu_capability()); "
+            "make_init(InitConfig(sys.argv[1], 'rte', 0, sys.argv[2]))")
+    digests = {}
+    for capability in ("avx2", "avx512"):
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "HF_HUB_OFFLINE": "1"}
+        out = tmp_path / capability
+        proc = subprocess.run([sys.executable, "-c", code, str(checkpoints["pooled"]), str(out)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split()[0] == capability.upper()  # the kernel set asked for is the one used
+        digests[capability] = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert digests["avx2"] == digests["avx512"]

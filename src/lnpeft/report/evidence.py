@@ -148,9 +148,13 @@ def restore(evidence: Path, results: Path, log_dir: Path) -> dict[str, int]:
                           "--configfile <the config>, then restore")
     differ = sorted(rel for rel, digest in recorded.items() if _sha256(results / rel) != digest)
     if differ:
+        # the seeded head is drawn by torch's vectorised kernel on x86 with AVX2/AVX-512, a scalar one elsewhere
+        cpu = ("; only inits differ, so perhaps a CPU whose torch kernels draw the seeded head differently "
+               "(x86 with AVX2 or AVX-512 all agree; ARM and older x86 do not: docs/reproducibility.md)"
+               if all(rel.startswith("init/") for rel in differ) else "")
         raise LnpeftError(f"{results / differ[0]}: differs from the file the evidence's runs started from "
                           f"(sha256 in {record}; {len(differ)} such file(s)): another config, data or package "
-                          "version; restoring would pass off runs of other inputs as these")
+                          f"version{cpu}; restoring would pass off runs of other inputs as these")
     pairs = [(p, results / p.relative_to(evidence / "results"))
              for p in sorted((evidence / "results").glob("**/*")) if p.is_file()]
     pairs += [(p, log_dir / p.name) for p in sorted((evidence / LOGS).glob("*.log"))]
