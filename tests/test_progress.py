@@ -12,7 +12,7 @@ from test_submission import write_run
 from lnpeft.cli import main
 from lnpeft.errors import LnpeftError
 from lnpeft.plan.config_file import load_config
-from lnpeft.report.progress import planned_runs, survey, table2_so_far
+from lnpeft.report.progress import format_time_left, planned_runs, survey, table2_so_far, time_left
 
 REPO = Path(__file__).resolve().parents[1]
 OVERLAY = {
@@ -84,6 +84,32 @@ def test_nothing_finished_yet(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("Table 2: 0 of 12 finished\nFisher subsets: 0 of 2 finished\n")
     assert out.rstrip().endswith("No Table 2 run has finished yet.")
+    assert "Time left: no finished run has a benchmark (results/benchmarks/) to estimate it from" in out
+
+
+def test_time_left_carries_the_finished_runs_cpu_time_over_to_the_rest(grid, capsys):
+    """Each run not finished costs the median CPU time of the finished runs of its task and method
+    (Fisher subsets one method), else of its task, else of all; outdated runs' benchmarks are ignored."""
+    overlay, results = grid
+    for run, cpu in {"sst2/full/lr2e-05_seed0": 100, "sst2/full/lr2e-05_seed1": 120,
+                     "sst2/layernorm/lr0.001_seed0": 40, "sst2/layernorm/lr0.01_seed0": 60,
+                     "rte/layernorm/lr0.01_seed0": 999}.items():  # the last one is outdated
+        bench = results / "benchmarks" / "finetune" / "m" / f"{run}.tsv"
+        bench.parent.mkdir(parents=True, exist_ok=True)
+        bench.write_text(f"s\th:m:s\tcpu_time\n{cpu + 5}\t0:00:00\t{cpu}\n")
+    bench = results / "benchmarks" / "finetune_fisher_subset" / "m" / "sst2" / "fisher-individual-f0.2" / "lr0.01_seed0.tsv"
+    bench.parent.mkdir(parents=True)
+    bench.write_text("s\th:m:s\tcpu_time\n35\t0:00:00\t30\n")
+    runs = survey(load_config([REPO / "config.yaml", overlay]), results)
+    # 9 left: 2 SST-2 LayerNorm at their pair's median 50; 7 RTE runs, no RTE benchmark, at the median of all, 60
+    assert time_left(runs) == (9, pytest.approx(2 * 50 + 7 * 60))
+    assert format_time_left(runs, 2) == ("Time left: 9 runs, about 0.1 CPU-hours of job time by the finished runs' "
+                                         "benchmarks; 4 min 20 s on 2 cores at one thread a job, if nothing else runs")
+    assert main(["progress", "--configfile", str(REPO / "config.yaml"), "--configfile", str(overlay),
+                 "--results", str(results), "--cores", "4"]) == 0
+    assert "; 2 min 10 s on 4 cores" in capsys.readouterr().out.splitlines()[3]
+    assert main(["progress", "--configfile", str(overlay), "--results", str(results), "--cores", "0"]) != 0
+    assert "--cores 0: give the number of cores the rest runs on, at least 1" in capsys.readouterr().err
 
 
 def test_planned_runs_follow_the_methods_and_per_task_grids():

@@ -12,12 +12,17 @@ A run is finished when its run.json and epochs.parquet exist; started when its f
 resume.pt (running now, or interrupted: Snakemake resumes it from there); outdated when it finished
 with other epochs than the config asks (Snakemake trains it again: its params changed). Outdated
 runs are counted, never scored. A packed run (training.pack_size) is waiting until its pack ends.
+
+The time left is the finished runs' job CPU time (their Snakemake benchmarks) carried over to the
+runs not finished: each at the median of the finished runs of its task and method (a Fisher subset
+counts as one method), else of its task, else of all.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +34,7 @@ from lnpeft.plan.workflow_config import fmt_lr, for_task, fraction_seeds, method
 from lnpeft.report.claims import curve_ends
 from lnpeft.report.runs import read_epoch_rows
 from lnpeft.report.selection import choose
+from lnpeft.report.summary import duration
 from lnpeft.report.table3 import METHOD_LABELS, column_label
 
 STATES = ("finished", "started", "outdated", "waiting")
@@ -79,14 +85,46 @@ def state(folder: Path, epochs: int) -> str:
     return "started" if (folder / "resume.pt").is_file() else "waiting"
 
 
+def benchmark_file(results: Path, model: str, run: PlannedRun) -> Path:
+    """The run's Snakemake benchmark (workflow/rules/finetune.smk; a packed run has its pack's)."""
+    rule = "finetune_fisher_subset" if run.subset else "finetune"
+    return results / "benchmarks" / rule / model / run.task / run.method / f"lr{fmt_lr(run.lr)}_seed{run.seed}.tsv"
+
+
+def cpu_seconds(benchmark: Path) -> float:
+    """The job's CPU seconds from its benchmark's last row (NaN without the file or the column)."""
+    if not benchmark.is_file():
+        return float("nan")
+    row = pd.read_csv(benchmark, sep="\t").iloc[-1]
+    return float(row["cpu_time"]) if "cpu_time" in row else float("nan")
+
+
 def survey(config: dict, results: Path) -> pd.DataFrame:
-    """One row per planned run: task, method, lr, seed, epochs, subset, state, folder."""
+    """One row per planned run: task, method, lr, seed, epochs, subset, state, folder, cpu (the job's
+    CPU seconds where it finished and has a benchmark)."""
     model = config["model"]["name"]
     rows = []
     for run in planned_runs(config):
         folder = run_folder(results, model, run)
-        rows.append({**run.__dict__, "state": state(folder, run.epochs), "folder": str(folder)})
-    return pd.DataFrame(rows, columns=[*PlannedRun.__dataclass_fields__, "state", "folder"])
+        status = state(folder, run.epochs)
+        cpu = cpu_seconds(benchmark_file(results, model, run)) if status == "finished" else float("nan")
+        rows.append({**run.__dict__, "state": status, "folder": str(folder), "cpu": cpu})
+    return pd.DataFrame(rows, columns=[*PlannedRun.__dataclass_fields__, "state", "folder", "cpu"])
+
+
+def time_left(runs: pd.DataFrame) -> tuple[int, float] | None:
+    """(runs not finished, their estimated job CPU seconds; see the module's docstring), or None when
+    no finished run has a benchmark to go by."""
+    kind = runs["method"].where(~runs["subset"], "fisher")
+    known = runs.assign(kind=kind).dropna(subset=["cpu"])
+    if known.empty:
+        return None
+    by_pair = known.groupby(["task", "kind"])["cpu"].median()
+    by_task = known.groupby("task")["cpu"].median()
+    overall = float(known["cpu"].median())
+    left = runs.assign(kind=kind)[runs["state"] != "finished"]
+    seconds = sum(by_pair.get((task, k), by_task.get(task, overall)) for task, k in zip(left["task"], left["kind"]))
+    return len(left), float(seconds)
 
 
 def table2_so_far(runs: pd.DataFrame) -> pd.DataFrame:
@@ -114,8 +152,20 @@ def table2_so_far(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def format_progress(runs: pd.DataFrame, so_far: pd.DataFrame) -> str:
-    """The counts per state, then Table 2 so far, a (task, method) per line."""
+def format_time_left(runs: pd.DataFrame, cores: int) -> str:
+    """A line: the runs left and their job time, in CPU-hours and spread over `cores` one-thread jobs."""
+    estimate = time_left(runs)
+    if estimate is None:
+        return "Time left: no finished run has a benchmark (results/benchmarks/) to estimate it from"
+    n, seconds = estimate
+    if n == 0:
+        return "Time left: none, every planned run has finished"
+    return (f"Time left: {n} runs, about {seconds / 3600:.1f} CPU-hours of job time by the finished runs' "
+            f"benchmarks; {duration(seconds / cores)} on {cores} cores at one thread a job, if nothing else runs")
+
+
+def format_progress(runs: pd.DataFrame, so_far: pd.DataFrame, cores: int = 1) -> str:
+    """The counts per state and the time left, then Table 2 so far, a (task, method) per line."""
     def counts(part: pd.DataFrame) -> str:
         n = part["state"].value_counts()
         return f"{n.get('finished', 0)} of {len(part)} finished" + "".join(
@@ -128,6 +178,7 @@ def format_progress(runs: pd.DataFrame, so_far: pd.DataFrame) -> str:
     if len(outdated):
         lines.append(f"outdated (finished with other epochs than the config's; Snakemake trains them again): "
                      + ", ".join(outdated["folder"].head(5)) + (" ..." if len(outdated) > 5 else ""))
+    lines.append(format_time_left(runs, cores))
     if so_far.empty:
         return "\n".join(lines + ["", "No Table 2 run has finished yet."])
     view = pd.DataFrame({
@@ -153,9 +204,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configfile", type=Path, action="append", default=[],
                         help="the run's config files, in order, as the workflow reads them (default: config.yaml)")
     parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1,
+                        help="cores the rest runs on, for the wall-time estimate (default: this machine's)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cores < 1:
+        raise LnpeftError(f"--cores {args.cores}: give the number of cores the rest runs on, at least 1")
     runs = survey(load_config(args.configfile or [Path("config.yaml")]), args.results)
-    print(format_progress(runs, table2_so_far(runs)))
+    print(format_progress(runs, table2_so_far(runs), args.cores))
     return 0
