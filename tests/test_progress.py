@@ -84,7 +84,7 @@ def test_nothing_finished_yet(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("Table 2: 0 of 12 finished\nFisher subsets: 0 of 2 finished\n")
     assert out.rstrip().endswith("No Table 2 run has finished yet.")
-    assert "Time left: no finished run has a benchmark (results/benchmarks/) to estimate it from" in out
+    assert "Time left: no finished run has a benchmark of its own to estimate it from" in out
 
 
 def test_time_left_carries_the_finished_runs_cpu_time_over_to_the_rest(grid, capsys):

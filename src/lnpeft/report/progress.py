@@ -156,7 +156,8 @@ def format_time_left(runs: pd.DataFrame, cores: int) -> str:
     """A line: the runs left and their job time, in CPU-hours and spread over `cores` one-thread jobs."""
     estimate = time_left(runs)
     if estimate is None:
-        return "Time left: no finished run has a benchmark (results/benchmarks/) to estimate it from"
+        return ("Time left: no finished run has a benchmark of its own to estimate it from (results/benchmarks/"
+                "finetune*/; packed runs have their pack's)")
     n, seconds = estimate
     if n == 0:
         return "Time left: none, every planned run has finished"
