@@ -32,6 +32,7 @@ from lnpeft.errors import LnpeftError
 from lnpeft.plan.config_file import load_config
 from lnpeft.plan.workflow_config import fmt_lr, for_task, fraction_seeds, method_learning_rates
 from lnpeft.report.claims import curve_ends
+from lnpeft.report.run_log import last_benchmark_row
 from lnpeft.report.runs import read_epoch_rows
 from lnpeft.report.selection import choose
 from lnpeft.report.summary import duration
@@ -95,7 +96,7 @@ def cpu_seconds(benchmark: Path) -> float:
     """The job's CPU seconds from its benchmark's last row (NaN without the file or the column)."""
     if not benchmark.is_file():
         return float("nan")
-    row = pd.read_csv(benchmark, sep="\t").iloc[-1]
+    row = last_benchmark_row(benchmark)
     return float(row["cpu_time"]) if "cpu_time" in row else float("nan")
 
 
@@ -115,14 +116,14 @@ def survey(config: dict, results: Path) -> pd.DataFrame:
 def time_left(runs: pd.DataFrame) -> tuple[int, float] | None:
     """(runs not finished, their estimated job CPU seconds; see the module's docstring), or None when
     no finished run has a benchmark to go by."""
-    kind = runs["method"].where(~runs["subset"], "fisher")
-    known = runs.assign(kind=kind).dropna(subset=["cpu"])
+    runs = runs.assign(kind=runs["method"].where(~runs["subset"], "fisher"))
+    known = runs.dropna(subset=["cpu"])
     if known.empty:
         return None
     by_pair = known.groupby(["task", "kind"])["cpu"].median()
     by_task = known.groupby("task")["cpu"].median()
     overall = float(known["cpu"].median())
-    left = runs.assign(kind=kind)[runs["state"] != "finished"]
+    left = runs[runs["state"] != "finished"]
     seconds = sum(by_pair.get((task, k), by_task.get(task, overall)) for task, k in zip(left["task"], left["kind"]))
     return len(left), float(seconds)
 

@@ -16,6 +16,16 @@ from lnpeft.report.summary import duration
 STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", re.M)  # a job's start or end line
 
 
+def stamp_time(stamp: str) -> datetime:
+    """A Snakemake log's `[Sat Dec  5 13:36:15 2026]` stamp (without its brackets) as a datetime."""
+    return datetime.strptime(" ".join(stamp.split()), "%a %b %d %H:%M:%S %Y")
+
+
+def last_benchmark_row(path: Path) -> pd.Series:
+    """A Snakemake benchmark's last row (a job's rerun appends one): s, cpu_time, ..."""
+    return pd.read_csv(path, sep="\t").iloc[-1]
+
+
 def run_time(logs: list[Path], benchmarks: Path) -> tuple[str, pd.DataFrame]:
     """Wall time of each Snakemake log (first to last timestamp; logs of runs with nothing to do
     have none), summed over the logs that built the results; job seconds per rule (benchmarks).
@@ -25,7 +35,7 @@ def run_time(logs: list[Path], benchmarks: Path) -> tuple[str, pd.DataFrame]:
     cut = Counter()  # jobs cut off: count, and seconds from their start to their log's last stamp
     for log in logs:
         text = log.read_text()
-        stamps = [datetime.strptime(" ".join(s.split()), "%a %b %d %H:%M:%S %Y") for s in STAMP.findall(text)]
+        stamps = [stamp_time(s) for s in STAMP.findall(text)]
         if len(stamps) >= 2:
             spans.append((min(stamps), max(stamps)))
             finished += text.count("Finished job")
@@ -39,7 +49,7 @@ def run_time(logs: list[Path], benchmarks: Path) -> tuple[str, pd.DataFrame]:
     wall = sum((b - a).total_seconds() for a, b in spans)
     rows = []
     for path in sorted(benchmarks.glob("**/*.tsv")):
-        bench = pd.read_csv(path, sep="\t").iloc[-1]
+        bench = last_benchmark_row(path)
         rows.append({"rule": path.relative_to(benchmarks).parts[0], "s": float(bench["s"]),
                      "cpu": float(bench.get("cpu_time", float("nan")))})
     frame = pd.DataFrame(rows, columns=["rule", "s", "cpu"])
@@ -66,7 +76,7 @@ def cut_off_jobs(log_text: str) -> list[datetime]:
     started, ended, stamp, in_error = {}, set(), None, False
     for line in log_text.splitlines():
         if found := STAMP.match(line):
-            stamp = datetime.strptime(" ".join(found.group(1).split()), "%a %b %d %H:%M:%S %Y")
+            stamp = stamp_time(found.group(1))
         elif found := re.match(r"^Finished job(?:id:)? (\d+)", line):
             ended.add(found.group(1))
         elif found := re.match(r"^\s+jobid: (\d+)$", line):
