@@ -249,7 +249,7 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configfile", type=Path, action="append", default=[],
-                        help="the run's config files, in order (default: config.yaml configs/minilm-converge.yaml)")
+                        help="the run's config files, in order (default: config.yaml configs/minilm-long.yaml)")
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--log", type=Path, nargs="+", required=True,
                         help="the Snakemake log(s) of the runs that built --results (.snakemake/log/*.snakemake.log)")
@@ -265,7 +265,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sources = args.configfile or [Path("config.yaml"), Path("configs/minilm-converge.yaml")]
+    sources = args.configfile or [Path("config.yaml"), Path("configs/minilm-long.yaml")]
     link = os.path.relpath(args.out, args.readme.parent) if args.readme else None
     text, copies, block = build(load_config(sources), sources, args.results, args.log, args.out,
                                 args.machine, link)
