@@ -246,6 +246,22 @@ def test_resume_after_kill_mid_epoch_gives_identical_epochs(toy, tmp_path, monke
         ft.finetune(config(toy, tmp_path / "older", **{**kw, "recipe": "gpu"}))
     older = ft.finetune(config(toy, tmp_path / "older", **kw))
     pd.testing.assert_frame_equal(reference.drop(columns="seconds"), older.drop(columns="seconds"))
+    # save_state picks the files written at the end, not what is trained: a checkpoint from before
+    # the option existed (a grid switched to save_state: false between sittings) resumes without it
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(config(toy, tmp_path / "stateless", **kw))
+    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    ckpt = torch.load(tmp_path / "stateless" / "resume.pt", weights_only=False)
+    assert ckpt["config"].pop("save_state") is True
+    torch.save(ckpt, tmp_path / "stateless" / "resume.pt")
+    stateless = ft.finetune(config(toy, tmp_path / "stateless", **{**kw, "save_state": False}))
+    pd.testing.assert_frame_equal(reference.drop(columns="seconds"), stateless.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(read_parquet(tmp_path / "ref" / "predictions.parquet", "predictions"),
+                                  read_parquet(tmp_path / "stateless" / "predictions.parquet", "predictions"))
+    assert not (tmp_path / "stateless" / "state.safetensors").exists()
+    assert not (tmp_path / "stateless" / "resume.pt").exists()
 
 
 def test_nan_loss_names_run_and_step(toy, tmp_path):

@@ -32,9 +32,10 @@ from lnpeft.train.packing import RunParameters
 RESUME_FORMAT = 2
 """resume.pt layout; 2: partly trained tensors' entries stored apart (`partial`)."""
 
-EXECUTION_OPTIONS = ("threads", "compile", "attempt")
+EXECUTION_OPTIONS = ("threads", "compile", "attempt", "save_state")
 """Options a resumed run may change: threads and compilation are execution choices (Snakemake's
-cores, the device), not part of what is trained."""
+cores, the device), and save_state only which files the run writes at its end, not what it trains
+(a grid switched to `training.save_state: false` between sittings resumes its cut-off runs)."""
 
 
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
