@@ -84,17 +84,38 @@ def test_subset_claim_at_f_0_2():
     assert subset_claim(wide.drop(columns=[("individual", 0.2)]), [])[0] == "not tested"
 
 
-def test_convergence_counts_runs_peaking_at_the_last_epoch():
+def _curves(pairs: dict[tuple[str, str], tuple[int, list[float]]]) -> pd.DataFrame:
     rows = []
-    for method, best, means in (("layernorm", 2, [0.6, 0.7]), ("bitfit", 1, [0.7, 0.6])):
+    for (task, method), (best, means) in pairs.items():
         for epoch, mean in enumerate(means, start=1):
-            rows.append({"task": "sst2", "method": method, "quantity": "dev", "epoch": epoch, "best_epoch": best,
-                         "mean": mean})
-            rows.append({"task": "sst2", "method": method, "quantity": "train_loss", "epoch": epoch,
-                         "best_epoch": best, "mean": 9.0})
-    text = convergence(pd.DataFrame(rows))
-    assert text.startswith("Table 2's epoch is the last epoch for 1 of 2 (task, method) pairs, and the last "
-                           "epoch changed the seed-mean dev score by +0.0 points on average")
+            for quantity, value in (("dev", mean), ("train_loss", 9.0)):
+                rows.append({"task": task, "method": method, "quantity": quantity, "epoch": epoch,
+                             "best_epoch": best, "mean": value})
+    return pd.DataFrame(rows)
+
+
+def test_convergence_counts_runs_peaking_at_the_last_epoch():
+    text = convergence(_curves({("sst2", "layernorm"): (2, [0.6, 0.7]), ("sst2", "bitfit"): (1, [0.7, 0.6])}))
+    assert text == ("Table 2's epoch is the last epoch for 1 of 2 (task, method) pairs, and the last epoch "
+                    "changed the seed-mean dev score by +0.0 points on average. 1 of 2 (task, method) curves have "
+                    "flattened (Table 2's epoch is not the last, or the last epoch moved the seed mean by less than "
+                    "half a point). Training had not converged: 1 of 2 curves were still moving at their last epoch "
+                    "(SST2 LayerNorm (+10.0)), so those methods are judged before their plateau.")
+
+
+def test_convergence_concludes_from_the_flat_curves_not_from_the_peaks_at_the_last_epoch():
+    """A curve peaking at its last epoch by less than half a point has flattened: 3 of 4 peak at the
+    last epoch here, yet only CoLA's still moves, so the text names it and does not call the run
+    unconverged; with no curve moving it says so."""
+    pairs = {("sst2", "full"): (3, [0.80, 0.830, 0.832]), ("sst2", "layernorm"): (3, [0.70, 0.800, 0.801]),
+             ("cola", "full"): (3, [0.20, 0.250, 0.280]), ("cola", "layernorm"): (2, [0.10, 0.150, 0.140])}
+    text = convergence(_curves(pairs))
+    assert text.startswith("Table 2's epoch is the last epoch for 3 of 4 (task, method) pairs")
+    assert "3 of 4 (task, method) curves have flattened" in text
+    assert text.endswith("Still moving at their last epoch, so judged before their plateau: CoLA Full (+3.0).")
+    assert "had not converged" not in text
+    pairs[("cola", "full")] = (3, [0.20, 0.278, 0.280])
+    assert convergence(_curves(pairs)).endswith("Every curve has flattened: each method is judged at its plateau.")
 
 
 def test_grid_edges_name_each_pair_whose_rate_is_an_end_of_its_grid():

@@ -201,7 +201,7 @@ def build(config: dict, sources: list[Path], results: Path, logs: list[Path], ou
         "## Table 2: development set", "",
         (tables / "table2.md").read_text().strip(), "",
         render(dev, "Seed means beside each task's trivial baseline (the best constant prediction):").strip(), "",
-        "## Learning curves", "", convergence(curves) + " " + plateau_text(curves), "",
+        "## Learning curves", "", convergence(curves), "",
         "Per (task, method): the epoch Table 2 reports of the epochs run, and how far the last epoch moved "
         "the seed mean, in points; \"flat\" where the curve has flattened.", "",
         *plateau_table(curves, list(config["tasks"]), list(config["methods"])), "",
