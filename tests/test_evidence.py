@@ -41,17 +41,21 @@ def test_save_keeps_finished_runs_and_expensive_outputs_without_weights(tmp_path
     (started / "resume.pt").write_bytes(b"ckpt")
     (started / "epochs.parquet").write_bytes(b"stale")  # with resume.pt: not finished
     log = tmp_path / "1.snakemake.log"
-    log.write_text("[Sat Dec  5 05:00:00 2026]\nFinished job 3.\n")
+    log.write_text("[Sat Dec  5 05:00:00 2026]\nrule finetune:\n[Sat Dec  5 05:01:00 2026]\nFinished job 3.\n")
     idle = tmp_path / "2.snakemake.log"
     idle.write_text("Nothing to be done.\n")
-    counts = evidence.save(results, tmp_path / "ev", [log, idle])
+    # a run whose only job failed finished nothing, yet its wall time is the write-up's: kept
+    failed = tmp_path / "3.snakemake.log"
+    failed.write_text("[Sat Dec  5 06:00:00 2026]\nrule finetune:\n[Sat Dec  5 06:01:00 2026]\nError in rule finetune:\n")
+    counts = evidence.save(results, tmp_path / "ev", [log, idle, failed])
     kept = sorted(p.relative_to(tmp_path / "ev").as_posix() for p in (tmp_path / "ev").rglob("*") if p.is_file())
     runs = [f"results/runs/m/sst2/{r}/{n}" for r in ("full/lr5e-05_seed0", "layernorm/lr0.01_seed0")
             for n in ("epochs.parquet", "predictions.parquet", "run.json")]
-    assert kept == sorted(["inputs.json", "snakemake-logs/1.snakemake.log", "results/benchmarks/finetune/m/sst2/x.tsv",
+    assert kept == sorted(["inputs.json", "snakemake-logs/1.snakemake.log", "snakemake-logs/3.snakemake.log",
+                           "results/benchmarks/finetune/m/sst2/x.tsv",
                            "results/drift/m/sst2.parquet", "results/fisher/m/sst2.parquet",
                            "results/masks/m/global/sst2.parquet", *runs])
-    assert counts == {"added": 11, "updated": 0, "unchanged": 0}
+    assert counts == {"added": 12, "updated": 0, "unchanged": 0}
     hashes = json.loads((tmp_path / "ev" / "inputs.json").read_text())["sha256"]
     assert sorted(hashes) == ["checkpoints/m/MANIFEST.json", "data/sst2/train.parquet", "data/sst2/validation.parquet",
                               "init/m/sst2/seed0/config.json", "init/m/sst2/seed0/model.safetensors"]

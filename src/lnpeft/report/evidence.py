@@ -5,7 +5,8 @@ what its finished jobs made in a folder under version control, and picks up from
 
   save     copies from results/ what the expensive jobs made (each finished run's epochs.parquet,
            predictions.parquet and run.json; drift, Fisher and mask parquet; the jobs' benchmarks,
-           which give the write-up its CPU time) and the Snakemake logs (its wall time). Model
+           which give the write-up its CPU time) and the Snakemake logs of runs that started jobs (its
+           wall time, failed runs included). Model
            weights stay out: state.safetensors, resume.pt, checkpoints and inits. The inputs the
            runs started from (the data splits and init folders their run.json names, the
            checkpoint's manifest) are regenerated, not kept: inputs.json records their sha256.
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from lnpeft.data.artifacts import atomic_path, write_json
 from lnpeft.errors import LnpeftError
+from lnpeft.report.run_log import ran_jobs
 
 RUN_FILES = ("epochs.parquet", "predictions.parquet", "run.json")
 """A finished run's files the evidence keeps (epochs.parquet, the completion marker, among them)."""
@@ -123,7 +125,8 @@ def save(results: Path, evidence: Path, logs: list[Path]) -> dict[str, int]:
         hashes = {**before, **hashes}
     counts = {"added": 0, "updated": 0, "unchanged": 0}
     pairs = [(results / rel, evidence / "results" / rel) for rel in kept]
-    pairs += [(log, evidence / LOGS / log.name) for log in logs if "Finished job" in log.read_text()]
+    # every log whose run started jobs, failed ones too: the write-up sums their wall time
+    pairs += [(log, evidence / LOGS / log.name) for log in logs if ran_jobs(log.read_text())]
     for src, dst in pairs:
         state = "unchanged" if dst.is_file() and _same(src, dst) else "updated" if dst.is_file() else "added"
         if state != "unchanged":

@@ -16,6 +16,12 @@ from lnpeft.report.summary import duration
 STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", re.M)  # a job's start or end line
 
 
+def ran_jobs(log_text: str) -> bool:
+    """Whether a Snakemake log's run started jobs: it has a span of job stamps, so wall time the write-up
+    counts (finished, failed or cut off); a dry run or a run with nothing to do has none."""
+    return len(STAMP.findall(log_text)) >= 2
+
+
 def stamp_time(stamp: str) -> datetime:
     """A Snakemake log's `[Sat Dec  5 13:36:15 2026]` stamp (without its brackets) as a datetime."""
     return datetime.strptime(" ".join(stamp.split()), "%a %b %d %H:%M:%S %Y")
@@ -36,7 +42,7 @@ def run_time(logs: list[Path], benchmarks: Path) -> tuple[str, pd.DataFrame]:
     for log in logs:
         text = log.read_text()
         stamps = [stamp_time(s) for s in STAMP.findall(text)]
-        if len(stamps) >= 2:
+        if ran_jobs(text):
             spans.append((min(stamps), max(stamps)))
             finished += text.count("Finished job")
             cores.update(re.findall(r"^Provided cores: (\d+)$", text, re.M))
