@@ -220,12 +220,17 @@ def test_resume_after_kill_mid_epoch_gives_identical_epochs(toy, tmp_path, monke
     assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
     pd.testing.assert_frame_equal(read_parquet(tmp_path / "ref" / "predictions.parquet", "predictions"),
                                   read_parquet(run / "predictions.parquet", "predictions"))
+    def cut_off(name: str) -> Path:
+        """A run of `kw` killed in epoch 2, as above: its folder, holding resume.pt."""
+        monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+        calls["n"] = 0
+        with pytest.raises(KeyboardInterrupt):
+            ft.finetune(config(toy, tmp_path / name, **kw))
+        monkeypatch.setattr(torch.optim.AdamW, "step", original)
+        return tmp_path / name
+
     # a checkpoint from different options is refused, not silently mixed
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    calls["n"] = 0
-    with pytest.raises(KeyboardInterrupt):
-        ft.finetune(config(toy, tmp_path / "other", **kw))
-    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    cut_off("other")
     with pytest.raises(ValueError, match=r"other options \(lr\)"):
         ft.finetune(config(toy, tmp_path / "other", **{**kw, "lr": 1e-3}))
     # ... but the thread count is an execution choice (Snakemake's cores), so that run resumes
@@ -234,11 +239,7 @@ def test_resume_after_kill_mid_epoch_gives_identical_epochs(toy, tmp_path, monke
     pd.testing.assert_frame_equal(reference.drop(columns="seconds").iloc[:1], again.drop(columns="seconds").iloc[:1])
     # a checkpoint of an older version, without an option added since (recipe), resumes when the
     # option is at its default, and is refused when it is not
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    calls["n"] = 0
-    with pytest.raises(KeyboardInterrupt):
-        ft.finetune(config(toy, tmp_path / "older", **kw))
-    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    cut_off("older")
     ckpt = torch.load(tmp_path / "older" / "resume.pt", weights_only=False)
     assert ckpt["config"].pop("recipe") == "auto"
     torch.save(ckpt, tmp_path / "older" / "resume.pt")
@@ -248,11 +249,7 @@ def test_resume_after_kill_mid_epoch_gives_identical_epochs(toy, tmp_path, monke
     pd.testing.assert_frame_equal(reference.drop(columns="seconds"), older.drop(columns="seconds"))
     # save_state picks the files written at the end, not what is trained: a checkpoint from before
     # the option existed (a grid switched to save_state: false between sittings) resumes without it
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    calls["n"] = 0
-    with pytest.raises(KeyboardInterrupt):
-        ft.finetune(config(toy, tmp_path / "stateless", **kw))
-    monkeypatch.setattr(torch.optim.AdamW, "step", original)
+    cut_off("stateless")
     ckpt = torch.load(tmp_path / "stateless" / "resume.pt", weights_only=False)
     assert ckpt["config"].pop("save_state") is True
     torch.save(ckpt, tmp_path / "stateless" / "resume.pt")
