@@ -29,6 +29,8 @@ demo: $(STAMP)
 # full fine-tuning learns, 8 epochs, 3 seeds, 246 jobs, one thread each, bf16 where the CPU has it;
 # docs/reproduction-minilm.md gives its measured CPU time). Run it again after an interruption and
 # it resumes; then its headline. REPRO=configs/minilm-converge.yaml runs the shorter first one.
+# EVIDENCE: where the finished jobs' results are kept between sittings (lnpeft evidence; committed
+# for the long one): restored once the inputs are rebuilt, saved again when snakemake stops.
 REPRO     ?= configs/minilm-long.yaml
 REPRO_DOC ?= docs/reproduction-minilm.md
 EVIDENCE  ?= evidence/$(basename $(notdir $(REPRO)))

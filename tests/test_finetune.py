@@ -220,6 +220,7 @@ def test_resume_after_kill_mid_epoch_gives_identical_epochs(toy, tmp_path, monke
     assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
     pd.testing.assert_frame_equal(read_parquet(tmp_path / "ref" / "predictions.parquet", "predictions"),
                                   read_parquet(run / "predictions.parquet", "predictions"))
+
     def cut_off(name: str) -> Path:
         """A run of `kw` killed in epoch 2, as above: its folder, holding resume.pt."""
         monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)

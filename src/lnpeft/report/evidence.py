@@ -6,10 +6,10 @@ what its finished jobs made in a folder under version control, and picks up from
   save     copies from results/ what the expensive jobs made (each finished run's epochs.parquet,
            predictions.parquet and run.json; drift, Fisher and mask parquet; the jobs' benchmarks,
            which give the write-up its CPU time) and the Snakemake logs of runs that started jobs (its
-           wall time, failed runs included). Model
-           weights stay out: state.safetensors, resume.pt, checkpoints and inits. The inputs the
-           runs started from (the data splits and init folders their run.json names, the
-           checkpoint's manifest) are regenerated, not kept: inputs.json records their sha256.
+           wall time, failed runs included). Model weights stay out: state.safetensors, resume.pt,
+           checkpoints and inits. The inputs the runs started from (the data splits and init folders
+           their run.json names, the checkpoint's manifest) are regenerated, not kept: inputs.json
+           records their sha256.
   restore  checks that results/ holds those very inputs (build them first: `snakemake data init`),
            then copies the evidence in, every file with one modification time, newer than the
            inputs: Snakemake counts the restored jobs as done. A restored run has no
