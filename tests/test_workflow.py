@@ -275,7 +275,7 @@ def test_writeup_from_the_tiny_results(tiny_run, tmp_path):
     assert block.startswith("[Reproduction at CPU scale: all-minilm-l6-v2 on 2 GLUE tasks](docs/repro.md), 1 seed (")
     assert [line.rsplit(": ", 1)[1] for line in block.splitlines() if line.startswith("- (")] == \
         [v.split(" | ")[1] for v in verdicts]
-    plateau = re.search(r"\d+ of \d+ \(task, method\) curves have flattened[^\n]*", text).group(0)
+    plateau = re.search(r"\d+ of \d+ \(task, method\) curves have flattened \([^)]*\)\.", text).group(0)
     assert block.rstrip().endswith(f"Learning curves: {plateau}")  # the README says how many curves flattened
     assert readme.startswith("intro\n") and readme.endswith("<!-- END reproduction -->\nrest\n")
     # lnpeft progress on the finished grid: every run finished, and the write-up's plateau count

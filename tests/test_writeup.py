@@ -99,7 +99,7 @@ def test_convergence_counts_runs_peaking_at_the_last_epoch():
     assert text == ("Table 2's epoch is the last epoch for 1 of 2 (task, method) pairs, and the last epoch "
                     "changed the seed-mean dev score by +0.0 points on average. 1 of 2 (task, method) curves have "
                     "flattened (Table 2's epoch is not the last, or the last epoch moved the seed mean by less than "
-                    "half a point). Training had not converged: 1 of 2 curves were still moving at their last epoch "
+                    "half a point). Training had not converged: 1 of 2 curves were not flat at their last epoch "
                     "(SST2 LayerNorm (+10.0)), so those methods are judged before their plateau.")
 
 
@@ -112,10 +112,14 @@ def test_convergence_concludes_from_the_flat_curves_not_from_the_peaks_at_the_la
     text = convergence(_curves(pairs))
     assert text.startswith("Table 2's epoch is the last epoch for 3 of 4 (task, method) pairs")
     assert "3 of 4 (task, method) curves have flattened" in text
-    assert text.endswith("Still moving at their last epoch, so judged before their plateau: CoLA Full (+3.0).")
+    assert text.endswith("Not flat at their last epoch, so judged before their plateau: CoLA Full (+3.0).")
     assert "had not converged" not in text
     pairs[("cola", "full")] = (3, [0.20, 0.278, 0.280])
     assert convergence(_curves(pairs)).endswith("Every curve has flattened: each method is judged at its plateau.")
+    # a curve of one epoch has no last move to measure: not flat, and said to be one epoch long
+    pairs[("rte", "full")] = (1, [0.55])
+    assert convergence(_curves(pairs)).endswith(
+        "Not flat at their last epoch, so judged before their plateau: RTE Full (one epoch run).")
 
 
 def test_grid_edges_name_each_pair_whose_rate_is_an_end_of_its_grid():

@@ -219,7 +219,7 @@ def kruskal_over(methods: pd.DataFrame, columns: list[str], a: str = "bitfit", b
 
 def convergence(curves: pd.DataFrame) -> str:
     """How many (task, method) pairs peak at their last epoch and the dev gain of that epoch, how many
-    curves have flattened (`plateau_text`), and which are still moving: judged before their plateau.
+    curves have flattened (`plateau_text`), and which are not: judged before their plateau.
     A pair peaking at its last epoch by less than half a point has flattened, so the conclusion
     follows the flat count, not the count at the last epoch."""
     ends = curve_ends(curves)
@@ -227,14 +227,15 @@ def convergence(curves: pd.DataFrame) -> str:
     moves = ends["last_move"].dropna()
     mean_gain = float(moves.mean()) if len(moves) else float("nan")
     moving = ends[~ends["flat"]]
-    named = ", ".join(f"{column_label(e.task)} {METHOD_LABELS.get(e.method, e.method)} ({points(e.last_move)})"
+    named = ", ".join(f"{column_label(e.task)} {METHOD_LABELS.get(e.method, e.method)} "
+                      f"({'one epoch run' if np.isnan(e.last_move) else points(e.last_move)})"
                       for e in moving.itertuples())
     if moving.empty:
         tail = "Every curve has flattened: each method is judged at its plateau."
     elif len(moving) * 4 <= len(ends):  # the 3-in-4 bar the reproduction was sized to (issue 23)
-        tail = f"Still moving at their last epoch, so judged before their plateau: {named}."
+        tail = f"Not flat at their last epoch, so judged before their plateau: {named}."
     else:
-        tail = (f"Training had not converged: {len(moving)} of {len(ends)} curves were still moving at their "
+        tail = (f"Training had not converged: {len(moving)} of {len(ends)} curves were not flat at their "
                 f"last epoch ({named}), so those methods are judged before their plateau.")
     return (f"Table 2's epoch is the last epoch for {at_last} of {len(ends)} (task, method) pairs, and the "
             f"last epoch changed the seed-mean dev score by {points(mean_gain)} points on average. "
