@@ -32,7 +32,7 @@ from pathlib import Path
 
 from lnpeft.data.artifacts import atomic_path, write_json
 from lnpeft.errors import LnpeftError
-from lnpeft.report.run_log import ran_jobs
+from lnpeft.report.run_log import job_span
 
 RUN_FILES = ("epochs.parquet", "predictions.parquet", "run.json")
 """A finished run's files the evidence keeps (epochs.parquet, the completion marker, among them)."""
@@ -126,7 +126,7 @@ def save(results: Path, evidence: Path, logs: list[Path]) -> dict[str, int]:
     counts = {"added": 0, "updated": 0, "unchanged": 0}
     pairs = [(results / rel, evidence / "results" / rel) for rel in kept]
     # every log whose run started jobs, failed ones too: the write-up sums their wall time
-    pairs += [(log, evidence / LOGS / log.name) for log in logs if ran_jobs(log.read_text())]
+    pairs += [(log, evidence / LOGS / log.name) for log in logs if job_span(log.read_text())]
     for src, dst in pairs:
         state = "unchanged" if dst.is_file() and _same(src, dst) else "updated" if dst.is_file() else "added"
         if state != "unchanged":

@@ -16,15 +16,16 @@ from lnpeft.report.summary import duration
 STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", re.M)  # a job's start or end line
 
 
-def ran_jobs(log_text: str) -> bool:
-    """Whether a Snakemake log's run started jobs: it has a span of job stamps, so wall time the write-up
-    counts (finished, failed or cut off); a dry run or a run with nothing to do has none."""
-    return len(STAMP.findall(log_text)) >= 2
-
-
 def stamp_time(stamp: str) -> datetime:
     """A Snakemake log's `[Sat Dec  5 13:36:15 2026]` stamp (without its brackets) as a datetime."""
     return datetime.strptime(" ".join(stamp.split()), "%a %b %d %H:%M:%S %Y")
+
+
+def job_span(log_text: str) -> tuple[datetime, datetime] | None:
+    """A Snakemake log's first and last job stamp: the wall time the write-up counts for a run that
+    started jobs (finished, failed or cut off); None for a dry run or a run with nothing to do."""
+    stamps = [stamp_time(s) for s in STAMP.findall(log_text)]
+    return (min(stamps), max(stamps)) if len(stamps) >= 2 else None
 
 
 def last_benchmark_row(path: Path) -> pd.Series:
@@ -41,14 +42,14 @@ def run_time(logs: list[Path], benchmarks: Path) -> tuple[str, pd.DataFrame]:
     cut = Counter()  # jobs cut off: count, and seconds from their start to their log's last stamp
     for log in logs:
         text = log.read_text()
-        stamps = [stamp_time(s) for s in STAMP.findall(text)]
-        if ran_jobs(text):
-            spans.append((min(stamps), max(stamps)))
+        span = job_span(text)
+        if span:
+            spans.append(span)
             finished += text.count("Finished job")
             cores.update(re.findall(r"^Provided cores: (\d+)$", text, re.M))
             for started in cut_off_jobs(text):
                 cut["jobs"] += 1
-                cut["s"] += (max(stamps) - started).total_seconds()
+                cut["s"] += (span[1] - started).total_seconds()
     if not spans:
         raise LnpeftError(f"{', '.join(map(str, logs))}: no job timestamps; pass the Snakemake log(s) of the "
                           "run (.snakemake/log/*.snakemake.log)")
